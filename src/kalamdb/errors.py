@@ -1,0 +1,52 @@
+"""One error type for every layer, carrying the API's code and HTTP status, so a failure deep in
+the engine reaches the client as the documented JSON without translation tables in between."""
+
+from __future__ import annotations
+
+# code -> HTTP status (KALAMDB_API.md)
+STATUS_BY_CODE: dict[str, int] = {
+    "INVALID_SQL": 400,
+    "SQL_EXECUTION_ERROR": 400,
+    "TABLE_NOT_FOUND": 400,
+    "INVALID_PARAMETER": 400,
+    "EMPTY_SQL": 400,
+    "PARAMS_WITH_BATCH": 400,
+    "INVALID_INPUT": 400,
+    "PAYLOAD_TOO_LARGE": 413,
+    "MISSING_AUTHORIZATION": 401,
+    "INVALID_CREDENTIALS": 401,
+    "INVALID_TOKEN": 401,
+    "TOKEN_EXPIRED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RATE_LIMIT_EXCEEDED": 429,
+    "NOT_LEADER": 503,
+    "FORWARD_FAILED": 503,
+    "CLUSTER_UNAVAILABLE": 503,
+    "LEADER_NOT_AVAILABLE": 503,
+    "INTERNAL_ERROR": 500,
+}
+
+
+class KalamError(Exception):
+    """An error with an API code, an HTTP status and a message that says what to fix."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, details: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else STATUS_BY_CODE.get(code, 400)
+        self.details = details
+
+    def to_dict(self) -> dict:
+        out = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            out["details"] = self.details
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "KalamError":
+        return cls(data["code"], data["message"], details=data.get("details"))
+
+    def __repr__(self) -> str:
+        return f"KalamError({self.code!r}, {self.message!r}, status={self.status})"
