@@ -1,0 +1,96 @@
+"""The aiohttp application: routes for SQL, login and health, wired to a Node and an Authenticator."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from kalamdb import __version__
+from kalamdb.errors import KalamError
+from kalamdb.server import responses
+from kalamdb.server.auth import Authenticator, is_local_address
+from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
+
+log = logging.getLogger("kalamdb.server")
+
+SQL_PATH = "/v1/api/sql"
+LOGIN_PATH = "/v1/api/auth/login"
+HEALTH_PATHS = ("/v1/api/healthcheck", "/health")
+
+STATE_KEY: web.AppKey[ServerState] = web.AppKey("kalamdb_state")
+
+
+class ServerState:
+    """Everything a request handler may need; one per server process."""
+
+    def __init__(self, *, db: Any, node: Any, authenticator: Authenticator, max_body_bytes: int):
+        self.db = db
+        self.node = node
+        self.auth = authenticator
+        self.max_body_bytes = max_body_bytes
+        self.sql = SqlHandler(db=db, node=node, authenticator=authenticator, max_body_bytes=max_body_bytes)
+
+
+def create_app(state: ServerState) -> web.Application:
+    # aiohttp's own body limit sits above ours so that our handler can answer the documented 413 JSON
+    app = web.Application(client_max_size=state.max_body_bytes + 1)
+    app[STATE_KEY] = state
+    app.router.add_post(SQL_PATH, state.sql)
+    app.router.add_post(LOGIN_PATH, _login)
+    for path in HEALTH_PATHS:
+        app.router.add_get(path, _health)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+async def _health(request: web.Request) -> web.Response:
+    if not is_local_address(request.remote):
+        return responses.error(KalamError("PERMISSION_DENIED", "Health check is answered only to localhost"))
+    return responses.json_response({"status": "healthy", "version": __version__, "api_version": "v1"})
+
+
+async def _login(request: web.Request) -> web.Response:
+    """`{"user"|"username": ..., "password": ...}` -> an access token and the user's identity."""
+    state = request.app[STATE_KEY]
+    started = time.perf_counter()
+    body: Any = None
+    try:
+        body = await read_json_body(request, state.max_body_bytes)
+        if not isinstance(body, dict):
+            raise KalamError("INVALID_INPUT", "Invalid JSON payload: expected {\"user\": ..., \"password\": ...}")
+        username = body.get("user", body.get("username"))
+        password = body.get("password")
+        if not isinstance(username, str) or not username:
+            raise KalamError("INVALID_INPUT", "Missing field 'user' (or 'username')")
+        if not isinstance(password, str):
+            raise KalamError("INVALID_INPUT", "Missing field 'password'")
+        principal = await state.auth.verify_credentials(username, password, remote=request.remote)
+        token, expires = state.auth.issue_token(principal)
+    except KalamError as err:
+        if err.code == "INVALID_CREDENTIALS":
+            log.info("login failed for user %r from %s", body.get("user", body.get("username"))
+                     if isinstance(body, dict) else None, request.remote)
+        return responses.error(err, (time.perf_counter() - started) * 1000.0)
+    except Exception as exc:
+        log.exception("internal error during login")
+        return responses.error(KalamError("INTERNAL_ERROR", f"Internal error: {type(exc).__name__}"))
+    return responses.json_response({
+        "user": {"id": principal.user_id, "username": principal.username, "role": principal.role.lower()},
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_at": datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z"),
+        "expires_in": int(expires - time.time()),
+    })
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    known = {SQL_PATH: "POST", LOGIN_PATH: "POST", **{p: "GET" for p in HEALTH_PATHS}}
+    if request.path in known:
+        return responses.error(KalamError(
+            "INVALID_INPUT", f"{request.method} is not allowed on {request.path}; use {known[request.path]}",
+            status=405))
+    return responses.error(KalamError("NOT_FOUND", f"No such endpoint: {request.method} {request.path}"))

@@ -1,0 +1,152 @@
+"""Who is calling: Bearer JWT (HS256) or Basic credentials, turned into an engine Principal.
+
+Password hashes are deliberately slow (argon2, tens of ms), so a successful Basic verification is
+cached under a keyed hash of (user, password): the hot path costs a few microseconds, the plaintext is
+never kept, and the whole cache is dropped whenever users change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+
+from kalamdb.errors import KalamError
+
+log = logging.getLogger("kalamdb.auth")
+
+ISSUER = "kalamdb"
+_CACHE_LIMIT = 10_000
+LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def is_local_address(remote: str | None) -> bool:
+    return remote is not None and (remote in LOCAL_ADDRESSES or remote.startswith("127."))
+
+
+class Authenticator:
+    """Verifies credentials against the engine's users and issues access tokens."""
+
+    def __init__(
+        self,
+        *,
+        verify_password: Callable[[str, str], Any],
+        principal_for: Callable[[str], Any],
+        jwt_secret: str,
+        jwt_expiry_hours: float = 24.0,
+    ):
+        self._verify_password = verify_password
+        self._principal_for = principal_for
+        self._secret = jwt_secret
+        self._expiry_s = jwt_expiry_hours * 3600.0
+        self._cache_key = secrets.token_bytes(32)  # per process: cache keys mean nothing elsewhere
+        self._basic_cache: dict[bytes, Any] = {}
+        self._token_cache: dict[str, tuple[Any, float]] = {}
+
+    # ---- tokens -------------------------------------------------------------------------------
+    def issue_token(self, principal: Any, *, now: float | None = None) -> tuple[str, float]:
+        """An access token for `principal` and its expiry (unix seconds)."""
+        now = time.time() if now is None else now
+        exp = now + self._expiry_s
+        claims = {
+            "iss": ISSUER,
+            "sub": principal.user_id,
+            "username": principal.username,
+            "role": principal.role.lower(),
+            "token_type": "access",
+            "iat": int(now),
+            "exp": int(exp),
+        }
+        return jwt.encode(claims, self._secret, algorithm="HS256"), float(int(exp))
+
+    def verify_token(self, token: str) -> Any:
+        cached = self._token_cache.get(token)
+        if cached is not None:
+            principal, exp = cached
+            if time.time() < exp:
+                return principal
+            self._token_cache.pop(token, None)
+            raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=ISSUER,
+                options={"require": ["exp", "sub", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again") from None
+        except jwt.InvalidTokenError as exc:
+            raise KalamError("INVALID_TOKEN", f"Invalid token: {exc}") from None
+        if claims.get("token_type", "access") != "access":
+            raise KalamError("INVALID_TOKEN", "Invalid token: not an access token")
+        principal = self._principal_for(str(claims["sub"]))
+        if principal is None:
+            raise KalamError("INVALID_TOKEN", "Invalid token: the user no longer exists")
+        self._remember(self._token_cache, token, (principal, float(claims["exp"])))
+        return principal
+
+    # ---- passwords ----------------------------------------------------------------------------
+    async def verify_credentials(self, username: str, password: str, *, remote: str | None) -> Any:
+        """Principal for (username, password); the slow hash runs off the event loop."""
+        if not username:
+            raise KalamError("INVALID_CREDENTIALS", "Invalid username or password")
+        if password == "" and not is_local_address(remote):
+            raise KalamError(
+                "INVALID_CREDENTIALS", "An empty password is accepted only from localhost")
+        key = hmac.digest(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256)
+        principal = self._basic_cache.get(key)
+        if principal is not None:
+            return principal
+        loop = asyncio.get_running_loop()
+        principal = await loop.run_in_executor(None, self._verify_password, username, password)
+        self._remember(self._basic_cache, key, principal)
+        return principal
+
+    async def authenticate(self, header: str | None, *, remote: str | None) -> Any:
+        """Principal for an `Authorization` header value."""
+        if not header:
+            raise KalamError("MISSING_AUTHORIZATION", "Missing Authorization header (Bearer <token> or Basic)")
+        scheme, _, value = header.strip().partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "bearer":
+            if not value:
+                raise KalamError("MISSING_AUTHORIZATION", "Empty Bearer token")
+            return self.verify_token(value)
+        if scheme == "basic":
+            username, password = _decode_basic(value)
+            return await self.verify_credentials(username, password, remote=remote)
+        raise KalamError("MISSING_AUTHORIZATION", f"Unsupported Authorization scheme '{scheme}' (use Bearer or Basic)")
+
+    def users_changed(self) -> None:
+        """Forget every cached verification (a password, role or user may have changed)."""
+        self._basic_cache.clear()
+        self._token_cache.clear()
+
+    @staticmethod
+    def _remember(cache: dict, key: Any, value: Any) -> None:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
+
+
+def _decode_basic(value: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise KalamError("INVALID_CREDENTIALS", "Malformed Basic credentials (expected base64 user:password)") from None
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        raise KalamError("INVALID_CREDENTIALS", "Malformed Basic credentials (expected user:password)")
+    return username, password

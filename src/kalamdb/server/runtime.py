@@ -1,0 +1,115 @@
+"""The server process's life: open the database, listen, announce the bound port, stop gracefully.
+
+SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (their writes are applied
+and acknowledged), drain the writer, then close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kalamdb.config import Config, prepare_data_dir, resolve_jwt_secret
+from kalamdb.server.app import ServerState, create_app
+from kalamdb.server.auth import Authenticator
+from kalamdb.server.standalone import StandaloneNode
+
+log = logging.getLogger("kalamdb.server")
+
+_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=_LEVELS[level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def write_port_file(path: Path, host: str, port: int) -> None:
+    """Atomically publish the bound port (a reader never sees a half-written file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_node(cfg: Config, db: Any) -> Any:
+    if cfg.cluster is not None:
+        # The Raft-backed node plugs in here behind the same Node interface.
+        from kalamdb.server.cluster_node import build_cluster_node
+
+        return build_cluster_node(cfg, db)
+    return StandaloneNode(db, node_id=1, expiry_interval_s=cfg.storage.expiry_interval_ms / 1000.0)
+
+
+async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or until `stop` is set)."""
+    from kalamdb.engine import Database
+
+    data_dir = prepare_data_dir(cfg)
+    secret = resolve_jwt_secret(cfg)
+    durable = cfg.cluster is None
+    loop = asyncio.get_running_loop()
+    db = await loop.run_in_executor(
+        None, lambda: Database(data_dir, node_id=1, durable=durable, root_password=cfg.auth.root_password))
+    node = build_node(cfg, db)
+    authenticator = Authenticator(
+        verify_password=db.authenticate,
+        principal_for=db.principal_for,
+        jwt_secret=secret,
+        jwt_expiry_hours=cfg.auth.jwt_expiry_hours,
+    )
+    state = ServerState(db=db, node=node, authenticator=authenticator, max_body_bytes=cfg.limits.max_body_bytes)
+    app = create_app(state)
+    access_log = logging.getLogger("aiohttp.access") if cfg.logging.level == "debug" else None
+    runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (embedded use)
+            pass
+    try:
+        await node.start()
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=2048, reuse_address=True)
+        await site.start()
+        port = runner.addresses[0][1]
+        log.info("kalamdb listening on http://%s:%d (data dir %s, applied index %d)",
+                 cfg.server.host, port, data_dir, node.applied_index)
+        if port_file is not None:
+            write_port_file(port_file, cfg.server.host, port)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: refusing new connections, finishing in-flight requests")
+    finally:
+        await runner.cleanup()
+        await node.stop()
+        applied = db.applied_index
+        await loop.run_in_executor(None, db.close)
+        log.info("stopped cleanly at applied index %d", applied)
+
+
+def run(cfg: Config, *, port_file: Path | None = None) -> None:
+    """Blocking entry point on uvloop."""
+    setup_logging(cfg.logging.level)
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(cfg, port_file=port_file))

@@ -1,0 +1,130 @@
+"""`POST /v1/api/sql`: check the request, authenticate, prepare, then read locally or write via the node.
+
+Validation of the request's shape happens here (the body is JSON, fields have the right types);
+validation of the SQL itself belongs to the engine's `prepare`, which raises the documented codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kalamdb.errors import KalamError
+from kalamdb.server import responses
+
+log = logging.getLogger("kalamdb.sql")
+
+_USER_DDL = re.compile(r"\b(?:CREATE|ALTER|DROP)\s+USER\b(?!\s+TABLE)", re.IGNORECASE)
+
+
+@dataclass(slots=True)
+class SqlRequest:
+    sql: str
+    params: list | None
+    namespace_id: str | None
+    consistency: str | None
+    min_applied_index: int | None
+
+
+async def read_json_body(request: web.Request, max_body_bytes: int) -> Any:
+    """The parsed JSON body; 413 before reading anything when the declared length is too big."""
+    length = request.content_length
+    if length is not None and length > max_body_bytes:
+        raise _too_large(length, max_body_bytes)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(None, max_body_bytes) from None
+    if len(raw) > max_body_bytes:
+        raise _too_large(len(raw), max_body_bytes)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise KalamError("INVALID_INPUT", f"Invalid JSON payload: {exc}") from None
+
+
+def _too_large(length: int | None, limit: int) -> KalamError:
+    size = f"{length} bytes" if length is not None else "the request body"
+    return KalamError("PAYLOAD_TOO_LARGE", f"Request body too large: {size} exceeds the limit of {limit} "
+                      "bytes (limits.max_body_bytes)")
+
+
+def parse_sql_request(body: Any) -> SqlRequest:
+    if not isinstance(body, dict):
+        raise KalamError("INVALID_INPUT", "Invalid JSON payload: expected an object like {\"sql\": \"...\"}")
+    sql = body.get("sql")
+    if sql is None:
+        raise KalamError("INVALID_INPUT", "Missing field 'sql'")
+    if not isinstance(sql, str):
+        raise KalamError("INVALID_INPUT", f"Field 'sql' must be a string, got {type(sql).__name__}")
+    params = body.get("params")
+    if params is not None and not isinstance(params, list):
+        raise KalamError("INVALID_INPUT", f"Field 'params' must be an array, got {type(params).__name__}")
+    namespace = body.get("namespace_id")
+    if namespace is not None and not isinstance(namespace, str):
+        raise KalamError("INVALID_INPUT", "Field 'namespace_id' must be a string")
+    consistency = body.get("consistency")
+    if consistency is not None and not isinstance(consistency, str):
+        raise KalamError("INVALID_INPUT", "Field 'consistency' must be a string")
+    min_index = body.get("min_applied_index")
+    if min_index is not None and (isinstance(min_index, bool) or not isinstance(min_index, int) or min_index < 0):
+        raise KalamError("INVALID_INPUT", "Field 'min_applied_index' must be a non-negative integer")
+    return SqlRequest(sql, params, namespace or None, consistency.lower() if consistency else None, min_index)
+
+
+def touches_users(prepared: Any, sql: str) -> bool:
+    """Whether a write may have changed users/passwords/roles (cached credentials must go)."""
+    flag = getattr(prepared, "touches_users", None)
+    if flag is not None:
+        return bool(flag)
+    return _USER_DDL.search(sql) is not None
+
+
+class SqlHandler:
+    """The endpoint; holds the collaborators so the hot path does no lookups."""
+
+    def __init__(self, *, db: Any, node: Any, authenticator: Any, max_body_bytes: int):
+        self.db = db
+        self.node = node
+        self.auth = authenticator
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            length = request.content_length
+            if length is not None and length > self.max_body_bytes:
+                raise _too_large(length, self.max_body_bytes)
+            principal = await self.auth.authenticate(request.headers.get("Authorization"), remote=request.remote)
+            req = parse_sql_request(await read_json_body(request, self.max_body_bytes))
+            results, raft_index = await self.run(req, principal)
+        except KalamError as err:
+            return responses.error(err, (time.perf_counter() - started) * 1000.0)
+        except Exception as exc:
+            log.exception("internal error while serving /v1/api/sql")
+            err = KalamError("INTERNAL_ERROR", f"Internal error: {type(exc).__name__}: {exc}")
+            return responses.error(err, (time.perf_counter() - started) * 1000.0)
+        return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
+
+    async def run(self, req: SqlRequest, principal: Any) -> tuple[list, int | None]:
+        prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
+        cluster_op = getattr(prepared, "cluster_op", None)
+        if cluster_op is not None:
+            return await self.node.cluster(cluster_op, principal), None
+        if not prepared.is_write:
+            results = await self.node.read(
+                prepared, consistency=req.consistency, min_applied_index=req.min_applied_index)
+            return results, None
+        command = self.db.to_command(prepared, now_us=time.time_ns() // 1000, node_id=self.node.node_id)
+        index, outcome = await self.node.submit(command)
+        if touches_users(prepared, req.sql):
+            self.auth.users_changed()
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.results, index

@@ -1,0 +1,217 @@
+"""The single-node `Node`: writes go through a group-committing writer thread, reads run locally.
+
+The HTTP layer talks only to the `Node` interface (`submit`, `read`, `applied_index`, `start`,
+`stop`), so a Raft-backed node can replace this one without touching the request handling.
+Group commit: every command waiting when the writer becomes free is applied in ONE `apply_batch`
+call (one SQLite transaction, one fsync), so throughput grows with concurrency while each
+acknowledgement still means "durable on disk".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from kalamdb.errors import KalamError
+
+log = logging.getLogger("kalamdb.node")
+
+MAX_BATCH = 1024
+
+
+class Node(Protocol):
+    """What the HTTP layer needs from a node (standalone or Raft)."""
+
+    node_id: int
+
+    @property
+    def applied_index(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, command: bytes) -> tuple[int, Any]:
+        """Make `command` durable and applied; return (log index, engine Outcome)."""
+
+    async def read(self, prepared: Any, *, consistency: str | None = None,
+                   min_applied_index: int | None = None) -> list[dict]:
+        """Run a read-only prepared request against applied state."""
+
+    async def cluster(self, op: Any, principal: Any) -> list[dict]:
+        """Execute a CLUSTER statement."""
+
+
+class Committer:
+    """Batches concurrently submitted commands into single `apply_batch` calls on one writer thread."""
+
+    def __init__(self, db: Any, *, max_batch: int = MAX_BATCH):
+        self._db = db
+        self._max_batch = max_batch
+        self._pending: list[tuple[bytes, asyncio.Future]] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kalamdb-writer")
+        self._busy = False
+        self._closed = False
+        self._next_index = db.applied_index + 1
+        self._idle: asyncio.Event | None = None
+        self._applied_waiters: list[tuple[int, asyncio.Future]] = []
+        self.batches = 0
+        self.commands = 0
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last command handed to the writer."""
+        return self._next_index - 1
+
+    def submit(self, command: bytes) -> asyncio.Future:
+        if self._closed:
+            raise KalamError("CLUSTER_UNAVAILABLE", "Server is shutting down", status=503)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((command, fut))
+        if not self._busy:
+            self._dispatch()
+        return fut
+
+    def _dispatch(self) -> None:
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        first = self._next_index
+        self._next_index += len(batch)
+        items = [(first + i, cmd) for i, (cmd, _) in enumerate(batch)]
+        self._busy = True
+        if self._idle is not None:
+            self._idle.clear()
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._writer, self._db.apply_batch, items)
+        work.add_done_callback(lambda done: self._finish(done, batch, first))
+
+    def _finish(self, done: asyncio.Future, batch: list, first: int) -> None:
+        self.batches += 1
+        self.commands += len(batch)
+        exc = done.exception()
+        if exc is not None:
+            # The batch's fate on disk is unknown: a failure here is a storage fault. Fail the
+            # requests (none was acknowledged) and resynchronise indexes with what is durable.
+            log.error("apply_batch failed for indexes %d..%d: %r", first, first + len(batch) - 1, exc)
+            err = KalamError("INTERNAL_ERROR", f"Write failed in the storage layer: {exc}")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+            try:
+                self._next_index = self._db.applied_index + 1
+            except Exception:  # keep answering even if storage is broken
+                log.exception("cannot read applied index after a failed batch")
+        else:
+            for i, ((_, fut), outcome) in enumerate(zip(batch, done.result(), strict=True)):
+                if not fut.done():
+                    fut.set_result((first + i, outcome))
+        self._busy = False
+        if self._applied_waiters:
+            applied = first + len(batch) - 1
+            still = []
+            for index, waiter in self._applied_waiters:
+                if index <= applied or exc is not None:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    still.append((index, waiter))
+            self._applied_waiters = still
+        if self._pending:
+            self._dispatch()
+        elif self._idle is not None:
+            self._idle.set()
+
+    async def wait_applied(self, index: int) -> None:
+        """Return once every command up to `index` (already handed to the writer) is applied."""
+        if index <= self._db.applied_index or index > self.last_index:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        await fut
+
+    async def drain(self) -> None:
+        """Refuse new commands and wait until every accepted one is applied."""
+        self._closed = True
+        while self._busy or self._pending:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            if not self._busy and self._pending:
+                self._dispatch()
+            await self._idle.wait()
+        self._writer.shutdown(wait=True)
+
+
+class StandaloneNode:
+    """A single node: its own log index sequence, durable through the engine's fsynced SQLite."""
+
+    def __init__(self, db: Any, *, node_id: int = 1, expiry_interval_s: float = 1.0):
+        self.db = db
+        self.node_id = node_id
+        self._committer = Committer(db)
+        self._expiry_interval_s = expiry_interval_s
+        self._expiry_task: asyncio.Task | None = None
+        self.started_at = time.time()
+
+    @property
+    def applied_index(self) -> int:
+        return self.db.applied_index
+
+    @property
+    def is_leader(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        self._expiry_task = asyncio.create_task(self._expire_streams(), name="stream-expiry")
+
+    async def stop(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            try:
+                await self._expiry_task
+            except asyncio.CancelledError:
+                pass
+        await self._committer.drain()
+
+    async def submit(self, command: bytes) -> tuple[int, Any]:
+        return await self._committer.submit(command)
+
+    async def read(self, prepared: Any, *, consistency: str | None = None,
+                   min_applied_index: int | None = None) -> list[dict]:
+        if consistency not in (None, "linearizable", "local", "leader"):
+            raise KalamError("INVALID_INPUT", f"Unknown consistency '{consistency}' (linearizable, local)")
+        if min_applied_index is not None and min_applied_index > self._committer.last_index:
+            raise KalamError(
+                "INVALID_INPUT",
+                f"min_applied_index {min_applied_index} is beyond this node's log "
+                f"(last index {self._committer.last_index})")
+        if min_applied_index is not None:
+            await self._committer.wait_applied(min_applied_index)
+        # Every acknowledged write is already applied here, so local state is linearizable.
+        # A write still in the writer is not acknowledged yet: reading without it is allowed.
+        return self.db.execute_read(prepared)
+
+    async def cluster(self, op: Any, principal: Any) -> list[dict]:
+        raise KalamError(
+            "INVALID_SQL", f"{type(op).__name__} needs cluster mode; this server runs a single node "
+            "(start it with a [cluster] section)")
+
+    async def _expire_streams(self) -> None:
+        """Propose deletion of expired STREAM rows; the proposer's clock decides, every replica
+        applies the same command."""
+        while True:
+            await asyncio.sleep(self._expiry_interval_s)  # a period, not a wait for a state
+            try:
+                command = self.db.expiry_command(time.time_ns() // 1000)
+                if command is not None:
+                    await self.submit(command)
+            except asyncio.CancelledError:
+                raise
+            except KalamError as exc:
+                if exc.status == 503:
+                    return
+                log.warning("stream expiry failed: %s", exc.message)
+            except Exception:
+                log.exception("stream expiry failed")
