@@ -1,0 +1,246 @@
+"""Python clients for the HTTP API: `Client` (blocking, keep-alive `http.client`) and `AsyncClient`
+(aiohttp). Both return `Response`, the API's JSON as a dict with convenient accessors.
+
+Example::
+
+    with kalamdb.Client("http://127.0.0.1:8080") as db:
+        db.login("root", "")
+        db.sql("CREATE NAMESPACE IF NOT EXISTS app")
+        print(db.sql("SELECT * FROM app.items WHERE id = $1", [1]).rows)
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import orjson
+
+from kalamdb.errors import KalamError
+
+SQL_PATH = "/v1/api/sql"
+LOGIN_PATH = "/v1/api/auth/login"
+HEALTH_PATH = "/v1/api/healthcheck"
+
+
+class Response(dict):
+    """One API answer. `ok` is True for `"status": "success"`; `rows`/`row_count` are those of the
+    first result (most requests have one statement); `http_status` is the HTTP status code."""
+
+    http_status: int = 0
+
+    @property
+    def ok(self) -> bool:
+        if "status" in self:
+            return self["status"] == "success"
+        return 200 <= self.http_status < 300 and "error" not in self
+
+    @property
+    def results(self) -> list[dict]:
+        return self.get("results") or []
+
+    @property
+    def rows(self) -> list[list]:
+        results = self.results
+        return (results[0].get("rows") or []) if results else []
+
+    @property
+    def row_count(self) -> int:
+        results = self.results
+        return int(results[0].get("row_count", 0)) if results else 0
+
+    @property
+    def error(self) -> dict | None:
+        return self.get("error")
+
+    @property
+    def raft_index(self) -> int | None:
+        return self.get("raft_index")
+
+    @property
+    def columns(self) -> list[str]:
+        results = self.results
+        return [c["name"] for c in (results[0].get("schema") or [])] if results else []
+
+    def dicts(self) -> list[dict]:
+        """The first result's rows as {column: value} dicts."""
+        names = self.columns
+        return [dict(zip(names, row, strict=False)) for row in self.rows]
+
+    def raise_for_error(self) -> Response:
+        """Return self on success, else raise the API error as a KalamError."""
+        if not self.ok:
+            err = self.error or {"code": "INTERNAL_ERROR", "message": "no error in a failed response"}
+            raise KalamError(err.get("code", "INTERNAL_ERROR"), err.get("message", ""),
+                             status=self.http_status or None, details=err.get("details"))
+        return self
+
+
+def _decode(status: int, body: bytes) -> Response:
+    try:
+        data = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        text = body[:200].decode("utf-8", "replace")
+        data = {"status": "error", "results": [],
+                "error": {"code": "INVALID_RESPONSE", "message": f"HTTP {status}: non-JSON answer: {text}"}}
+    resp = Response(data)
+    resp.http_status = status
+    return resp
+
+
+def _sql_body(text: str, params: list | None, namespace_id: str | None, extra: dict) -> bytes:
+    body: dict[str, Any] = {"sql": text}
+    if params is not None:
+        body["params"] = list(params)
+    if namespace_id is not None:
+        body["namespace_id"] = namespace_id
+    body.update(extra)
+    return orjson.dumps(body)
+
+
+class _Credentials:
+    def __init__(self, user: str | None, password: str | None, token: str | None):
+        self.token = token
+        self.basic = None
+        if user is not None:
+            raw = f"{user}:{password or ''}".encode()
+            self.basic = "Basic " + base64.b64encode(raw).decode("ascii")
+
+    def header(self) -> dict[str, str]:
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        if self.basic:
+            return {"Authorization": self.basic}
+        return {}
+
+
+class Client:
+    """Blocking client over one keep-alive connection. Not thread-safe: one per thread."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, user: str | None = "root",
+                 password: str | None = "", token: str | None = None, timeout: float = 30.0):
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"expected an http://host:port URL, got {url!r}")
+        self.url = url.rstrip("/")
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._timeout = timeout
+        self._creds = _Credentials(user, password, token)
+        self._conn: http.client.HTTPConnection | None = None
+
+    @property
+    def token(self) -> str | None:
+        return self._creds.token
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Response:
+        headers = {"Content-Type": "application/json", **headers}
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers)
+                raw = self._conn.getresponse()
+                data = raw.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                # An idle keep-alive connection closed by the server: the request never reached it.
+                if reused and attempt == 0:
+                    continue
+                raise
+            except (OSError, http.client.HTTPException):
+                self.close()
+                raise
+            if raw.getheader("Connection", "").lower() == "close":
+                self.close()
+            return _decode(raw.status, data)
+        raise AssertionError("unreachable")
+
+    def sql(self, text: str, params: list | None = None, namespace_id: str | None = None,
+            **extra: Any) -> Response:
+        """Run SQL; `extra` adds request fields (e.g. consistency="local", min_applied_index=12)."""
+        return self._request("POST", SQL_PATH, _sql_body(text, params, namespace_id, extra), self._creds.header())
+
+    def login(self, user: str, password: str) -> Response:
+        """Exchange credentials for a JWT; later requests use it."""
+        resp = self._request("POST", LOGIN_PATH, orjson.dumps({"user": user, "password": password}), {})
+        if resp.ok and "access_token" in resp:
+            self._creds.token = resp["access_token"]
+        return resp
+
+    def health(self) -> Response:
+        return self._request("GET", HEALTH_PATH, None, {})
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client (aiohttp); many concurrent requests share one connection pool."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, user: str | None = "root",
+                 password: str | None = "", token: str | None = None, timeout: float = 30.0,
+                 connections: int = 100):
+        self.url = url.rstrip("/")
+        self._creds = _Credentials(user, password, token)
+        self._timeout = timeout
+        self._connections = connections
+        self._session = None
+
+    @property
+    def token(self) -> str | None:
+        return self._creds.token
+
+    def _get_session(self):
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, family=socket.AF_INET),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            )
+        return self._session
+
+    async def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Response:
+        headers = {"Content-Type": "application/json", **headers}
+        async with self._get_session().request(method, self.url + path, data=body, headers=headers) as raw:
+            return _decode(raw.status, await raw.read())
+
+    async def sql(self, text: str, params: list | None = None, namespace_id: str | None = None,
+                  **extra: Any) -> Response:
+        return await self._request("POST", SQL_PATH, _sql_body(text, params, namespace_id, extra),
+                                   self._creds.header())
+
+    async def login(self, user: str, password: str) -> Response:
+        resp = await self._request("POST", LOGIN_PATH, orjson.dumps({"user": user, "password": password}), {})
+        if resp.ok and "access_token" in resp:
+            self._creds.token = resp["access_token"]
+        return resp
+
+    async def health(self) -> Response:
+        return await self._request("GET", HEALTH_PATH, None, {})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
