@@ -1,0 +1,146 @@
+"""Single-node write benchmark: one-row INSERT per HTTP request, N concurrent clients, real server.
+
+    python -m kalamdb.bench.single_node --clients 1,64 --duration 5
+
+Starts a server process (unless --url is given), creates a SHARED table, then for each client count
+runs closed-loop clients (each sends its next INSERT when the previous one is acknowledged) and
+reports acknowledged inserts/s and latency percentiles. Every acknowledged insert was fsynced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import sys
+import time
+
+import orjson
+
+INSERT_SQL = "INSERT INTO {table} (id, body) VALUES ($1, $2)"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+async def run_level(url: str, auth: str, table: str, clients: int, duration: float, ids: itertools.count,
+                    warmup: float) -> dict:
+    import aiohttp
+
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    sql = INSERT_SQL.format(table=table)
+    latencies: list[float] = []
+    errors: list[str] = []
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop_at = measure_from + duration
+
+        async def worker() -> None:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    return
+                body = orjson.dumps({"sql": sql, "params": [next(ids), "x" * 32]})
+                async with session.post(url + "/v1/api/sql", data=body, headers=headers) as resp:
+                    payload = await resp.read()
+                t1 = time.perf_counter()
+                if resp.status != 200:
+                    errors.append(payload[:200].decode(errors="replace"))
+                    if len(errors) > 100:
+                        return
+                elif t0 >= measure_from:
+                    latencies.append(t1 - t0)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    latencies.sort()
+    return {
+        "clients": clients,
+        "inserts_per_s": len(latencies) / duration,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
+        "acked": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+async def setup_table(url: str, auth: str, table: str) -> None:
+    import aiohttp
+
+    ns = table.split(".")[0]
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        for sql in (f"CREATE NAMESPACE IF NOT EXISTS {ns}",
+                    f"CREATE SHARED TABLE {table} (id BIGINT PRIMARY KEY, body TEXT)"):
+            async with session.post(url + "/v1/api/sql", data=orjson.dumps({"sql": sql}), headers=headers) as r:
+                answer = orjson.loads(await r.read())
+                if answer.get("status") != "success":
+                    raise SystemExit(f"setup failed: {sql}: {answer.get('error')}")
+
+
+async def main_async(args: argparse.Namespace) -> list[dict]:
+    auth = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
+    table = f"bench_{int(time.time())}.items"
+    await setup_table(args.url, auth, table)
+    ids = itertools.count(1)
+    out = []
+    for clients in args.clients:
+        out.append(await run_level(args.url, auth, table, clients, args.duration, ids, args.warmup))
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", default="1,64", help="comma-separated concurrency levels (default 1,64)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per level")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds run before measuring, per level")
+    p.add_argument("--url", help="benchmark this running server instead of starting one")
+    p.add_argument("--user", default="root")
+    p.add_argument("--password", default="")
+    args = p.parse_args(argv)
+    try:
+        args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    except ValueError:
+        p.error("--clients must be comma-separated integers, e.g. 1,64")
+    if not args.clients or min(args.clients) < 1 or args.duration <= 0:
+        p.error("--clients must be >= 1 and --duration > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    server = None
+    if args.url is None:
+        from kalamdb.testing.single import start_server
+
+        server = start_server(log_level="warn")
+        args.url = server.url
+    try:
+        try:
+            import uvloop
+
+            results = uvloop.run(main_async(args))
+        except ImportError:
+            results = asyncio.run(main_async(args))
+    finally:
+        if server is not None:
+            server.close()
+    print(f"{'clients':>8} {'inserts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+    for r in results:
+        print(f"{r['clients']:>8} {r['inserts_per_s']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+              f"{r['max_ms']:>8.2f} {r['errors']:>7}")
+        if r["first_error"]:
+            print(f"         first error: {r['first_error']}", file=sys.stderr)
+    return 1 if any(r["errors"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
