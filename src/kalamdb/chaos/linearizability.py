@@ -1,0 +1,343 @@
+"""Linearizability checking: the Wing & Gong / Lowe (WGL) search as Porcupine implements it.
+
+The history becomes a doubly linked list of call and return entries in time order. The search
+walks it from the front: at a call entry it tries to linearize that operation now (the model must
+accept it, and the pair (set of linearized operations, model state) must be new — the memo that
+makes WGL practical); at a return entry whose operation is not yet linearized it is stuck and
+backtracks. Linearized operations are unlinked (dancing links), so each step looks only at
+operations still open. Operations are ints, the linearized set is one int used as a bitset.
+
+Indeterminate operations return "at infinity": they may be linearized anywhere after their call or
+never (placing one after everything else is the same as leaving it out), so the search succeeds
+as soon as every determinate operation is linearized.
+
+The history is split into independent parts first (P-compositionality, per key), and every part
+is checked under one deadline and one state budget: the verdict is UNKNOWN rather than a hang or an
+exhausted memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kalamdb.chaos.history import Operation, renumber
+from kalamdb.chaos.models import FAIL, Model
+
+DEFAULT_MAX_STATES = 2_000_000
+# memoized (bitset, state) pairs are the memory cost; bound their estimated total size too
+DEFAULT_MAX_CACHE_BYTES = 512 * 1024 * 1024
+MINIMIZE_MAX_STATES = 50_000  # per trial while shrinking a counterexample
+_CHECK_EVERY = 2048  # loop iterations between deadline checks
+
+
+class Verdict(enum.Enum):
+    LINEARIZABLE = "LINEARIZABLE"
+    NOT_LINEARIZABLE = "NOT_LINEARIZABLE"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass
+class Counterexample:
+    """Why a history is not linearizable.
+
+    `ops` is a sub-history that is itself not linearizable and is (when `minimal`) 1-minimal:
+    dropping any one of its droppable operations makes it linearizable. `failed_op` is the
+    operation whose return the search could never get past. `linearized` is the longest
+    linearizable prefix found (operations in linearization order) and `state` the model state
+    after it."""
+
+    partition: Any
+    failed_op: Operation
+    ops: list[Operation]
+    minimal: bool
+    linearized: list[Operation]
+    state: Any
+    model: Model
+
+    def format(self) -> str:
+        lines = []
+        if self.partition is not None:
+            lines.append(f"key {self.partition!r}:")
+        lines.append(f"cannot linearize: {self.failed_op.describe()}")
+        kind = "minimal" if self.minimal else "reduced (minimization budget ran out)"
+        lines.append(f"{kind} non-linearizable sub-history ({len(self.ops)} ops):")
+        lines.extend("  " + op.describe() for op in sorted(self.ops, key=lambda o: o.call))
+        lines.append(
+            f"longest linearizable prefix: {len(self.linearized)} ops, "
+            f"state after it {self.model.describe_state(self.state)}"
+        )
+        tail = self.linearized[-5:]
+        if len(self.linearized) > len(tail):
+            lines.append("  ...")
+        lines.extend("  " + op.describe() for op in tail)
+        return "\n".join(lines)
+
+
+@dataclass
+class CheckResult:
+    verdict: Verdict
+    counterexample: Counterexample | None = None
+    reason: str = ""
+    states: int = 0
+    elapsed: float = 0.0
+    partitions: int = 0
+    operations: int = 0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def linearizable(self) -> bool:
+        return self.verdict is Verdict.LINEARIZABLE
+
+    def summary(self) -> str:
+        head = (
+            f"{self.verdict.value}: {self.operations} operations in {self.partitions} "
+            f"part(s), {self.states} states, {self.elapsed:.3f}s"
+        )
+        return head + (f" ({self.reason})" if self.reason else "")
+
+
+class _Budget:
+    def __init__(self, deadline: float | None, max_states: int, max_cache_bytes: int):
+        self.deadline = deadline
+        self.max_states = max_states
+        self.max_cache_bytes = max_cache_bytes
+        self.states = 0
+        self.exhausted = ""
+
+    def states_for(self, n_ops: int) -> int:
+        per_state = n_ops // 8 + 120  # bitset bytes + tuple/set overhead (rough)
+        return max(1, min(self.max_states - self.states, self.max_cache_bytes // per_state))
+
+
+@dataclass
+class _Search:
+    ok: bool | None  # None: budget ran out
+    stuck_at: int  # op whose return the search never passed (-1 when ok)
+    path: list[int]  # longest linearized sequence (op indices)
+    path_state: Any
+    states: int
+
+
+def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _Search:
+    """One WGL search over ops with ids 0..n-1; `record` keeps the deepest path for reports."""
+    n = len(ops)
+    steppers = [model.compile(op) for op in ops]
+    determinate = [op.ret is not None for op in ops]
+    remaining = sum(determinate)
+    if remaining == 0:
+        return _Search(True, -1, [], model.init_state(), 0)
+    # entries: call of op i = 2i, its return = 2i+1; head sentinel = 2n; -1 = end of list
+    keyed = []
+    inf = float("inf")
+    for i, op in enumerate(ops):
+        keyed.append((op.call, 0, 2 * i))
+        keyed.append((inf if op.ret is None else op.ret, 1, 2 * i + 1))
+    keyed.sort()
+    head = 2 * n
+    nxt = [-1] * (2 * n + 1)
+    prv = [-1] * (2 * n + 1)
+    pos = [0] * (2 * n + 1)
+    last = head
+    for p, (_, _, e) in enumerate(keyed):
+        nxt[last] = e
+        prv[e] = last
+        pos[e] = p
+        last = e
+
+    max_states = budget.states_for(n)
+    deadline = budget.deadline
+    state = model.init_state()
+    linearized = 0
+    cache: set = set()
+    stack: list[tuple[int, Any]] = []
+    best_pos = -1
+    best_path: list[int] = []
+    best_state = state
+    entry = nxt[head]
+    ticks = 0
+    while True:
+        if entry & 1 == 0:  # a call: try to linearize its operation here
+            op = entry >> 1
+            new = steppers[op](state)
+            if new is not FAIL:
+                nl = linearized | (1 << op)
+                key = (nl, new)
+                if key not in cache:
+                    cache.add(key)
+                    stack.append((entry, state))
+                    state = new
+                    linearized = nl
+                    p, q = prv[entry], nxt[entry]
+                    nxt[p] = q
+                    if q != -1:
+                        prv[q] = p
+                    r = entry | 1
+                    p, q = prv[r], nxt[r]
+                    nxt[p] = q
+                    if q != -1:
+                        prv[q] = p
+                    if determinate[op]:
+                        remaining -= 1
+                        if remaining == 0:
+                            budget.states += len(cache)
+                            return _Search(True, -1, [], state, len(cache))
+                    entry = nxt[head]
+                    ticks += 1
+                    if ticks >= _CHECK_EVERY:
+                        ticks = 0
+                        if len(cache) >= max_states:
+                            budget.states += len(cache)
+                            budget.exhausted = f"state budget of {budget.max_states} exhausted"
+                            return _Search(None, -1, [], state, len(cache))
+                        if deadline is not None and time.monotonic() > deadline:
+                            budget.states += len(cache)
+                            budget.exhausted = "time budget exhausted"
+                            return _Search(None, -1, [], state, len(cache))
+                    continue
+            entry = nxt[entry]
+        else:  # a return whose operation is still open: this path is stuck
+            if pos[entry] > best_pos:
+                best_pos = pos[entry]
+                if record:
+                    best_path = [e >> 1 for e, _ in stack]
+                    best_state = state
+            if not stack:
+                budget.states += len(cache)
+                return _Search(False, keyed[best_pos][2] >> 1, best_path, best_state, len(cache))
+            entry, state = stack.pop()
+            op = entry >> 1
+            linearized ^= 1 << op
+            r = entry | 1
+            q = nxt[r]
+            nxt[prv[r]] = r
+            if q != -1:
+                prv[q] = r
+            q = nxt[entry]
+            nxt[prv[entry]] = entry
+            if q != -1:
+                prv[q] = entry
+            if determinate[op]:
+                remaining += 1
+            entry = nxt[entry]
+
+
+def _as_prefix(ops: list[Operation], failed: Operation) -> list[Operation]:
+    """The history cut right after `failed` returned: later calls vanish, and what was still open
+    then becomes indeterminate (it may or may not have taken effect by then)."""
+    cut = failed.ret
+    out = []
+    for op in ops:
+        if op.call > cut:
+            continue
+        if op.ret is not None and op.ret > cut:
+            if op.f in ("read", "get"):
+                continue  # an open read observed nothing yet
+            op = Operation(op.id, op.process, op.f, op.key, op.value, None, op.call, None, op.node,
+                           op.call_line, None, op.extra)
+        out.append(op)
+    return out
+
+
+def _minimize(
+    ops: list[Operation], failed: Operation, model: Model, deadline: float | None, max_states: int
+) -> tuple[list[Operation], bool]:
+    """Shrink a non-linearizable history, delta-debugging style: try to drop chunks of operations
+    (halving the chunk size when nothing goes), each with its model removal closure so no anomaly
+    is invented, and keep a drop when the rest is still not linearizable. Ends 1-minimal: no
+    single operation (with its closure) can go."""
+    current = _as_prefix(ops, failed)
+
+    def still_bad(candidate: list[Operation]) -> bool | None:
+        budget = _Budget(deadline, max_states, DEFAULT_MAX_CACHE_BYTES // 8)
+        return None if (r := _wgl(renumber(candidate), model, budget, record=False)).ok is None else not r.ok
+
+    conclusive = True  # every check answered within its budget
+
+    chunk = max(1, len(current) // 2)
+    while True:
+        removed = False
+        order = sorted(current, key=lambda o: (not model.is_read_only(o), o.call))
+        for start in range(0, len(order), chunk):
+            if deadline is not None and time.monotonic() > deadline:
+                return current, False
+            present = {o.id for o in current}
+            drop: dict[int, Operation] = {}
+            for op in order[start:start + chunk]:
+                if op.id not in present:
+                    continue
+                closure = model.removal_closure(op, current)
+                if closure is not None:
+                    drop.update((o.id, o) for o in closure)
+            if not drop:
+                continue
+            candidate = [o for o in current if o.id not in drop]
+            if all(o.ret is None for o in candidate):
+                continue  # nothing determinate left: trivially linearizable
+            bad = still_bad(candidate)
+            if bad is None:  # too costly to tell: keeping the chunk is always sound
+                conclusive = False
+                continue
+            if bad:
+                current = candidate
+                removed = True
+        if not removed:
+            if chunk == 1:
+                return current, conclusive
+            chunk = max(1, chunk // 2)
+
+
+def check_operations(
+    ops: list[Operation],
+    model: Model,
+    *,
+    timeout: float | None = None,
+    max_states: int = DEFAULT_MAX_STATES,
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+    counterexample: bool = True,
+    minimize_timeout: float = 5.0,
+) -> CheckResult:
+    """Is this history linearizable with respect to `model`? Never runs past `timeout` seconds
+    (plus up to `minimize_timeout` to shrink a counterexample) or `max_states` memoized states."""
+    started = time.monotonic()
+    for op in ops:
+        why = model.validate(op)
+        if why is not None:
+            where = f"line {op.call_line}: " if op.call_line is not None else ""
+            raise ValueError(where + why)
+    deadline = None if timeout is None else started + timeout
+    budget = _Budget(deadline, max_states, max_cache_bytes)
+    parts = model.partition(ops)
+    unknown = False
+    for part_key, part_ops in parts:
+        numbered = renumber(part_ops)
+        result = _wgl(numbered, model, budget, record=counterexample)
+        if result.ok is None:
+            unknown = True
+            break
+        if result.ok:
+            continue
+        cex = None
+        if counterexample:
+            failed = numbered[result.stuck_at]
+            mdeadline = time.monotonic() + minimize_timeout
+            witness, minimal = _minimize(numbered, failed, model, mdeadline, MINIMIZE_MAX_STATES)
+            cex = Counterexample(
+                partition=part_key if len(parts) > 1 or part_key is not None else None,
+                failed_op=failed,
+                ops=witness,
+                minimal=minimal,
+                linearized=[numbered[i] for i in result.path],
+                state=result.path_state,
+                model=model,
+            )
+        return CheckResult(
+            Verdict.NOT_LINEARIZABLE, cex, "", budget.states, time.monotonic() - started, len(parts), len(ops)
+        )
+    if unknown:
+        return CheckResult(
+            Verdict.UNKNOWN, None, budget.exhausted, budget.states, time.monotonic() - started, len(parts), len(ops)
+        )
+    return CheckResult(Verdict.LINEARIZABLE, None, "", budget.states, time.monotonic() - started, len(parts), len(ops))
