@@ -117,7 +117,11 @@ class FrameDecoder:
                 end = pos + 4 + n
                 if end > size:
                     break
-                value = unpack_body(view[pos + 4 : end], n)
+                body = view[pos + 4 : end]
+                try:
+                    value = unpack_body(body, n)
+                finally:
+                    body.release()  # a traceback may hold it; the buffer must stay resizable
                 pos = end
                 yield value
         finally:
