@@ -1,0 +1,99 @@
+"""Real process lifecycle: graceful SIGTERM, crash (SIGKILL) durability, restart keeps tokens valid."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+
+import pytest
+
+from kalamdb.client import Client
+from tests.server.helpers import wait_for
+
+
+def create_table(server, ns: str) -> str:
+    assert server.sql(f"CREATE NAMESPACE {ns}").ok
+    assert server.sql(f"CREATE SHARED TABLE {ns}.acked (id INT PRIMARY KEY, v TEXT)").ok
+    return f"{ns}.acked"
+
+
+def ids_in(server, table: str) -> set[int]:
+    resp = server.sql(f"SELECT id FROM {table}")
+    assert resp.ok, resp
+    return {int(row[0]) for row in resp.rows}
+
+
+def write_until_stopped(server, table: str, start: int, acked: list[int], stop: threading.Event) -> None:
+    """Insert ids start, start+1, ... recording each acknowledged one, until told to stop or cut off."""
+    with Client(server.url, timeout=10) as c:
+        i = start
+        while not stop.is_set():
+            try:
+                resp = c.sql(f"INSERT INTO {table} (id, v) VALUES ($1, 'v')", [i])
+            except OSError:
+                return  # the server went away mid-request: that write was never acknowledged
+            if resp.ok:
+                acked.append(i)
+            elif resp.http_status != 503:
+                raise AssertionError(resp)
+            i += 1
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_acknowledged_writes_survive_sigkill(fresh_server, seed):
+    rng = random.Random(seed)
+    table = create_table(fresh_server, "crash")
+    acked: list[int] = []
+    for round_no in range(3):
+        stop = threading.Event()
+        writers = [threading.Thread(target=write_until_stopped,
+                                    args=(fresh_server, table, (round_no * 8 + w) * 100_000, acked, stop))
+                   for w in range(8)]
+        for t in writers:
+            t.start()
+        target = len(acked) + rng.randint(20, 200)
+        wait_for(lambda target=target: len(acked) >= target, what=f"{target} acknowledged writes (seed={seed})")
+        fresh_server.kill()  # SIGKILL while writers are mid-flight
+        stop.set()
+        for t in writers:
+            t.join(timeout=30)
+        fresh_server.restart()
+        missing = set(acked) - ids_in(fresh_server, table)
+        assert not missing, f"seed={seed} round={round_no}: acknowledged writes lost: {sorted(missing)[:10]}"
+
+
+def test_single_write_then_immediate_sigkill(fresh_server):
+    table = create_table(fresh_server, "single")
+    for i in range(5):
+        assert fresh_server.sql(f"INSERT INTO {table} (id, v) VALUES ($1, 'x')", [i]).ok
+        fresh_server.kill()
+        fresh_server.restart()
+        assert i in ids_in(fresh_server, table)
+
+
+def test_sigterm_finishes_in_flight_writes_and_exits_zero(fresh_server):
+    table = create_table(fresh_server, "graceful")
+    acked: list[int] = []
+    stop = threading.Event()
+    writers = [threading.Thread(target=write_until_stopped, args=(fresh_server, table, w * 100_000, acked, stop))
+               for w in range(4)]
+    for t in writers:
+        t.start()
+    wait_for(lambda: len(acked) >= 100, what="100 acknowledged writes")
+    fresh_server.proc.send_signal(signal.SIGTERM)
+    assert fresh_server.proc.wait(timeout=30) == 0
+    stop.set()
+    for t in writers:
+        t.join(timeout=30)
+    assert "stopped cleanly" in fresh_server.log_tail()
+    fresh_server.restart()
+    assert set(acked) <= ids_in(fresh_server, table)
+
+
+def test_token_survives_a_restart(fresh_server):
+    with Client(fresh_server.url, user=None) as c:
+        token = c.login("root", "")["access_token"]
+    fresh_server.restart()
+    with Client(fresh_server.url, user=None, token=token) as c:
+        assert c.sql("SELECT 1 AS one").ok
