@@ -291,6 +291,40 @@ async def test_reconnects_after_the_peer_restarts(make_node):
     assert [p for _, p in items[-100:]] == [["steady", i] for i in range(100)]
 
 
+async def test_a_peer_that_stops_reading_is_dropped_after_the_stall_timeout(make_node):
+    """A genuine peer (it knows the secret) that accepts and then never reads, like a paused process."""
+    release = asyncio.Event()
+
+    async def deaf_peer(reader, writer):
+        snonce = secrets.token_bytes(16)
+        writer.write(encode_frame([T_HELLO, PROTOCOL_VERSION, "kalamdb", 2, snonce]))
+        auth = await read_frame(reader)
+        args = ("kalamdb", auth[3], 2, snonce, auth[5])
+        writer.write(encode_frame([T_WELCOME, handshake_mac(SECRET, "server", *args)]))
+        await release.wait()  # never read again
+        writer.close()
+
+    server = await asyncio.start_server(deaf_peer, LOCAL, 0)
+    try:
+        a, _ = await make_node(1, write_stall_timeout=0.3, max_queue_bytes=64 << 20)
+        a.set_peer(2, (LOCAL, server.sockets[0].getsockname()[1]))
+        chunk = b"x" * (1 << 20)
+        sent = 0
+
+        def stalled():
+            nonlocal sent
+            if a.stats["write_stalls"] == 0 and sent < 256:  # kernel buffers hold a few MiB at most
+                sent += a.send(2, chunk)
+            return a.stats["write_stalls"] == 1
+
+        await wait_until(stalled, "the writer gives up on the deaf peer")
+        assert a.stats["peers"][2]["state"] != "connected"
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_set_peer_to_a_new_address_moves_the_connection(make_node):
     a, _ = await make_node(1)
     b, inbox_b = await make_node(2)

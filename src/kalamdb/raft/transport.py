@@ -112,6 +112,7 @@ class PeerTransport:
         max_queue_frames: int = 65536,
         max_queue_bytes: int = 32 << 20,
         max_pending_handshakes: int = 64,
+        write_stall_timeout: float = 10.0,
     ):
         if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 1:
             raise ValueError(f"node_id must be an integer >= 1, got {node_id!r}")
@@ -134,6 +135,7 @@ class PeerTransport:
         self.max_queue_frames = max_queue_frames
         self.max_queue_bytes = max_queue_bytes
         self.max_pending_handshakes = max_pending_handshakes
+        self.write_stall_timeout = write_stall_timeout
         self.bound_port: int | None = None
         self._secret = secret
         self._on_message = on_message
@@ -157,6 +159,7 @@ class PeerTransport:
         self._reconnects = 0
         self._connect_failures = 0
         self._callback_errors = 0
+        self._write_stalls = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -423,7 +426,15 @@ class PeerTransport:
                 peer.queued_frames = 0
                 peer.queued_bytes = 0
                 writer.write(data)
-                await writer.drain()
+                if writer.transport.get_write_buffer_size():
+                    # A peer that stopped reading (paused, blackholed) must not hold the queue
+                    # forever: give up on the connection and let the backoff path take over.
+                    try:
+                        async with asyncio.timeout(self.write_stall_timeout):
+                            await writer.drain()
+                    except TimeoutError:
+                        self._write_stalls += 1
+                        raise ConnectionError(f"write stalled for {self.write_stall_timeout}s") from None
                 self._frames_sent += frames
                 self._bytes_sent += len(data)
         finally:
@@ -558,6 +569,7 @@ class PeerTransport:
             "reconnects": self._reconnects,
             "connect_failures": self._connect_failures,
             "callback_errors": self._callback_errors,
+            "write_stalls": self._write_stalls,
             "inbound_connections": len(self._inbound_by_node),
             "peers": {nid: {"state": p.state, "queued_frames": p.queued_frames,
                             "queued_bytes": p.queued_bytes}
