@@ -417,6 +417,7 @@ async def test_unknown_node_is_refused(make_node):
     c.set_peer(2, (LOCAL, b.bound_port))  # c knows b, b does not know c
     c.send(2, "hi")
     await wait_until(lambda: b.stats["refused"].get("unknown_node", 0) == 1, "b refuses node 3")
+    await wait_until(lambda: c.stats["refused_by_peer"].get("unknown_node", 0) == 1, "c is told why")
     assert inbox_b.items == []
     # a node claiming b's own id is not a peer either
     reader, writer = await raw_client(b.bound_port, 2, 2)
@@ -559,6 +560,9 @@ async def test_stop_leaves_no_tasks_or_sockets():
             await inbox.wait_for(2)
         ports = {n.bound_port for n in nodes}
         assert ports <= open_tcp_ports()
+        # connection tasks retired just before stop() must not outlive it either
+        nodes[0].remove_peer(2)
+        nodes[1].set_peer(3, (LOCAL, nodes[0].bound_port))
         # an unauthenticated connection in mid-handshake must be cleaned up too
         stray_reader, stray_writer = await asyncio.open_connection(LOCAL, nodes[0].bound_port)
         await read_frame(stray_reader)
@@ -605,6 +609,7 @@ def test_bad_configuration_is_a_clear_error(kwargs):
 
 def test_bad_peer_addresses_are_a_clear_error():
     t = PeerTransport(1, (LOCAL, 0), SECRET, on_message=print)
-    for node_id, addr in [(1, (LOCAL, 5)), (0, (LOCAL, 5)), (2, (LOCAL, 0)), (2, (LOCAL, "x"))]:
+    for node_id, addr in [(1, (LOCAL, 5)), (0, (LOCAL, 5)), (True, (LOCAL, 5)), (2, (LOCAL, 0)),
+                          (2, (LOCAL, "x"))]:
         with pytest.raises(ValueError):
             t.set_peer(node_id, addr)

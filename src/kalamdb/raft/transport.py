@@ -146,6 +146,7 @@ class PeerTransport:
         self._server: asyncio.Server | None = None
         self._running = False
         self._inbound_tasks: set[asyncio.Task] = set()
+        self._retired_tasks: set[asyncio.Task] = set()  # cancelled by set_peer/remove_peer
         self._inbound_by_node: dict[int, asyncio.StreamWriter] = {}
         self._writers: set[asyncio.StreamWriter] = set()
         self._pending_handshakes = 0
@@ -156,6 +157,7 @@ class PeerTransport:
         self._bytes_received = 0
         self._refused: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._refused_by_peer: Counter[str] = Counter()  # what the other side told us
         self._reconnects = 0
         self._connect_failures = 0
         self._callback_errors = 0
@@ -180,7 +182,9 @@ class PeerTransport:
         self._running = False
         if self._server is not None:
             self._server.close()
-        tasks = [p.task for p in self._peers.values() if p.task is not None] + list(self._inbound_tasks)
+        writers = list(self._writers)  # before the tasks' finally blocks forget them
+        tasks = [p.task for p in self._peers.values() if p.task is not None]
+        tasks += [*self._inbound_tasks, *self._retired_tasks]
         for peer in self._peers.values():
             peer.task = None
             peer.state = IDLE
@@ -188,7 +192,7 @@ class PeerTransport:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        writers = list(self._writers)
+        writers += [w for w in self._writers if w not in writers]
         for w in writers:
             w.close()
         await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
@@ -202,7 +206,7 @@ class PeerTransport:
 
     def set_peer(self, node_id: int, addr: tuple[str, int]) -> None:
         """Add a peer or change its address (the current outbound connection is dropped)."""
-        if not isinstance(node_id, int) or node_id < 1:
+        if type(node_id) is not int or node_id < 1:
             raise ValueError(f"peer node_id must be an integer >= 1, got {node_id!r}")
         if node_id == self.node_id:
             raise ValueError(f"node {node_id} cannot be its own peer")
@@ -232,7 +236,9 @@ class PeerTransport:
     def _stop_outbound(self, peer: _Peer) -> None:
         self._clear_queue(peer, "peer_removed")
         if peer.task is not None:
-            peer.task.cancel()
+            peer.task.cancel()  # stop() still awaits it, so nothing outlives the transport
+            self._retired_tasks.add(peer.task)
+            peer.task.add_done_callback(self._retired_tasks.discard)
             peer.task = None
         peer.state = IDLE
 
@@ -499,7 +505,7 @@ class PeerTransport:
             raise FrameError("wrong_cluster", f"client is in cluster {cluster_id!r:.64}")
         if server_id != self.node_id:
             raise FrameError("wrong_node", f"client wanted node {server_id!r:.32}, this is {self.node_id}")
-        if not (isinstance(client_id, int) and isinstance(client_nonce, bytes)
+        if not (type(client_id) is int and isinstance(client_nonce, bytes)
                 and len(client_nonce) == NONCE_BYTES):
             raise FrameError("bad_handshake", "client id or nonce of the wrong type")
         args = (self.cluster_id, client_id, self.node_id, server_nonce, client_nonce)
@@ -524,7 +530,9 @@ class PeerTransport:
                 raise self._refusal(exc.reason, exc.detail, where) from None
             raise
         if isinstance(msg, list) and len(msg) == 2 and msg[0] == T_REFUSE:
-            raise _PeerRefused(f"{where} refused us: {msg[1]!r:.64}")
+            reason = str(msg[1])[:64]
+            self._refused_by_peer[reason] += 1
+            raise _PeerRefused(f"{where} refused us: {reason}")
         return msg
 
     def _refusal(self, reason: str, detail: str, where: str) -> Exception:
@@ -564,6 +572,7 @@ class PeerTransport:
             "bytes_received": self._bytes_received,
             "refused": dict(self._refused),
             "refused_total": sum(self._refused.values()),
+            "refused_by_peer": dict(self._refused_by_peer),
             "dropped": dict(self._dropped),
             "dropped_total": sum(self._dropped.values()),
             "reconnects": self._reconnects,
