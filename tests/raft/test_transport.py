@@ -613,3 +613,36 @@ def test_bad_peer_addresses_are_a_clear_error():
                           (2, (LOCAL, "x"))]:
         with pytest.raises(ValueError):
             t.set_peer(node_id, addr)
+
+
+def test_core_paths_under_uvloop():
+    """Production nodes run on uvloop: delivery, a refusal and cleanup must behave the same there."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario():
+        inbox_a, inbox_b = Inbox(), Inbox()
+        a = PeerTransport(1, (LOCAL, 0), SECRET, on_message=inbox_a, rng=random.Random(SEED))
+        b = PeerTransport(2, (LOCAL, 0), SECRET, on_message=inbox_b, rng=random.Random(SEED))
+        try:
+            await a.start()
+            await b.start()
+            link(a, b)
+            for i in range(2000):
+                a.send(2, i)
+            assert b.send_many(1, ["x", "y"])
+            await inbox_b.wait_for(2000)
+            assert inbox_b.payloads() == list(range(2000))
+            assert [p for _, p in await inbox_a.wait_for(2)] == ["x", "y"]
+            reader, writer = await authed_raw_client(b.bound_port, 1, 2)
+            writer.write(HEADER.pack(1) + b"\xc1")
+            assert await read_refusal(reader) == "malformed_msgpack"
+            writer.close()
+            a.send(2, "after")
+            assert (await inbox_b.wait_for(2001))[-1] == (1, "after")
+        finally:
+            await a.stop()
+            await b.stop()
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
