@@ -1,0 +1,153 @@
+"""The catalog: namespaces, tables and users, stored in SQLite next to the data so that a catalog
+change commits in the same transaction as everything else, and loaded into an immutable in-memory
+view that readers use without locks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+
+from kalamdb.sql.statements import ColumnDef
+from kalamdb.sql.types import STORAGE
+
+GENESIS_US = 1_704_067_200_000_000  # fixed created_at of the objects every replica starts with
+ROOT_USER_ID = "root"
+
+SYSTEM_COLUMN_TYPES = {"_seq": "BigInt", "_deleted": "Boolean"}
+
+BOOTSTRAP_SQL = [
+    "CREATE TABLE _kdb_meta (key TEXT PRIMARY KEY, value ANY) STRICT",
+    "CREATE TABLE _kdb_namespaces (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL, options TEXT) STRICT",
+    """CREATE TABLE _kdb_tables (namespace TEXT NOT NULL, name TEXT NOT NULL, table_type TEXT NOT NULL,
+        created_at INTEGER NOT NULL, schema_version INTEGER NOT NULL, columns TEXT NOT NULL,
+        primary_key TEXT, options TEXT NOT NULL, PRIMARY KEY (namespace, name)) STRICT""",
+    """CREATE TABLE _kdb_users (user_id TEXT PRIMARY KEY, username TEXT NOT NULL, role TEXT NOT NULL,
+        email TEXT, password_hash TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+        deleted_at INTEGER) STRICT""",
+    "CREATE INDEX _kdb_users_by_name ON _kdb_users (username)",
+    """CREATE VIEW "system.namespaces" AS SELECT n.name AS namespace_id, n.name AS name, n.created_at,
+        n.options, (SELECT COUNT(*) FROM _kdb_tables t WHERE t.namespace = n.name) AS table_count
+        FROM _kdb_namespaces n""",
+    """CREATE VIEW "system.tables" AS SELECT namespace || '.' || name AS table_id, name AS table_name,
+        namespace AS namespace_id, table_type, created_at, schema_version, columns, primary_key, options
+        FROM _kdb_tables""",
+    """CREATE VIEW "system.schemas" AS SELECT * FROM "system.tables" """,
+    """CREATE VIEW "system.users" AS SELECT user_id, username, role, email, created_at, updated_at,
+        deleted_at FROM _kdb_users""",
+    "INSERT INTO _kdb_meta VALUES ('applied_index', 0), ('last_snowflake', 0), ('catalog_version', 0)",
+    f"INSERT INTO _kdb_namespaces VALUES ('default', {GENESIS_US}, '{{}}')",
+    (f"INSERT INTO _kdb_users VALUES ('{ROOT_USER_ID}', 'root', 'system', NULL, NULL, {GENESIS_US}, "
+    f"{GENESIS_US}, NULL)"),
+]
+
+# data types of the system views' columns (for cell encoding)
+SYSTEM_VIEWS: dict[str, dict[str, str]] = {
+    "namespaces": {"namespace_id": "Text", "name": "Text", "created_at": "Timestamp", "options": "Json",
+                   "table_count": "BigInt"},
+    "tables": {"table_id": "Text", "table_name": "Text", "namespace_id": "Text", "table_type": "Text",
+               "created_at": "Timestamp", "schema_version": "Int", "columns": "Json", "primary_key": "Text",
+               "options": "Json"},
+    "users": {"user_id": "Text", "username": "Text", "role": "Text", "email": "Text",
+              "created_at": "Timestamp", "updated_at": "Timestamp", "deleted_at": "Timestamp"},
+}
+SYSTEM_VIEWS["schemas"] = SYSTEM_VIEWS["tables"]
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    namespace: str
+    name: str
+    table_type: str  # USER | SHARED | STREAM
+    columns: tuple[ColumnDef, ...]
+    primary_key: str | None
+    options: dict
+    created_at: int
+    schema_version: int
+    by_name: dict[str, ColumnDef] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def storage(self) -> str:
+        """The SQLite table name: `ns.t` (a dot cannot occur in either part, so no collisions)."""
+        return f"{self.namespace}.{self.name}"
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    def column_type(self, name: str) -> str | None:
+        col = self.by_name.get(name)
+        if col is not None:
+            return col.data_type
+        return SYSTEM_COLUMN_TYPES.get(name)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    version: int
+    namespaces: dict[str, int]  # name -> created_at
+    tables: dict[tuple[str, str], TableInfo]
+
+
+def make_table_info(namespace, name, table_type, columns, primary_key, options, created_at, version) -> TableInfo:
+    cols = tuple(columns)
+    return TableInfo(namespace, name, table_type, cols, primary_key, dict(options), created_at, version,
+                     {c.name: c for c in cols})
+
+
+def load_catalog(conn: sqlite3.Connection) -> Catalog:
+    version = conn.execute("SELECT value FROM _kdb_meta WHERE key = 'catalog_version'").fetchone()[0]
+    namespaces = dict(conn.execute("SELECT name, created_at FROM _kdb_namespaces"))
+    tables = {}
+    for ns, name, ttype, created, sv, cols, pk, opts in conn.execute(
+        "SELECT namespace, name, table_type, created_at, schema_version, columns, primary_key, options "
+        "FROM _kdb_tables"
+    ):
+        columns = [ColumnDef(**c) for c in json.loads(cols)]
+        tables[(ns, name)] = make_table_info(ns, name, ttype, columns, pk, json.loads(opts), created, sv)
+    return Catalog(version, namespaces, tables)
+
+
+def columns_json(columns) -> str:
+    return json.dumps([c.__dict__ for c in columns], sort_keys=True, separators=(",", ":"))
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def column_sql(col: ColumnDef, *, for_alter: bool = False) -> str:
+    out = f"{quote_ident(col.name)} {STORAGE[col.data_type]}"
+    if col.not_null and not for_alter:
+        out += " NOT NULL"
+    return out
+
+
+def create_table_sql(info: TableInfo) -> list[str]:
+    parts = [column_sql(c) for c in info.columns]
+    parts += ["_seq INTEGER NOT NULL", "_deleted INTEGER NOT NULL DEFAULT 0"]
+    if info.table_type == "USER":
+        parts.append("_owner TEXT NOT NULL")
+    if info.table_type == "STREAM":
+        parts.append("_ts INTEGER NOT NULL")
+    if info.primary_key:
+        key = [quote_ident(info.primary_key)]
+        if info.table_type == "USER":
+            key.insert(0, "_owner")
+        parts.append(f"PRIMARY KEY ({', '.join(key)})")
+    out = [f"CREATE TABLE {quote_ident(info.storage)} ({', '.join(parts)}) STRICT"]
+    if info.table_type == "USER" and not info.primary_key:
+        out.append(f"CREATE INDEX {quote_ident(info.storage + '._owner')} ON {quote_ident(info.storage)} (_owner)")
+    if info.table_type == "STREAM":
+        out.append(f"CREATE INDEX {quote_ident(info.storage + '._ts')} ON {quote_ident(info.storage)} (_ts)")
+    return out

@@ -1,0 +1,414 @@
+"""Rewrite a parsed SELECT/INSERT/UPDATE/DELETE into SQLite SQL against the catalog, on the syntax
+tree (never by pasting strings): table names map to storage tables, USER tables get the owner filter
+and owner column, every read hides soft-deleted rows, DELETE becomes a soft delete, writes get a new
+`_seq`, and non-deterministic functions become functions fed by the command's fixed inputs.
+
+The compiled SQL binds the owner, the clock and request parameters as named parameters, so one
+compilation serves every user and every request with the same text (cached by the caller)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from kalamdb.engine.catalog import SYSTEM_VIEWS, Catalog, TableInfo, quote_ident
+from kalamdb.errors import KalamError
+from kalamdb.sql.types import COERCE_FN
+
+HIDDEN = ("_seq", "_deleted")
+
+
+@dataclass
+class Compiled:
+    kind: str  # select | insert | update | delete
+    sql: str
+    types: list[str | None] = field(default_factory=list)  # select: data_type per output column
+    tables: list[tuple[TableInfo | None, str, str]] = field(default_factory=list)  # (info, name, r|w)
+    target: TableInfo | None = None
+    local_tables: set[str] = field(default_factory=set)  # node-local system tables to materialise
+    max_param: int = 0
+    row_count: int = 0  # insert: rows in VALUES
+    pk_values: list = field(default_factory=list)  # insert: per row ("lit", v) | ("param", n) | None
+    uses_owner: bool = False
+
+
+def _fn(name: str, *args: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def _param(name: str) -> exp.Placeholder:
+    return exp.Placeholder(this=name)
+
+
+class _Compiler:
+    def __init__(self, catalog: Catalog, namespace: str, local_tables: dict[str, list[tuple[str, str]]]):
+        self.catalog = catalog
+        self.namespace = namespace
+        self.local = local_tables
+        self.out = Compiled(kind="select", sql="")
+        self.known: dict[int, TableInfo | dict[str, str]] = {}  # id(new source node) -> columns info
+
+    # ------------------------------------------------------------------ helpers
+
+    def resolve(self, table: exp.Table) -> tuple[str, str]:
+        if table.args.get("catalog"):
+            raise KalamError("INVALID_SQL", f"Invalid table reference '{table.sql()}'")
+        ns = (table.db or self.namespace).lower()
+        return ns, table.name.lower()
+
+    def lookup(self, ns: str, name: str) -> TableInfo:
+        info = self.catalog.tables.get((ns, name))
+        if info is None:
+            if ns not in self.catalog.namespaces:
+                raise KalamError("TABLE_NOT_FOUND", f"Table '{ns}.{name}' not found: "
+                                 f"Namespace '{ns}' does not exist")
+            raise KalamError("TABLE_NOT_FOUND", f"Table '{ns}.{name}' not found")
+        return info
+
+    def visible_source(self, info: TableInfo, alias: str) -> exp.Subquery:
+        cols = [exp.column(c.name, quoted=True) for c in info.columns] + [exp.column(h) for h in HIDDEN]
+        cond: exp.Expression = exp.EQ(this=exp.column("_deleted"), expression=exp.Literal.number(0))
+        if info.table_type == "USER":
+            cond = exp.and_(cond, exp.EQ(this=exp.column("_owner"), expression=_param("_owner")))
+            self.out.uses_owner = True
+        inner = exp.select(*cols).from_(exp.Table(this=exp.to_identifier(info.storage, quoted=True)))
+        inner = inner.where(cond)
+        return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+
+    def rewrite_functions(self, root: exp.Expression) -> exp.Expression:
+        def fix(node):
+            if isinstance(node, (exp.CurrentTimestamp, exp.CurrentDatetime)):
+                return _fn("kdb_now")
+            if isinstance(node, exp.Rand):
+                return _fn("kdb_random")
+            if isinstance(node, exp.CurrentUser):
+                return _fn("kdb_current_user")
+            if isinstance(node, exp.Anonymous):
+                name = str(node.this).upper()
+                mapped = {"NOW": "kdb_now", "SNOWFLAKE_ID": "kdb_snowflake", "UUID_V7": "kdb_uuid7",
+                          "ULID": "kdb_ulid", "CURRENT_USER": "kdb_current_user", "RANDOM": "kdb_random",
+                          "RANDOMBLOB": None, "CHANGES": None, "TOTAL_CHANGES": None,
+                          "LAST_INSERT_ROWID": None}.get(name, "")
+                if mapped is None:
+                    raise KalamError("INVALID_SQL", f"Function {name}() is not supported")
+                if name.startswith("KDB_"):
+                    raise KalamError("INVALID_SQL", f"Function {name}() is not supported")
+                if mapped:
+                    return _fn(mapped, *node.expressions)
+            if isinstance(node, exp.Parameter):
+                try:
+                    n = int(node.name)
+                except ValueError:
+                    raise KalamError("INVALID_SQL", f"Invalid parameter '{node.sql()}'") from None
+                if n < 1:
+                    raise KalamError("INVALID_PARAMETER", "Parameters are numbered from $1")
+                self.out.max_param = max(self.out.max_param, n)
+                return _param(f"p{n}")
+            if isinstance(node, exp.Placeholder):
+                raise KalamError("INVALID_SQL", "Use $1..$n for parameters")
+            if isinstance(node, exp.Column) and node.args.get("db") is not None:
+                node = node.copy()
+                node.set("db", None)
+                node.set("catalog", None)
+                return node
+            return node
+
+        return root.transform(fix, copy=False)
+
+    def rewrite_sources(self, root: exp.Expression, skip: exp.Table | None = None) -> None:
+        """Replace every table reference (except `skip`, a DML target) by its visible rows."""
+        cte_names = {cte.alias_or_name.lower() for cte in root.find_all(exp.CTE)}
+        for table in list(root.find_all(exp.Table)):
+            if table is skip or not table.name:
+                continue
+            if isinstance(table.parent, (exp.Schema,)) and table.parent.parent is None:
+                continue
+            if not table.db and table.name.lower() in cte_names:
+                continue
+            ns, name = self.resolve(table)
+            alias = table.alias or table.name
+            if ns == "system":
+                new = self.system_source(name, alias)
+            else:
+                info = self.lookup(ns, name)
+                self.out.tables.append((info, info.full_name, "r"))
+                new = self.visible_source(info, alias)
+                self.known[id(new)] = info
+            table.replace(new)
+
+    def system_source(self, name: str, alias: str) -> exp.Expression:
+        if name in SYSTEM_VIEWS:
+            cols = SYSTEM_VIEWS[name]
+        elif name in self.local:
+            cols = dict(self.local[name])
+            self.out.local_tables.add(name)
+        else:
+            raise KalamError("TABLE_NOT_FOUND", f"Table 'system.{name}' not found")
+        self.out.tables.append((None, f"system.{name}", "r"))
+        new = exp.Table(this=exp.to_identifier(f"system.{name}", quoted=True),
+                        alias=exp.TableAlias(this=exp.to_identifier(alias)))
+        self.known[id(new)] = cols
+        return new
+
+    def source_columns(self, src) -> list[tuple[str, str | None]] | None:
+        info = self.known.get(id(src))
+        if info is None:
+            return None
+        if isinstance(info, TableInfo):
+            return [(c.name, c.data_type) for c in info.columns]
+        return list(info.items())
+
+    def expand_stars(self, root: exp.Expression) -> None:
+        for select in list(root.find_all(exp.Select)):
+            sources = []
+            frm = select.args.get("from_")
+            if frm is not None:
+                sources.append(frm.this)
+            sources += [j.this for j in select.args.get("joins") or []]
+            new_exprs = []
+            changed = False
+            for e in select.expressions:
+                if isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)):
+                    qualifier = e.table if isinstance(e, exp.Column) else None
+                    picked = [s for s in sources if not qualifier or s.alias_or_name == qualifier]
+                    cols = [self.source_columns(s) for s in picked]
+                    if picked and all(c is not None for c in cols):
+                        for s, cs in zip(picked, cols):
+                            for cname, _ in cs:
+                                new_exprs.append(exp.column(cname, table=s.alias_or_name, quoted=True))
+                        changed = True
+                        continue
+                new_exprs.append(e)
+            if changed:
+                select.set("expressions", new_exprs)
+
+    def output_types(self, root: exp.Expression) -> list[str | None]:
+        select = root
+        while isinstance(select, (exp.Union, exp.Intersect, exp.Except)):
+            select = select.this
+        if isinstance(select, exp.Subquery):
+            select = select.unnest()
+        if not isinstance(select, exp.Select):
+            return []
+        sources = []
+        frm = select.args.get("from_")
+        if frm is not None:
+            sources.append(frm.this)
+        sources += [j.this for j in select.args.get("joins") or []]
+        out = []
+        for e in select.expressions:
+            inner = e.this if isinstance(e, exp.Alias) else e
+            out.append(self.expr_type(inner, sources))
+        return out
+
+    def expr_type(self, e: exp.Expression, sources) -> str | None:
+        if isinstance(e, exp.Column) and not isinstance(e.this, exp.Star):
+            name = e.name.lower()
+            for s in sources:
+                if e.table and s.alias_or_name != e.table:
+                    continue
+                if name in HIDDEN:
+                    if self.known.get(id(s)) is not None:
+                        return "BigInt" if name == "_seq" else "Boolean"
+                    continue
+                cols = self.source_columns(s)
+                if cols:
+                    for cname, ctype in cols:
+                        if cname == name:
+                            return ctype
+            return None
+        if isinstance(e, exp.Count):
+            return "BigInt"
+        if isinstance(e, (exp.Boolean, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
+            return "Boolean"
+        if isinstance(e, (exp.Max, exp.Min)):
+            return self.expr_type(e.this, sources)
+        if isinstance(e, exp.Cast):
+            return None
+        return None
+
+
+def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: str,
+                  local_tables: dict[str, list[tuple[str, str]]]) -> Compiled:
+    """Compile a copy of `ast` (the caller's tree is not modified)."""
+    ast = ast.copy()
+    c = _Compiler(catalog, namespace, local_tables)
+    c.out.kind = kind
+    # user-written functions and parameters first, before the compiler adds its own kdb_* calls
+    ast = c.rewrite_functions(ast)
+    if kind == "select":
+        c.rewrite_sources(ast)
+        c.expand_stars(ast)
+        c.out.types = c.output_types(ast)
+        c.out.sql = ast.sql("sqlite")
+        return c.out
+    if kind == "insert":
+        return _compile_insert(c, ast)
+    if kind in ("update", "delete"):
+        return _compile_update_delete(c, ast, kind)
+    raise KalamError("INVALID_SQL", f"Unsupported statement kind {kind}")
+
+
+def _target(c: _Compiler, table: exp.Table, verb: str) -> TableInfo:
+    if not isinstance(table, exp.Table):
+        raise KalamError("INVALID_SQL", f"{verb} needs a table name")
+    ns, name = c.resolve(table)
+    if ns == "system":
+        raise KalamError("PERMISSION_DENIED", f"Cannot {verb} system table 'system.{name}'")
+    info = c.lookup(ns, name)
+    c.out.target = info
+    c.out.tables.append((info, info.full_name, "w"))
+    return info
+
+
+def _coerce(info: TableInfo, col: str, value: exp.Expression) -> exp.Expression:
+    fn = COERCE_FN.get(info.by_name[col].data_type)
+    return _fn(fn, value) if fn else value
+
+
+def _check_column(info: TableInfo, name: str) -> str:
+    name = name.lower()
+    if name in HIDDEN or name.startswith("_"):
+        raise KalamError("SQL_EXECUTION_ERROR", f"System column '{name}' cannot be written")
+    if name not in info.by_name:
+        raise KalamError("SQL_EXECUTION_ERROR", f"Column '{name}' does not exist in table {info.full_name}")
+    return name
+
+
+def default_expr(col) -> exp.Expression:
+    d = col.default
+    if d is None:
+        return exp.Null()
+    if "fn" in d:
+        return _fn({"NOW": "kdb_now", "SNOWFLAKE_ID": "kdb_snowflake", "UUID_V7": "kdb_uuid7",
+                    "ULID": "kdb_ulid", "CURRENT_USER": "kdb_current_user"}[d["fn"]])
+    v = d["lit"]
+    if v is None:
+        return exp.Null()
+    if isinstance(v, bool):
+        return exp.Literal.number(1 if v else 0)
+    if isinstance(v, (int, float)):
+        return exp.Literal.number(v)
+    return exp.Literal.string(v)
+
+
+def _compile_insert(c: _Compiler, ast: exp.Insert) -> Compiled:
+    if ast.args.get("conflict") or ast.args.get("returning"):
+        raise KalamError("INVALID_SQL", "INSERT ... ON CONFLICT / RETURNING is not supported")
+    target = ast.this
+    given: list[str] | None = None
+    if isinstance(target, exp.Schema):
+        given = [i.name.lower() for i in target.expressions]
+        target = target.this
+    info = _target(c, target, "insert into")
+    if given is None:
+        cols = [col.name for col in info.columns]
+    else:
+        cols = [_check_column(info, g) for g in given]
+        if len(set(cols)) != len(cols):
+            raise KalamError("SQL_EXECUTION_ERROR", "A column appears twice in the INSERT column list")
+    missing = [col for col in info.columns if col.name not in cols]
+    for col in missing:
+        if col.not_null and col.default is None:
+            raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' cannot be NULL (no value and no DEFAULT)")
+    source = ast.expression
+    extra_names = [m.name for m in missing] + ["_seq", "_deleted"]
+    extra_vals = [default_expr(m) for m in missing] + [_fn("kdb_seq"), exp.Literal.number(0)]
+    if info.table_type == "USER":
+        extra_names.append("_owner")
+        extra_vals.append(_param("_owner"))
+        c.out.uses_owner = True
+    if info.table_type == "STREAM":
+        extra_names.append("_ts")
+        extra_vals.append(_fn("kdb_now"))
+    pk_index = cols.index(info.primary_key) if info.primary_key in cols else None
+    if isinstance(source, exp.Values):
+        rows = []
+        for tup in source.expressions:
+            values = tup.expressions if isinstance(tup, exp.Tuple) else [tup]
+            if len(values) != len(cols):
+                raise KalamError("SQL_EXECUTION_ERROR", f"INSERT has {len(cols)} column(s) but a row has "
+                                 f"{len(values)} value(s)")
+            if pk_index is not None:
+                v = values[pk_index]
+                if isinstance(v, exp.Literal):
+                    c.out.pk_values.append(("lit", v.this if v.is_string else v.to_py()))
+                elif isinstance(v, exp.Placeholder) and v.name.startswith("p"):
+                    c.out.pk_values.append(("param", int(v.name[1:])))
+                elif isinstance(v, exp.Neg) and isinstance(v.this, exp.Literal):
+                    c.out.pk_values.append(("lit", -v.this.to_py()))
+                else:
+                    c.out.pk_values.append(None)
+            new = [_coerce(info, col, v.copy()) for col, v in zip(cols, values)]
+            rows.append(exp.Tuple(expressions=new + [e.copy() for e in extra_vals]))
+        c.out.row_count = len(rows)
+        new_source = exp.Values(expressions=rows)
+    elif isinstance(source, (exp.Select, exp.Union)):
+        c.rewrite_sources(source)
+        c.expand_stars(source)
+        names = [f"c{i}" for i in range(len(cols))]
+        cte_alias = exp.TableAlias(this=exp.to_identifier("_kdb_src"),
+                                   columns=[exp.to_identifier(n) for n in names])
+        proj = [_coerce(info, col, exp.column(n)) for col, n in zip(cols, names)] + extra_vals
+        new_source = exp.select(*proj).from_("_kdb_src").where(exp.true())
+        new_source.set("with_", exp.With(expressions=[exp.CTE(this=source, alias=cte_alias)]))
+        c.out.row_count = -1
+    else:
+        raise KalamError("INVALID_SQL", "INSERT needs VALUES or SELECT")
+    all_cols = cols + extra_names
+    table = exp.Table(this=exp.to_identifier(info.storage, quoted=True))
+    insert = exp.Insert(this=exp.Schema(this=table, expressions=[exp.to_identifier(n, quoted=True) for n in all_cols]),
+                        expression=new_source)
+    sql = insert.sql("sqlite")
+    if info.primary_key:
+        key = [quote_ident(info.primary_key)]
+        if info.table_type == "USER":
+            key.insert(0, "_owner")
+        sets = [f"{quote_ident(n)} = excluded.{quote_ident(n)}" for n in all_cols if n not in ("_owner",)]
+        # a soft-deleted row with the same key is replaced; a live one makes the row a no-op, which
+        # the executor detects (affected rows < rows) and reports as a primary key violation
+        sql += (f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(sets)} "
+                f"WHERE {quote_ident(info.storage)}._deleted = 1")
+    c.out.sql = sql
+    return c.out
+
+
+def _compile_update_delete(c: _Compiler, ast: exp.Expression, kind: str) -> Compiled:
+    table = ast.this
+    info = _target(c, table, "update" if kind == "update" else "delete from")
+    alias = table.alias or table.name
+    if kind == "update" and info.table_type == "STREAM":
+        raise KalamError("SQL_EXECUTION_ERROR", f"UPDATE is not supported on STREAM table {info.full_name}")
+    where = ast.args.get("where")
+    cond = where.this if where is not None else None
+    for src in ("from_", "joins", "using"):
+        if ast.args.get(src):
+            raise KalamError("INVALID_SQL", f"{kind.upper()} ... {src.strip('_').upper()} is not supported")
+    if cond is not None:
+        c.rewrite_sources(cond)
+    sets: list[exp.Expression] = []
+    if kind == "update":
+        for e in ast.expressions:
+            if not isinstance(e, exp.EQ) or not isinstance(e.this, exp.Column):
+                raise KalamError("INVALID_SQL", "UPDATE SET needs column = value")
+            col = _check_column(info, e.this.name)
+            value = e.expression
+            c.rewrite_sources(value)
+            sets.append(exp.EQ(this=exp.column(col, quoted=True), expression=_coerce(info, col, value)))
+        if ast.args.get("returning"):
+            raise KalamError("INVALID_SQL", "RETURNING is not supported")
+    else:
+        sets.append(exp.EQ(this=exp.column("_deleted"), expression=exp.Literal.number(1)))
+    sets.append(exp.EQ(this=exp.column("_seq"), expression=_fn("kdb_seq")))
+    guard: exp.Expression = exp.EQ(this=exp.column("_deleted", table=alias),
+                                   expression=exp.Literal.number(0))
+    if info.table_type == "USER":
+        guard = exp.and_(guard, exp.EQ(this=exp.column("_owner", table=alias), expression=_param("_owner")))
+        c.out.uses_owner = True
+    full = exp.and_(guard, exp.Paren(this=cond)) if cond is not None else guard
+    new_table = exp.Table(this=exp.to_identifier(info.storage, quoted=True),
+                          alias=exp.TableAlias(this=exp.to_identifier(alias)))
+    update = exp.Update(this=new_table, expressions=sets, where=exp.Where(this=full))
+    c.out.sql = update.sql("sqlite")
+    return c.out

@@ -1,0 +1,617 @@
+"""Parse one statement of the KalamDB dialect into a Statement. DDL, users, namespaces and cluster
+commands use a small token parser (their grammar is KalamDB's own); SELECT/INSERT/UPDATE/DELETE go
+to sqlglot, whose parse is cached by statement text because it costs ~120 us."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from kalamdb.errors import KalamError
+from kalamdb.sql import statements as st
+from kalamdb.sql.types import SERIAL_TYPES, canonical_type
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9_]+$")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+ROLES = ("user", "service", "dba", "system")
+TABLE_TYPES = ("USER", "SHARED", "STREAM")
+TABLE_OPTIONS = ("TYPE", "STORAGE_ID", "TTL_SECONDS", "ACCESS_LEVEL", "FLUSH_POLICY")
+DEFAULT_FUNCTIONS = ("NOW", "CURRENT_TIMESTAMP", "SNOWFLAKE_ID", "UUID_V7", "ULID", "CURRENT_USER")
+
+_TOKEN_RE = re.compile(
+    r"""\s*(?:
+      (?P<str>'(?:[^']|'')*')
+    | (?P<qid>"(?:[^"]|"")*"|`[^`]*`)
+    | (?P<num>-?\d+(?:\.\d+)?)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+    | (?P<op>[(),.=*;:-])
+    | (?P<other>\S)
+    )""",
+    re.VERBOSE,
+)
+
+
+class Tok:
+    __slots__ = ("kind", "pos", "text", "value")
+
+    def __init__(self, kind: str, text: str, value, pos: int):
+        self.kind, self.text, self.value, self.pos = kind, text, value, pos
+
+    @property
+    def upper(self) -> str:
+        return self.text.upper() if self.kind == "word" else ""
+
+
+def tokenize(sql: str) -> list[Tok]:
+    toks: list[Tok] = []
+    pos = 0
+    n = len(sql)
+    while pos < n:
+        m = _TOKEN_RE.match(sql, pos)
+        if m is None or m.end() == pos:
+            break
+        kind = m.lastgroup
+        text = m.group(kind)
+        start = m.start(kind)
+        if kind == "str":
+            value = text[1:-1].replace("''", "'")
+        elif kind == "qid":
+            value = text[1:-1].replace('""', '"') if text[0] == '"' else text[1:-1]
+            kind = "word"
+        elif kind == "num":
+            value = float(text) if "." in text else int(text)
+        else:
+            value = text
+        toks.append(Tok(kind, text, value, start))
+        pos = m.end()
+    return toks
+
+
+class _Cursor:
+    """A read position over the tokens of one statement, with helpers that raise INVALID_SQL."""
+
+    def __init__(self, sql: str):
+        self.sql = sql
+        self.toks = tokenize(sql)
+        self.i = 0
+
+    def peek(self, k: int = 0) -> Tok | None:
+        j = self.i + k
+        return self.toks[j] if j < len(self.toks) else None
+
+    def at(self, *words: str) -> bool:
+        for k, w in enumerate(words):
+            t = self.peek(k)
+            if t is None or t.upper != w:
+                return False
+        return True
+
+    def accept(self, *words: str) -> bool:
+        if self.at(*words):
+            self.i += len(words)
+            return True
+        return False
+
+    def expect(self, *words: str) -> None:
+        if not self.accept(*words):
+            got = self.peek()
+            raise KalamError("INVALID_SQL", f"Expected {' '.join(words)} but found "
+                             f"{repr(got.text) if got else 'end of statement'}")
+
+    def accept_op(self, op: str) -> bool:
+        t = self.peek()
+        if t is not None and t.kind == "op" and t.text == op:
+            self.i += 1
+            return True
+        return False
+
+    def expect_op(self, op: str) -> None:
+        if not self.accept_op(op):
+            got = self.peek()
+            raise KalamError("INVALID_SQL", f"Expected '{op}' but found "
+                             f"{repr(got.text) if got else 'end of statement'}")
+
+    def name(self, what: str) -> str:
+        t = self.peek()
+        if t is None or t.kind not in ("word", "str"):
+            raise KalamError("INVALID_SQL", f"Expected {what} but found "
+                             f"{repr(t.text) if t else 'end of statement'}")
+        self.i += 1
+        return str(t.value)
+
+    def string(self, what: str) -> str:
+        t = self.peek()
+        if t is None or t.kind != "str":
+            raise KalamError("INVALID_SQL", f"Expected {what} as a quoted string")
+        self.i += 1
+        return t.value
+
+    def done(self) -> bool:
+        return self.i >= len(self.toks)
+
+    def end(self) -> None:
+        if not self.done():
+            raise KalamError("INVALID_SQL", f"Unexpected {self.peek().text!r} at end of statement")
+
+
+def check_name(name: str, what: str) -> str:
+    if not NAME_RE.match(name):
+        raise KalamError("INVALID_SQL", f"Invalid {what} name '{name}': use letters, digits and underscore")
+    return name
+
+
+def _qualified(c: _Cursor, what: str = "table") -> tuple[str | None, str]:
+    first = c.name(f"{what} name")
+    if c.accept_op("."):
+        second = c.name(f"{what} name")
+        return check_name(first.lower(), "namespace"), check_name(second.lower(), what)
+    return None, check_name(first.lower(), what)
+
+
+# ---------------------------------------------------------------------------------------- caching
+
+
+class ParseCache:
+    """LRU of sqlglot parse results by statement text; callers get a copy they may rewrite."""
+
+    def __init__(self, capacity: int = 2048):
+        self.capacity = capacity
+        self._items: OrderedDict[str, exp.Expression] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def parse(self, sql: str) -> exp.Expression:
+        with self._lock:
+            ast = self._items.get(sql)
+            if ast is not None:
+                self._items.move_to_end(sql)
+                self.hits += 1
+                return ast
+            self.misses += 1
+        try:
+            ast = sqlglot.parse_one(sql, read="postgres")
+        except (ParseError, TokenError) as e:
+            raise KalamError("INVALID_SQL", f"Syntax error: {_first_line(str(e))}") from None
+        except Exception as e:  # noqa: BLE001 - sqlglot raises assorted errors on hostile input
+            raise KalamError("INVALID_SQL", f"Syntax error: {_first_line(str(e))}") from None
+        with self._lock:
+            self._items[sql] = ast
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return ast
+
+
+def _first_line(s: str) -> str:
+    s = re.sub(r"\x1b\[[0-9;]*m", "", s)
+    return s.strip().splitlines()[0] if s.strip() else "invalid statement"
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+_QUERY_START = {"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "VALUES"}
+
+
+def parse_statement(sql: str, cache: ParseCache) -> st.Statement:
+    """Parse one statement (no trailing `;`)."""
+    c = _Cursor(sql)
+    if c.done():
+        raise KalamError("EMPTY_SQL", "SQL statement is empty")
+    first = c.peek().upper
+    if first in _QUERY_START or (c.peek().kind == "op" and c.peek().text == "("):
+        return parse_query(sql, cache)
+    if first == "CREATE":
+        return _parse_create(c)
+    if first == "DROP":
+        return _parse_drop(c)
+    if first == "ALTER":
+        return _parse_alter(c)
+    if first == "SHOW":
+        return _parse_show(c)
+    if first in ("DESCRIBE", "DESC"):
+        c.i += 1
+        c.accept("TABLE")
+        ns, name = _qualified(c)
+        c.end()
+        return st.DescribeTable(ns, name)
+    if first == "USE":
+        c.i += 1
+        c.accept("NAMESPACE")
+        name = check_name(c.name("namespace name").lower(), "namespace")
+        c.end()
+        return st.UseNamespace(name)
+    if first in ("BEGIN", "START"):
+        c.i += 1
+        if first == "START":
+            c.expect("TRANSACTION")
+        else:
+            c.accept("TRANSACTION") or c.accept("WORK")
+        c.end()
+        return st.Begin()
+    if first in ("COMMIT", "END"):
+        c.i += 1
+        c.accept("TRANSACTION") or c.accept("WORK")
+        c.end()
+        return st.Commit()
+    if first == "ROLLBACK":
+        c.i += 1
+        c.accept("TRANSACTION") or c.accept("WORK")
+        c.end()
+        return st.Rollback()
+    if first == "EXECUTE":
+        return _parse_execute_as(c, cache)
+    if first == "CLUSTER":
+        return _parse_cluster(c)
+    raise KalamError("INVALID_SQL", f"Unsupported statement: {sql[:60]!r}")
+
+
+def parse_query(sql: str, cache: ParseCache) -> st.Query:
+    ast = cache.parse(sql)
+    if isinstance(ast, (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery, exp.Values)):
+        kind = "select"
+    elif isinstance(ast, exp.Insert):
+        kind = "insert"
+    elif isinstance(ast, exp.Update):
+        kind = "update"
+    elif isinstance(ast, exp.Delete):
+        kind = "delete"
+    else:
+        raise KalamError("INVALID_SQL", f"Unsupported statement: {sql[:60]!r}")
+    return st.Query(sql, kind, ast)
+
+
+def _parse_create(c: _Cursor) -> st.Statement:
+    c.expect("CREATE")
+    if c.accept("NAMESPACE"):
+        ine = c.accept("IF", "NOT", "EXISTS")
+        name = check_name(c.name("namespace name").lower(), "namespace")
+        c.end()
+        return st.CreateNamespace(name, ine)
+    prefix = None
+    if c.at("USER", "TABLE") or c.at("SHARED", "TABLE") or c.at("STREAM", "TABLE"):
+        prefix = c.peek().upper
+        c.i += 1
+    if c.accept("TABLE"):
+        return _parse_create_table(c, prefix)
+    if c.accept("USER"):
+        return _parse_create_user(c)
+    raise KalamError("INVALID_SQL", "Expected NAMESPACE, TABLE or USER after CREATE")
+
+
+def _parse_default(c: _Cursor) -> dict:
+    t = c.peek()
+    if t is None:
+        raise KalamError("INVALID_SQL", "Expected a value after DEFAULT")
+    if t.kind in ("str", "num"):
+        c.i += 1
+        return {"lit": t.value}
+    if t.kind == "op" and t.text == "-" and c.peek(1) is not None and c.peek(1).kind == "num":
+        c.i += 2
+        return {"lit": -c.toks[c.i - 1].value}
+    word = t.upper
+    if word in ("TRUE", "FALSE"):
+        c.i += 1
+        return {"lit": word == "TRUE"}
+    if word == "NULL":
+        c.i += 1
+        return {"lit": None}
+    if word in DEFAULT_FUNCTIONS:
+        c.i += 1
+        if c.accept_op("("):
+            c.expect_op(")")
+        return {"fn": "NOW" if word == "CURRENT_TIMESTAMP" else word}
+    raise KalamError("INVALID_SQL", f"Unsupported DEFAULT value {t.text!r}: use a literal, NOW(), "
+                     "CURRENT_TIMESTAMP, SNOWFLAKE_ID(), UUID_V7(), ULID() or CURRENT_USER()")
+
+
+def parse_column_def(c: _Cursor) -> st.ColumnDef:
+    raw_name = c.name("column name")
+    name = check_name(raw_name.lower(), "column")
+    if name.startswith("_"):
+        raise KalamError("INVALID_SQL", f"Column name '{name}' is reserved: names starting with '_' "
+                         "belong to system columns")
+    type_tok = c.peek()
+    if type_tok is None or type_tok.kind != "word":
+        raise KalamError("INVALID_SQL", f"Expected a data type for column '{name}'")
+    c.i += 1
+    type_word = type_tok.upper
+    if type_word == "DOUBLE":
+        c.accept("PRECISION")
+    data_type = canonical_type(type_word)
+    type_args = None
+    if c.accept_op("("):
+        type_args = []
+        while True:
+            t = c.peek()
+            if t is None or t.kind != "num":
+                raise KalamError("INVALID_SQL", f"Expected a number in the type of column '{name}'")
+            type_args.append(t.value)
+            c.i += 1
+            if c.accept_op(")"):
+                break
+            c.expect_op(",")
+    col = st.ColumnDef(name, data_type, type_args=type_args if data_type == "Decimal" else None)
+    if type_word in SERIAL_TYPES:
+        col.default = {"fn": "SNOWFLAKE_ID"}
+    while not c.done() and not (c.peek().kind == "op" and c.peek().text in ",)"):
+        if c.accept("NOT", "NULL"):
+            col.not_null = True
+        elif c.accept("NULL"):
+            col.not_null = False
+        elif c.accept("PRIMARY", "KEY"):
+            col.primary_key = True
+        elif c.accept("DEFAULT"):
+            col.default = _parse_default(c)
+        elif c.accept("AUTO_INCREMENT") or c.accept("AUTOINCREMENT"):
+            col.default = {"fn": "SNOWFLAKE_ID"}
+        elif c.accept("UNIQUE"):
+            pass  # accepted for compatibility; only the primary key is enforced
+        else:
+            raise KalamError("INVALID_SQL", f"Unexpected {c.peek().text!r} in definition of column '{name}'")
+    if col.primary_key:
+        col.not_null = True
+    return col
+
+
+def _parse_create_table(c: _Cursor, prefix: str | None) -> st.CreateTable:
+    ine = c.accept("IF", "NOT", "EXISTS")
+    ns, name = _qualified(c)
+    c.expect_op("(")
+    columns: list[st.ColumnDef] = []
+    table_pk: list[str] = []
+    while True:
+        if c.accept("PRIMARY", "KEY"):
+            c.expect_op("(")
+            while True:
+                table_pk.append(c.name("primary key column").lower())
+                if c.accept_op(")"):
+                    break
+                c.expect_op(",")
+        else:
+            columns.append(parse_column_def(c))
+        if c.accept_op(")"):
+            break
+        c.expect_op(",")
+    options: dict = {}
+    if c.accept("WITH"):
+        c.expect_op("(")
+        while True:
+            key = c.name("table option").upper()
+            if key not in TABLE_OPTIONS:
+                raise KalamError("INVALID_SQL", f"Unknown table option '{key}' (known: "
+                                 f"{', '.join(TABLE_OPTIONS)})")
+            c.expect_op("=")
+            t = c.peek()
+            if t is None or t.kind not in ("str", "num", "word"):
+                raise KalamError("INVALID_SQL", f"Expected a value for table option {key}")
+            c.i += 1
+            options[key] = t.value
+            if c.accept_op(")"):
+                break
+            c.expect_op(",")
+    c.end()
+    seen = set()
+    for col in columns:
+        if col.name in seen:
+            raise KalamError("INVALID_SQL", f"Duplicate column '{col.name}'")
+        seen.add(col.name)
+    pk_cols = [col.name for col in columns if col.primary_key] + table_pk
+    if len(pk_cols) > 1:
+        raise KalamError("INVALID_SQL", "A table must have a single-column PRIMARY KEY "
+                         f"(found {', '.join(pk_cols)})")
+    if table_pk:
+        match = [col for col in columns if col.name == table_pk[0]]
+        if not match:
+            raise KalamError("INVALID_SQL", f"PRIMARY KEY column '{table_pk[0]}' is not defined")
+        match[0].primary_key = match[0].not_null = True
+    type_opt = options.get("TYPE")
+    if type_opt is not None:
+        type_opt = str(type_opt).upper()
+        if type_opt not in TABLE_TYPES:
+            raise KalamError("INVALID_SQL", f"Invalid table TYPE '{options['TYPE']}': use USER, SHARED or STREAM")
+        if prefix is not None and prefix != type_opt:
+            raise KalamError("INVALID_SQL", f"Table type conflict: CREATE {prefix} TABLE with TYPE='{type_opt}'")
+        options["TYPE"] = type_opt
+    table_type = prefix or type_opt or "SHARED"
+    options.pop("TYPE", None)
+    if "TTL_SECONDS" in options:
+        ttl = options["TTL_SECONDS"]
+        if isinstance(ttl, str) and ttl.isdigit():
+            ttl = int(ttl)
+        if not isinstance(ttl, int) or ttl <= 0:
+            raise KalamError("INVALID_SQL", "TTL_SECONDS must be a positive integer")
+        options["TTL_SECONDS"] = ttl
+    if "ACCESS_LEVEL" in options:
+        level = str(options["ACCESS_LEVEL"]).upper()
+        if level not in ("PUBLIC", "PRIVATE", "RESTRICTED"):
+            raise KalamError("INVALID_SQL", "ACCESS_LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
+        options["ACCESS_LEVEL"] = level
+    if table_type in ("USER", "SHARED") and not pk_cols:
+        raise KalamError("INVALID_SQL", f"{table_type.title()} tables require a single-column PRIMARY KEY")
+    if table_type == "STREAM" and "TTL_SECONDS" not in options:
+        raise KalamError("INVALID_SQL", "Stream tables require TTL_SECONDS")
+    if not columns:
+        raise KalamError("INVALID_SQL", "A table needs at least one column")
+    return st.CreateTable(ns, name, table_type, columns, pk_cols[0] if pk_cols else None, options, ine)
+
+
+def _parse_role(c: _Cursor) -> str:
+    role = c.name("role").lower()
+    if role not in ROLES:
+        raise KalamError("INVALID_SQL", f"Invalid role '{role}': use user, service, dba or system")
+    return role
+
+
+def _username(c: _Cursor) -> str:
+    name = c.name("user name")
+    if not USERNAME_RE.match(name):
+        raise KalamError("INVALID_SQL", f"Invalid user name '{name}'")
+    return name
+
+
+def _parse_create_user(c: _Cursor) -> st.CreateUser:
+    ine = c.accept("IF", "NOT", "EXISTS")
+    if ine:
+        raise KalamError("INVALID_SQL", "CREATE USER IF NOT EXISTS is not supported")
+    name = _username(c)
+    password = role = email = None
+    c.accept("WITH")
+    while not c.done():
+        if c.accept("PASSWORD"):
+            password = c.string("password")
+        elif c.accept("ROLE"):
+            role = _parse_role(c)
+        elif c.accept("EMAIL"):
+            email = c.string("email")
+        else:
+            raise KalamError("INVALID_SQL", f"Unexpected {c.peek().text!r} in CREATE USER")
+    if password is None:
+        raise KalamError("INVALID_SQL", "CREATE USER needs WITH PASSWORD '...'")
+    return st.CreateUser(name, role or "user", email, password=password)
+
+
+def _parse_drop(c: _Cursor) -> st.Statement:
+    c.expect("DROP")
+    if c.accept("NAMESPACE"):
+        ie = c.accept("IF", "EXISTS")
+        name = check_name(c.name("namespace name").lower(), "namespace")
+        cascade = c.accept("CASCADE")
+        c.end()
+        return st.DropNamespace(name, ie, cascade)
+    prefix = None
+    if c.at("USER", "TABLE") or c.at("SHARED", "TABLE") or c.at("STREAM", "TABLE"):
+        prefix = c.peek().upper
+        c.i += 1
+    if c.accept("TABLE"):
+        ie = c.accept("IF", "EXISTS")
+        ns, name = _qualified(c)
+        c.end()
+        return st.DropTable(ns, name, prefix, ie)
+    if c.accept("USER"):
+        ie = c.accept("IF", "EXISTS")
+        name = _username(c)
+        c.end()
+        return st.DropUser(name, ie)
+    raise KalamError("INVALID_SQL", "Expected NAMESPACE, TABLE or USER after DROP")
+
+
+def _parse_alter(c: _Cursor) -> st.Statement:
+    c.expect("ALTER")
+    if c.accept("TABLE"):
+        ns, name = _qualified(c)
+        if c.accept("ADD"):
+            c.accept("COLUMN")
+            col = parse_column_def(c)
+            c.end()
+            if col.primary_key:
+                raise KalamError("INVALID_SQL", "ALTER TABLE cannot add a PRIMARY KEY column")
+            return st.AlterTableAddColumn(ns, name, col)
+        if c.accept("DROP"):
+            c.accept("COLUMN")
+            col_name = check_name(c.name("column name").lower(), "column")
+            c.end()
+            return st.AlterTableDropColumn(ns, name, col_name)
+        raise KalamError("INVALID_SQL", "ALTER TABLE supports ADD COLUMN and DROP COLUMN")
+    if c.accept("USER"):
+        name = _username(c)
+        c.expect("SET")
+        if c.accept("PASSWORD"):
+            pw = c.string("password")
+            c.end()
+            return st.AlterUser(name, password=pw)
+        if c.accept("ROLE"):
+            role = _parse_role(c)
+            c.end()
+            return st.AlterUser(name, role=role)
+        raise KalamError("INVALID_SQL", "ALTER USER supports SET PASSWORD '...' and SET ROLE r")
+    raise KalamError("INVALID_SQL", "Expected TABLE or USER after ALTER")
+
+
+def _parse_show(c: _Cursor) -> st.Statement:
+    c.expect("SHOW")
+    if c.accept("NAMESPACES"):
+        c.end()
+        return st.ShowNamespaces()
+    if c.accept("TABLES"):
+        ns = None
+        if c.accept("IN") or c.accept("FROM"):
+            ns = check_name(c.name("namespace name").lower(), "namespace")
+        c.end()
+        return st.ShowTables(ns)
+    raise KalamError("INVALID_SQL", "SHOW supports NAMESPACES and TABLES [IN ns]")
+
+
+def _parse_execute_as(c: _Cursor, cache: ParseCache) -> st.ExecuteAs:
+    c.expect("EXECUTE", "AS", "USER")
+    t = c.peek()
+    if t is None or t.kind not in ("str", "word"):
+        raise KalamError("INVALID_SQL", "EXECUTE AS USER needs a user name")
+    c.i += 1
+    open_tok = c.peek()
+    if open_tok is None or open_tok.text != "(" or c.toks[-1].text != ")":
+        raise KalamError("INVALID_SQL", "EXECUTE AS USER 'name' ( <one statement> ) needs parentheses")
+    inner_sql = c.sql[open_tok.pos + 1 : c.toks[-1].pos].strip()
+    if not inner_sql:
+        raise KalamError("INVALID_SQL", "EXECUTE AS USER has an empty statement")
+    inner = parse_statement(inner_sql, cache)
+    if not isinstance(inner, st.Query):
+        raise KalamError("INVALID_SQL", "EXECUTE AS USER wraps one SELECT, INSERT, UPDATE or DELETE")
+    return st.ExecuteAs(str(t.value), inner)
+
+
+def _parse_cluster(c: _Cursor) -> st.ClusterStatement:
+    c.expect("CLUSTER")
+
+    def number(what: str) -> int:
+        t = c.peek()
+        if t is None or t.kind != "num" or not isinstance(t.value, int) or t.value < 0:
+            raise KalamError("INVALID_SQL", f"CLUSTER needs a non-negative integer {what}")
+        c.i += 1
+        return t.value
+
+    def addr(what: str) -> str:
+        start = c.peek()
+        if start is None:
+            raise KalamError("INVALID_SQL", f"CLUSTER JOIN needs {what}")
+        if start.kind == "str":
+            c.i += 1
+            return start.value
+        # an unquoted address like 127.0.0.1:9188 or http://127.0.0.1:8080: glue adjacent tokens
+        text = ""
+        end_pos = start.pos
+        while not c.done() and c.peek().pos == end_pos:
+            t = c.peek()
+            text += t.text
+            end_pos = t.pos + len(t.text)
+            c.i += 1
+        return text
+
+    if c.accept("SNAPSHOT"):
+        op = st.ClusterOp("snapshot")
+    elif c.accept("PURGE"):
+        op = st.ClusterOp("purge", upto=number("log index"))
+    elif c.accept("TRIGGER", "ELECTION"):
+        op = st.ClusterOp("trigger_election")
+    elif c.accept("TRANSFER", "LEADER") or c.accept("TRANSFER", "LEADERSHIP"):
+        op = st.ClusterOp("transfer_leader", node_id=number("node id"))
+    elif c.accept("STEPDOWN") or c.accept("STEP", "DOWN"):
+        op = st.ClusterOp("stepdown")
+    elif c.accept("JOIN"):
+        node_id = number("node id")
+        op = st.ClusterOp("join", node_id=node_id, rpc_addr=addr("an rpc address"), api_addr=addr("an api address"))
+    elif c.accept("LEAVE"):
+        op = st.ClusterOp("leave", node_id=number("node id"))
+    elif c.accept("LIST"):
+        op = st.ClusterOp("list")
+    elif c.accept("STATUS"):
+        op = st.ClusterOp("status")
+    else:
+        raise KalamError("INVALID_SQL", "Unknown CLUSTER command (SNAPSHOT, PURGE n, TRIGGER ELECTION, "
+                         "TRANSFER LEADER n, STEPDOWN, JOIN id rpc api, LEAVE id, LIST, STATUS)")
+    c.end()
+    return st.ClusterStatement(op)

@@ -1,0 +1,238 @@
+"""Statement objects: what a request asks for, after parsing and before execution. Each one can be
+written to (and read from) the replicated command as plain msgpack-able data, so followers never
+need the request's text for statements that carry secrets (passwords travel only as hashes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+
+@dataclass
+class Statement:
+    tag: ClassVar[str] = ""
+    #: True when applying the statement changes replicated state
+    writes: ClassVar[bool] = False
+
+    @property
+    def is_write(self) -> bool:
+        return self.writes
+
+    def to_wire(self) -> dict:
+        out: dict[str, Any] = {"k": self.tag}
+        for f in fields(self):
+            if f.metadata.get("wire", True):
+                out[f.name] = _to_wire_value(getattr(self, f.name))
+        return out
+
+
+def _to_wire_value(v):
+    if isinstance(v, Statement):
+        return v.to_wire()
+    if isinstance(v, ColumnDef):
+        return v.__dict__.copy()
+    if isinstance(v, list):
+        return [_to_wire_value(x) for x in v]
+    return v
+
+
+@dataclass
+class ColumnDef:
+    name: str
+    data_type: str  # canonical (BigInt, Text, ...)
+    not_null: bool = False
+    default: dict | None = None  # {"lit": value} or {"fn": "NOW"|"SNOWFLAKE_ID"|...}
+    primary_key: bool = False
+    type_args: list | None = None  # e.g. DECIMAL(p, s)
+
+
+@dataclass
+class Query(Statement):
+    """SELECT/INSERT/UPDATE/DELETE (and WITH ...): parsed by sqlglot, re-parsed from text on apply
+    through the same parse cache."""
+
+    tag: ClassVar[str] = "q"
+    sql: str
+    kind: str  # select | insert | update | delete
+    ast: Any = field(default=None, repr=False, compare=False, metadata={"wire": False})
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind != "select"
+
+
+@dataclass
+class CreateNamespace(Statement):
+    tag: ClassVar[str] = "create_ns"
+    writes: ClassVar[bool] = True
+    name: str
+    if_not_exists: bool = False
+
+
+@dataclass
+class DropNamespace(Statement):
+    tag: ClassVar[str] = "drop_ns"
+    writes: ClassVar[bool] = True
+    name: str
+    if_exists: bool = False
+    cascade: bool = False
+
+
+@dataclass
+class ShowNamespaces(Statement):
+    tag: ClassVar[str] = "show_ns"
+
+
+@dataclass
+class UseNamespace(Statement):
+    tag: ClassVar[str] = "use"
+    name: str
+
+
+@dataclass
+class CreateTable(Statement):
+    tag: ClassVar[str] = "create_table"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str
+    table_type: str  # USER | SHARED | STREAM
+    columns: list[ColumnDef]
+    primary_key: str | None
+    options: dict
+    if_not_exists: bool = False
+
+
+@dataclass
+class DropTable(Statement):
+    tag: ClassVar[str] = "drop_table"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str
+    table_type: str | None = None
+    if_exists: bool = False
+
+
+@dataclass
+class AlterTableAddColumn(Statement):
+    tag: ClassVar[str] = "alter_add"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str
+    column: ColumnDef
+
+
+@dataclass
+class AlterTableDropColumn(Statement):
+    tag: ClassVar[str] = "alter_drop"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str
+    column: str
+
+
+@dataclass
+class ShowTables(Statement):
+    tag: ClassVar[str] = "show_tables"
+    namespace: str | None = None
+
+
+@dataclass
+class DescribeTable(Statement):
+    tag: ClassVar[str] = "describe"
+    namespace: str | None
+    name: str
+
+
+@dataclass
+class CreateUser(Statement):
+    tag: ClassVar[str] = "create_user"
+    writes: ClassVar[bool] = True
+    username: str
+    role: str
+    email: str | None = None
+    password: str | None = field(default=None, repr=False, metadata={"wire": False})
+    password_hash: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class AlterUser(Statement):
+    tag: ClassVar[str] = "alter_user"
+    writes: ClassVar[bool] = True
+    username: str
+    role: str | None = None
+    password: str | None = field(default=None, repr=False, metadata={"wire": False})
+    password_hash: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class DropUser(Statement):
+    tag: ClassVar[str] = "drop_user"
+    writes: ClassVar[bool] = True
+    username: str
+    if_exists: bool = False
+
+
+@dataclass
+class ExecuteAs(Statement):
+    tag: ClassVar[str] = "exec_as"
+    username: str
+    inner: Statement
+
+    @property
+    def is_write(self) -> bool:
+        return self.inner.is_write
+
+
+@dataclass
+class Begin(Statement):
+    tag: ClassVar[str] = "begin"
+
+
+@dataclass
+class Commit(Statement):
+    tag: ClassVar[str] = "commit"
+
+
+@dataclass
+class Rollback(Statement):
+    tag: ClassVar[str] = "rollback"
+
+
+@dataclass(frozen=True)
+class ClusterOp:
+    """A CLUSTER statement for the node layer to execute (the engine only parses it)."""
+
+    op: str  # snapshot | purge | trigger_election | transfer_leader | stepdown | join | leave | list | status
+    node_id: int | None = None
+    upto: int | None = None
+    rpc_addr: str | None = None
+    api_addr: str | None = None
+
+
+@dataclass
+class ClusterStatement(Statement):
+    tag: ClassVar[str] = "cluster"
+    op: ClusterOp
+
+
+STATEMENT_TYPES: dict[str, type[Statement]] = {
+    cls.tag: cls
+    for cls in (Query, CreateNamespace, DropNamespace, ShowNamespaces, UseNamespace, CreateTable, DropTable,
+                AlterTableAddColumn, AlterTableDropColumn, ShowTables, DescribeTable, CreateUser, AlterUser,
+                DropUser, ExecuteAs, Begin, Commit, Rollback)
+}
+
+
+def statement_from_wire(data: dict) -> Statement:
+    """Rebuild a statement from its wire form (Query's AST is filled in by the caller)."""
+    data = dict(data)
+    cls = STATEMENT_TYPES.get(data.pop("k", None))
+    if cls is None:
+        raise ValueError("unknown statement kind in command")
+    if cls is ExecuteAs:
+        data["inner"] = statement_from_wire(data["inner"])
+    elif cls is CreateTable:
+        data["columns"] = [ColumnDef(**c) for c in data["columns"]]
+    elif cls is AlterTableAddColumn:
+        data["column"] = ColumnDef(**data["column"])
+    return cls(**data)
