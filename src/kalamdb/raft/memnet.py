@@ -114,6 +114,7 @@ class MemCluster:
         self.queue: deque[Message] = deque()
         self.groups: list[set[int]] | None = None
         self.drop: Callable[[Message], bool] | None = None
+        self.reorder: random.Random | None = None  # set to deliver queued messages in random order
         self.delivered = 0
         for i in voters or []:
             self.nodes[i].core.bootstrap(Membership(frozenset(voters)))
@@ -160,7 +161,12 @@ class MemCluster:
         self.process_readies()
         steps = 0
         while self.queue:
-            m = self.queue.popleft()
+            if self.reorder is not None and len(self.queue) > 1:
+                k = self.reorder.randrange(len(self.queue))
+                m = self.queue[k]
+                del self.queue[k]
+            else:
+                m = self.queue.popleft()
             steps += 1
             if steps > max_steps:
                 raise AssertionError(f"network did not settle (seed={self.seed})")
