@@ -48,6 +48,7 @@ class _Compiler:
         self.local = local_tables
         self.out = Compiled(kind="select", sql="")
         self.known: dict[int, TableInfo | dict[str, str]] = {}  # id(new source node) -> columns info
+        self.ctes: dict[str, exp.CTE] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -118,7 +119,9 @@ class _Compiler:
 
     def rewrite_sources(self, root: exp.Expression, skip: exp.Table | None = None) -> None:
         """Replace every table reference (except `skip`, a DML target) by its visible rows."""
-        cte_names = {cte.alias_or_name.lower() for cte in root.find_all(exp.CTE)}
+        for cte in root.find_all(exp.CTE):
+            self.ctes[cte.alias_or_name.lower()] = cte
+        cte_names = set(self.ctes)
         for table in list(root.find_all(exp.Table)):
             if table is skip or not table.name:
                 continue
@@ -154,13 +157,22 @@ class _Compiler:
     def source_columns(self, src) -> list[tuple[str, str | None]] | None:
         info = self.known.get(id(src))
         if info is None:
-            return None
+            inner = None
+            if isinstance(src, exp.Subquery):
+                inner = src.this
+            elif isinstance(src, exp.Table) and not src.db and src.name.lower() in self.ctes:
+                inner = self.ctes[src.name.lower()].this
+            if not isinstance(inner, exp.Select):
+                return None
+            if any(isinstance(e, exp.Star) or isinstance(e.this, exp.Star) for e in inner.expressions):
+                return None
+            return [(e.alias_or_name, t) for e, t in zip(inner.expressions, self.output_types(inner))]
         if isinstance(info, TableInfo):
             return [(c.name, c.data_type) for c in info.columns]
         return list(info.items())
 
     def expand_stars(self, root: exp.Expression) -> None:
-        for select in list(root.find_all(exp.Select)):
+        for select in reversed(list(root.find_all(exp.Select))):  # inner selects first
             sources = []
             frm = select.args.get("from_")
             if frm is not None:

@@ -532,6 +532,7 @@ class Database:
         ctx.state.last_error = None
         for name in compiled.local_tables:
             self._materialise_local(ctx.conn, name)
+        binds["_seq_before"] = self._last_snowflake
         try:
             cur = ctx.conn.execute(compiled.sql, binds)
         except sqlite3.Error as e:
@@ -569,15 +570,15 @@ class Database:
                 break
             seen.add(v)
         if shown is None and pk is not None:
-            # the statement's savepoint is rolled back by the caller; the conflicting live row is
-            # one that existed before it, look it up outside the failed statement's effects
+            # the conflicting live row existed before this statement: rows it wrote have a newer _seq
             owner_clause = " AND _owner = :_owner" if info.table_type == "USER" else ""
             for v in values:
                 if v is None:
                     continue
                 row = ctx.conn.execute(
                     f"SELECT 1 FROM {cat.quote_ident(info.storage)} WHERE {cat.quote_ident(pk)} = :v "
-                    f"AND _deleted = 0{owner_clause}", {"v": v, "_owner": binds["_owner"]}).fetchone()
+                    f"AND _deleted = 0 AND _seq <= :s{owner_clause}",
+                    {"v": v, "_owner": binds["_owner"], "s": binds["_seq_before"]}).fetchone()
                 if row is not None:
                     shown = v
                     break
