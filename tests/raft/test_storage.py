@@ -353,3 +353,13 @@ def test_probabilistic_failpoint_is_reproducible_from_its_seed():
 
     assert pattern(7) == pattern(7)
     assert 0 < sum(pattern(7)) < 64
+
+
+def test_entries_covered_by_the_snapshot_cannot_be_replaced(tmp_path):
+    with LogStorage.open(tmp_path) as store:
+        store.append(ents(1, 10, 1))
+        store.save_snapshot_meta(SnapshotMeta(6, 1), compact=False)  # entries 1..6 stay as a trail
+        with pytest.raises(ValueError, match="committed"):
+            store.append(ents(6, 7, 2))
+        store.append(ents(7, 8, 2))
+        assert store.entries(1, 9) == ents(1, 6, 1) + ents(7, 8, 2)

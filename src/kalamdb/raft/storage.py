@@ -387,6 +387,9 @@ class LogStorage:
             raise ValueError(f"append at index {first}: must be within "
                              f"{self._compact_index + 1}..{self.last_index + 1} (compacted up to "
                              f"{self._compact_index})")
+        if self._snap is not None and first <= self._snap.index:
+            raise ValueError(f"append at index {first}: entries up to the snapshot at {self._snap.index} "
+                             f"are committed and may not be replaced")
         prev_term = self.term(first - 1)
         rows = []
         terms = []
