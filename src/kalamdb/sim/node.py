@@ -1,0 +1,255 @@
+"""One simulated node: the real RaftCore driven by a driver that follows the Ready contract exactly
+(docs/design/raft.md): stage snapshot chunks, install a snapshot, write entries + hard state, fsync
+(on the simulated disk, possibly slowly), and only THEN send messages, apply, serve reads, answer
+snapshot requests and advance. A crash drops the core and everything unsynced; a restart builds a
+new core from what the disk kept, exactly like a real process restart.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from kalamdb.raft.core import RaftConfig, RaftCore, Ready, Role
+from kalamdb.raft.types import Membership
+from kalamdb.sim.disk import SimDisk
+from kalamdb.sim.statemachine import KVStateMachine
+
+if TYPE_CHECKING:
+    from kalamdb.sim.simulation import Simulation
+
+_LEADER = Role.LEADER
+
+
+class SimNode:
+    __slots__ = (
+        "busy",
+        "core",
+        "disk",
+        "id",
+        "incarnation",
+        "last_term_led",
+        "reads",
+        "removed",
+        "rng",
+        "scheduled",
+        "sim",
+        "since_snapshot",
+        "slow_disk",
+        "sm",
+        "snap_bytes",
+        "staging",
+        "up",
+        "waiting_reads",
+    )
+
+    def __init__(self, node_id: int, sim: Simulation, rng: random.Random) -> None:
+        self.id = node_id
+        self.sim = sim
+        self.disk = SimDisk()
+        self.rng = rng  # this node's branch of the seed tree (core jitter, fsync times, crash loss)
+        self.core: RaftCore | None = None
+        self.sm = KVStateMachine()
+        self.incarnation = 0
+        self.busy = False  # an fsync is in flight: the outstanding Ready is not yet advanced
+        self.scheduled = False  # a Ready-processing event is queued
+        self.up = False
+        self.removed = False  # decommissioned after leaving the cluster: never restarted
+        self.staging = bytearray()  # incoming snapshot chunks
+        self.snap_bytes = b""  # the encoded state-machine image of disk.snapshot
+        self.reads: dict[bytes, tuple[int, int]] = {}  # ctx -> (key, floor) awaiting a ReadState
+        self.waiting_reads: list[tuple[int, bytes, int, int]] = []  # (index, ctx, key, floor)
+        self.slow_disk = False
+        self.since_snapshot = 0
+        self.last_term_led = 0
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self, bootstrap: Membership | None = None) -> None:
+        p = self.sim.params
+        cfg = RaftConfig(self.id, election_ticks=p.election_ticks, heartbeat_ticks=p.heartbeat_ticks,
+                         pre_vote=p.pre_vote, check_quorum=p.check_quorum,
+                         max_inflight_msgs=p.max_inflight, max_entries_per_msg=p.max_entries_per_msg,
+                         snapshot_chunk_bytes=p.snapshot_chunk_bytes)
+        state = self.disk.load()
+        self.sm = KVStateMachine.from_snapshot(
+            msgpack.unpackb(self.disk.snapshot_data, strict_map_key=False) if self.disk.snapshot_data else None)
+        self.snap_bytes = self.disk.snapshot_data or b""
+        self.core = RaftCore(cfg, state, random.Random(self.rng.getrandbits(64)))
+        if bootstrap is not None:
+            self.core.bootstrap(bootstrap)
+        self.incarnation += 1
+        self.up = True
+        self.busy = self.scheduled = False
+        self.staging = bytearray()
+        self.reads = {}
+        self.waiting_reads = []
+        self.since_snapshot = 0
+        self.sim.trace.add(self.id, "start", f"incarnation {self.incarnation} from disk: term "
+                           f"{state.hard_state.term} vote {state.hard_state.vote} commit {state.hard_state.commit}"
+                           f" snapshot {state.snapshot.index if state.snapshot else 0} last {self.disk.last_index()}")
+        loop = self.sim.loop
+        loop.after(self.rng.randint(1, p.tick), self._tick, self.incarnation)
+        self.kick()
+
+    def crash(self) -> None:
+        """Power loss: the process and everything unsynced are gone."""
+        if not self.up:
+            return
+        self.up = False
+        self.core = None
+        self.incarnation += 1  # every event of the old incarnation is now ignored
+        self.disk.crash(self.rng)
+        self.sim.trace.add(self.id, "crash", f"durable: term {self.disk.hard_state.term} "
+                           f"vote {self.disk.hard_state.vote} last {self.disk.last_index()}")
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def _tick(self, incarnation: int) -> None:
+        if incarnation != self.incarnation:
+            return
+        self.core.tick()
+        self.sim.loop.after(self.sim.params.tick, self._tick, incarnation)
+        if not self.scheduled:
+            self.kick()
+
+    def receive(self, msg) -> None:
+        self.core.step(msg)
+        if not self.scheduled:
+            self.kick()
+
+    def kick(self) -> None:
+        """Process the core's output soon (same instant, after already-queued events: batching)."""
+        if not self.scheduled and not self.busy:
+            self.scheduled = True
+            self.sim.loop.after(0, self._process, self.incarnation)
+
+    # --- the Ready/Advance driver ---------------------------------------------------------------
+    def _process(self, incarnation: int) -> None:
+        if incarnation != self.incarnation:
+            return
+        self.scheduled = False
+        core = self.core
+        if self.busy or not core.has_ready():
+            return
+        rd = core.ready()
+        if core.role is _LEADER and core.term != self.last_term_led:
+            self.last_term_led = core.term
+            self.sim.checker.on_leader(self.id, core.term, core)
+        if self.persist(rd):
+            self.busy = True
+            p = self.sim.params
+            delay = p.slow_fsync if self.slow_disk else self.rng.randint(p.fsync_min, p.fsync_max)
+            self.sim.loop.after(delay, self._synced, incarnation, rd)
+        else:
+            self.finish(rd)
+
+    def _synced(self, incarnation: int, rd: Ready) -> None:
+        if incarnation != self.incarnation:
+            return  # crashed during the fsync: whatever was unsynced is decided by disk.crash()
+        self.disk.sync()
+        self.busy = False
+        self.finish(rd)
+
+    def persist(self, rd: Ready) -> bool:
+        """Steps 1-4 of the contract (unsynced writes); returns True if an fsync is needed."""
+        disk = self.disk
+        wrote = False
+        for ch in rd.snapshot_chunks:
+            if ch.offset == 0:
+                self.staging = bytearray()
+            self.staging += ch.data
+        if rd.snapshot is not None:
+            data = bytes(self.staging)
+            self.staging = bytearray()
+            self.sm = KVStateMachine.from_snapshot(msgpack.unpackb(data, strict_map_key=False))
+            self.snap_bytes = data
+            disk.write_snapshot(rd.snapshot, data)
+            self.sim.checker.on_restore(self.id, self.incarnation, rd.snapshot.index, rd.snapshot.term)
+            self.sim.trace.add(self.id, "install", rd.snapshot)
+            self.since_snapshot = 0
+            self.serve_reads()
+            wrote = True
+        if rd.entries:
+            disk.write_entries(rd.entries)
+            wrote = True
+        if rd.hard_state is not None:
+            disk.write_hard_state(rd.hard_state)
+            wrote = True
+        return wrote
+
+    def finish(self, rd: Ready) -> None:
+        """Steps 5-10: everything that may only happen once the writes are durable."""
+        sim = self.sim
+        send = sim.net.send
+        me = self.id
+        for m in rd.messages:
+            send(me, m.to, m)
+        if rd.committed:
+            self.apply(rd.committed)
+        core = self.core
+        for rs in rd.read_states:
+            req = self.reads.pop(rs.context, None)
+            if req is not None:
+                self.waiting_reads.append((rs.index, rs.context, req[0], req[1]))
+        if self.waiting_reads:
+            self.serve_reads()
+        for req in rd.snapshot_requests:
+            snap = self.disk.snapshot
+            if snap is None or snap.index != req.meta.index or not self.snap_bytes:
+                core.report_snapshot(req.to, ok=False)
+                continue
+            data = self.snap_bytes[req.offset: req.offset + req.max_bytes]
+            core.provide_snapshot_chunk(req.to, req.meta.index, req.offset, data,
+                                        req.offset + len(data) >= len(self.snap_bytes))
+        if rd.soft_state is not None:
+            sim.trace.add(me, "role", f"{rd.soft_state.role.name} term {core.term} leader {rd.soft_state.leader_id}")
+        core.advance(rd)
+        p = sim.params
+        if p.snapshot_every and self.since_snapshot >= p.snapshot_every:
+            self.take_snapshot()
+        self.kick()
+
+    def apply(self, entries: list) -> None:
+        sim = self.sim
+        checker = sim.checker
+        sm = self.sm
+        me, inc = self.id, self.incarnation
+        on_applied = sim.client.on_applied
+        for e in entries:
+            checker.on_apply(me, inc, e)
+            op = sm.apply(e)
+            if op is not None:
+                on_applied(self, op)
+            elif e.kind == 2:  # CONFIG
+                sim.on_config_applied(self, e)
+        self.since_snapshot += len(entries)
+        sim.trace.add(me, "apply", f"{entries[0].index}..{entries[-1].index}")
+
+    def serve_reads(self) -> None:
+        applied = self.sm.applied
+        keep = []
+        for item in self.waiting_reads:
+            index, ctx, key, floor = item
+            if index <= applied:
+                got = self.sm.read(key)[1]
+                self.sim.trace.add(self.id, "read", f"{ctx!r} key {key} at {index}: write@{got} floor {floor}")
+                self.sim.checker.on_read(self.id, key, floor, got)
+            else:
+                keep.append(item)
+        self.waiting_reads = keep
+
+    def take_snapshot(self) -> None:
+        """Snapshot the state machine at the applied index, store it durably, compact the log."""
+        core = self.core
+        index = core.applied_index
+        if index <= core.log.snap_index or self.sm.applied != index:
+            return
+        meta = core.snapshot_meta_at(index)
+        data = msgpack.packb(self.sm.snapshot())
+        self.disk.write_snapshot(meta, data)
+        self.disk.sync()
+        self.snap_bytes = data
+        core.compact(meta)
+        self.since_snapshot = 0
+        self.sim.trace.add(self.id, "snapshot", f"at {index} term {meta.term} ({len(data)} bytes)")

@@ -1,0 +1,100 @@
+"""Everything a run depends on, drawn from its seed (swarm testing: each seed also picks the cluster
+size, fault rates and timeouts, so a batch of seeds covers many differently-shaped runs)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from kalamdb.sim.loop import MS, SECOND
+from kalamdb.sim.network import NetworkConfig
+
+FAULT_KINDS = ("crash_one", "crash_leader", "crash_minority", "crash_all", "partition", "isolate_leader",
+               "asymmetric", "clog", "slow_disk", "add_learner", "promote", "remove", "transfer")
+
+
+def child_rng(parent: random.Random) -> random.Random:
+    """A new independent branch of the seed's random tree."""
+    return random.Random(parent.getrandbits(64))
+
+
+@dataclass(slots=True)
+class SimParams:
+    seed: int
+    nodes: int = 3  # initial voters
+    spares: int = 0  # extra node ids that membership changes may add
+    fault_time: int = 10 * SECOND  # simulated time with faults and client load
+    liveness_bound: int = 10 * SECOND  # after healing, everything must settle within this
+    tick: int = 10 * MS
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    net: NetworkConfig = field(default_factory=NetworkConfig)
+    fsync_min: int = 50  # microseconds
+    fsync_max: int = 500
+    slow_fsync: int = 30 * MS  # a slow disk's fsync time
+    fault_interval: int = 400 * MS  # mean time between faults
+    fault_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in FAULT_KINDS})
+    down_time_max: int = 1 * SECOND  # how long a crashed node stays down
+    fault_duration_max: int = 1 * SECOND  # how long a partition/clog/slow disk lasts
+    propose_interval: int = 20 * MS  # mean time between client writes
+    read_interval: int = 50 * MS  # mean time between ReadIndex reads
+    keys: int = 8
+    max_pending: int = 8  # client writes in flight
+    retry_after: int = 300 * MS  # a write not acknowledged by then is re-proposed
+    snapshot_every: int = 64  # applied entries between state-machine snapshots (0 = never)
+    check_every: int = 500 * MS  # period of the (heavier) log-matching check
+    max_inflight: int = 256
+    max_entries_per_msg: int = 1024
+    snapshot_chunk_bytes: int = 1 << 20
+    grow: bool = False  # form the cluster OpenRaft-style: n1 alone, the rest added as learners, promoted
+
+    @classmethod
+    def draw(cls, seed: int, nodes: int | None = None, seconds: float | None = None,
+             rng: random.Random | None = None) -> SimParams:
+        """Swarm: draw a run's shape from its seed. Fixed `nodes`/`seconds` override the draw."""
+        r = rng if rng is not None else random.Random(seed)
+        n = nodes if nodes is not None else r.choice((3, 3, 3, 4, 5, 5, 6, 7))
+        election = r.choice((5, 8, 10, 15))
+        heartbeat = r.choice((1, 1, 2, 3)) if election >= 8 else 1
+        tick = r.choice((5, 10, 10, 20)) * MS
+        calm = r.random() < 0.15  # some runs without network misbehaviour at all
+        net = NetworkConfig(
+            min_delay=r.choice((50, 100, 200)),
+            max_delay=r.choice((500, 1_000, 3_000, 8_000)),
+            loss=0.0 if calm else r.choice((0.0, 0.01, 0.05, 0.15)),
+            duplicate=0.0 if calm else r.choice((0.0, 0.01, 0.05)),
+            reorder=0.0 if calm else r.choice((0.0, 0.02, 0.1)),
+            reorder_delay=r.choice((5, 20, 60)) * MS,
+        )
+        weights = {k: r.choice((0.0, 0.5, 1.0, 2.0)) for k in FAULT_KINDS}
+        timeout = tick * election
+        return cls(
+            seed=seed,
+            nodes=n,
+            spares=r.choice((0, 1, 2)),
+            fault_time=int((seconds if seconds is not None else 10.0) * SECOND),
+            liveness_bound=max(5 * SECOND, 40 * timeout),
+            tick=tick,
+            election_ticks=election,
+            heartbeat_ticks=heartbeat,
+            net=net,
+            fsync_min=r.choice((10, 50, 200)),
+            fsync_max=r.choice((300, 1_000, 3_000)),
+            slow_fsync=r.choice((10, 30, 100)) * MS,
+            fault_interval=r.choice((100, 300, 800, 2_000)) * MS,
+            fault_weights=weights,
+            down_time_max=r.choice((2, 5, 20)) * timeout,
+            fault_duration_max=r.choice((2, 5, 20)) * timeout,
+            propose_interval=r.choice((2, 5, 20, 50)) * MS,
+            read_interval=r.choice((10, 30, 100)) * MS,
+            keys=r.choice((1, 4, 16)),
+            max_pending=r.choice((1, 4, 16)),
+            retry_after=r.choice((3, 10)) * timeout,
+            snapshot_every=r.choice((0, 16, 64, 256)),
+            max_inflight=r.choice((1, 4, 256)),
+            max_entries_per_msg=r.choice((1, 8, 1024)),
+            snapshot_chunk_bytes=r.choice((64, 512, 1 << 20)),
+            grow=r.random() < 0.3,
+        )
