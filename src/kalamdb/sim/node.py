@@ -34,8 +34,7 @@ class SimNode:
         "reads",
         "removed",
         "rng",
-        "scheduled",
-        "sim",
+                "sim",
         "since_snapshot",
         "slow_disk",
         "sm",
@@ -54,7 +53,6 @@ class SimNode:
         self.sm = KVStateMachine()
         self.incarnation = 0
         self.busy = False  # an fsync is in flight: the outstanding Ready is not yet advanced
-        self.scheduled = False  # a Ready-processing event is queued
         self.up = False
         self.removed = False  # decommissioned after leaving the cluster: never restarted
         self.staging = bytearray()  # incoming snapshot chunks
@@ -81,7 +79,7 @@ class SimNode:
             self.core.bootstrap(bootstrap)
         self.incarnation += 1
         self.up = True
-        self.busy = self.scheduled = False
+        self.busy = False
         self.staging = bytearray()
         self.reads = {}
         self.waiting_reads = []
@@ -91,7 +89,7 @@ class SimNode:
                            f" snapshot {state.snapshot.index if state.snapshot else 0} last {self.disk.last_index()}")
         loop = self.sim.loop
         loop.after(self.rng.randint(1, p.tick), self._tick, self.incarnation)
-        self.kick()
+        self.drain()
 
     def crash(self) -> None:
         """Power loss: the process and everything unsynced are gone."""
@@ -110,39 +108,38 @@ class SimNode:
             return
         self.core.tick()
         self.sim.loop.after(self.sim.params.tick, self._tick, incarnation)
-        if not self.scheduled:
-            self.kick()
+        if not self.busy:
+            self.drain()
 
     def receive(self, msg) -> None:
         self.core.step(msg)
-        if not self.scheduled:
-            self.kick()
+        if not self.busy:
+            self.drain()
 
     def kick(self) -> None:
-        """Process the core's output soon (same instant, after already-queued events: batching)."""
-        if not self.scheduled and not self.busy:
-            self.scheduled = True
-            self.sim.loop.after(0, self._process, self.incarnation)
+        """Handle the core's output now unless an fsync is in flight (then right after it)."""
+        if self.up and not self.busy:
+            self.drain()
 
     # --- the Ready/Advance driver ---------------------------------------------------------------
-    def _process(self, incarnation: int) -> None:
-        if incarnation != self.incarnation:
-            return
-        self.scheduled = False
+    def drain(self) -> None:
+        """Take Readies until the core has nothing more or one needs an fsync (asynchronous:
+        inputs keep arriving and accumulate in the core meanwhile)."""
         core = self.core
-        if self.busy or not core.has_ready():
-            return
-        rd = core.ready()
-        if core.role is _LEADER and core.term != self.last_term_led:
-            self.last_term_led = core.term
-            self.sim.checker.on_leader(self.id, core.term, core)
-        if self.persist(rd):
-            self.busy = True
-            p = self.sim.params
-            delay = p.slow_fsync if self.slow_disk else self.rng.randint(p.fsync_min, p.fsync_max)
-            self.sim.loop.after(delay, self._synced, incarnation, rd)
-        else:
+        while core.has_ready():
+            rd = core.ready()
+            if core.role is _LEADER and core.term != self.last_term_led:
+                self.last_term_led = core.term
+                self.sim.checker.on_leader(self.id, core.term, core)
+            if self.persist(rd):
+                self.busy = True
+                p = self.sim.params
+                delay = p.slow_fsync if self.slow_disk else self.rng.randint(p.fsync_min, p.fsync_max)
+                self.sim.loop.after(delay, self._synced, self.incarnation, rd)
+                return
             self.finish(rd)
+            if self.core is not core:
+                return  # decommissioned while applying
 
     def _synced(self, incarnation: int, rd: Ready) -> None:
         if incarnation != self.incarnation:
@@ -150,6 +147,8 @@ class SimNode:
         self.disk.sync()
         self.busy = False
         self.finish(rd)
+        if self.core is not None:
+            self.drain()
 
     def persist(self, rd: Ready) -> bool:
         """Steps 1-4 of the contract (unsynced writes); returns True if an fsync is needed."""
@@ -208,7 +207,6 @@ class SimNode:
         p = sim.params
         if p.snapshot_every and self.since_snapshot >= p.snapshot_every:
             self.take_snapshot()
-        self.kick()
 
     def apply(self, entries: list) -> None:
         sim = self.sim

@@ -58,7 +58,7 @@ class SimParams:
         n = nodes if nodes is not None else r.choice((3, 3, 3, 4, 5, 5, 6, 7))
         election = r.choice((5, 8, 10, 15))
         heartbeat = r.choice((1, 1, 2, 3)) if election >= 8 else 1
-        tick = r.choice((5, 10, 10, 20)) * MS
+        tick = r.choice((10, 10, 20, 50)) * MS
         calm = r.random() < 0.15  # some runs without network misbehaviour at all
         net = NetworkConfig(
             min_delay=r.choice((50, 100, 200)),
@@ -70,6 +70,7 @@ class SimParams:
         )
         weights = {k: r.choice((0.0, 0.5, 1.0, 2.0)) for k in FAULT_KINDS}
         timeout = tick * election
+        inflight = r.choice((1, 4, 256))
         return cls(
             seed=seed,
             nodes=n,
@@ -87,14 +88,14 @@ class SimParams:
             fault_weights=weights,
             down_time_max=r.choice((2, 5, 20)) * timeout,
             fault_duration_max=r.choice((2, 5, 20)) * timeout,
-            propose_interval=r.choice((2, 5, 20, 50)) * MS,
+            propose_interval=r.choice((5, 10, 20, 50)) * MS,
             read_interval=r.choice((10, 30, 100)) * MS,
             keys=r.choice((1, 4, 16)),
             max_pending=r.choice((1, 4, 16)),
             retry_after=r.choice((3, 10)) * timeout,
             snapshot_every=r.choice((0, 16, 64, 256)),
-            max_inflight=r.choice((1, 4, 256)),
-            max_entries_per_msg=r.choice((1, 8, 1024)),
+            max_inflight=inflight,
+            max_entries_per_msg=r.choice((16, 1024)) if inflight == 1 else r.choice((4, 64, 1024)),
             snapshot_chunk_bytes=r.choice((64, 512, 1 << 20)),
             grow=r.random() < 0.3,
         )
