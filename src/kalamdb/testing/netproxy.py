@@ -501,6 +501,9 @@ class NetworkController:
     def stats(self) -> dict[Pair, LinkStats]:
         """A snapshot of the counters, keyed by the direction bytes travel."""
         with self._lock:
+            for src, dst in list(self._links):  # every direction a link can carry, even if idle
+                self._stats[(src, dst)]
+                self._stats[(dst, src)]
             return {k: dataclasses.replace(v) for k, v in self._stats.items()}
 
     # -- cuts and partitions -------------------------------------------------------------------
