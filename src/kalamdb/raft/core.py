@@ -715,8 +715,8 @@ class RaftCore:
             pr.become_replicate()
         if self._maybe_commit():
             self._bcast_empty = True
-            if self.role is not Role.LEADER:
-                return  # the commit removed us from the cluster
+            if self.role is not Role.LEADER or m.frm not in self.prs:
+                return  # the commit removed us (or the sender) from the cluster
         elif old_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):
@@ -749,8 +749,8 @@ class RaftCore:
                                                    self.cfg.snapshot_chunk_bytes))
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
-        pr = self.prs[to]
-        if pr.paused:
+        pr = self.prs.get(to)
+        if pr is None or pr.paused:  # None: removed by a config change made in this same step
             return False
         log = self.log
         last = log.last_index
