@@ -184,3 +184,11 @@ def test_node_local_system_table_joins(node):
     assert node.rows("SELECT c.role, n.name FROM system.cluster c JOIN system.namespaces n ON c.node_id = 1") == \
         [["leader", "default"]]
     assert node.error("SELECT * FROM system.nothing").code == "TABLE_NOT_FOUND"
+
+
+def test_params_without_spaces_and_dollar_inside_strings(node):
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
+    node.sql("INSERT INTO t (id,v) VALUES ($1,$2)", [1, "$1,$2 stays"])
+    node.sql("INSERT INTO t (id, v) VALUES (2, '$1,$2')")
+    assert node.rows("SELECT v FROM t WHERE id=$1", [1]) == [["$1,$2 stays"]]
+    assert node.rows("SELECT v FROM t WHERE id = 2") == [["$1,$2"]]

@@ -70,9 +70,20 @@ class _FnState:
         self.db = db  # set on the writer only: SNOWFLAKE_ID()/_seq advance its persisted counter
         self.now_us = 0
         self.node_id = node_id
-        self.rng = random.Random(0)
+        self.seed: int | None = None  # None: a fresh unseeded RNG (reads)
+        self._rng: random.Random | None = None
         self.username = ""
         self.last_error: KalamError | None = None
+
+    def reset(self, now_us: int, seed: int | None) -> None:
+        self.now_us, self.seed, self._rng = now_us, seed, None
+
+    @property
+    def rng(self) -> random.Random:
+        """Seeded from the command on first use (seeding costs more than most statements)."""
+        if self._rng is None:
+            self._rng = random.Random(self.seed)
+        return self._rng
 
 
 def _register_functions(conn: sqlite3.Connection, state: _FnState) -> None:
@@ -315,9 +326,8 @@ class Database:
         if not isinstance(cmd, dict) or cmd.get("v") != COMMAND_VERSION:
             raise KalamError("INTERNAL_ERROR", "Unsupported command format")
         state = self._wstate
-        state.now_us = int(cmd["now"])
+        state.reset(int(cmd["now"]), int(cmd.get("seed", 0)))
         state.node_id = int(cmd.get("node", self.node_id))
-        state.rng = random.Random(cmd.get("seed", 0))
         if cmd["kind"] == "expire":
             return self._apply_expiry(state.now_us)
         user_id, username, role = cmd["user"]
@@ -353,8 +363,7 @@ class Database:
         if prepared.is_write:
             raise KalamError("INTERNAL_ERROR", "execute_read called with a write request")
         conn, state = self._reader()
-        state.now_us = time.time_ns() // 1000
-        state.rng = random.Random()
+        state.reset(time.time_ns() // 1000, None)
         ctx = _ExecContext(conn, state, prepared.principal, prepared.namespace, prepared.params, False)
         conn.execute("BEGIN")
         try:

@@ -175,7 +175,7 @@ class ParseCache:
                 return ast
             self.misses += 1
         try:
-            ast = sqlglot.parse_one(sql, read="postgres")
+            ast = sqlglot.parse_one(_space_params(sql), read="postgres")
         except (ParseError, TokenError) as e:
             raise KalamError("INVALID_SQL", f"Syntax error: {_first_line(str(e))}") from None
         except Exception as e:  # noqa: BLE001 - sqlglot raises assorted errors on hostile input
@@ -185,6 +185,17 @@ class ParseCache:
             if len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return ast
+
+
+_PARAM_OR_QUOTED = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|\$\d+""")
+
+
+def _space_params(sql: str) -> str:
+    """sqlglot's tokenizer reads `$1,$2` as the start of a dollar-quoted string; a space after each
+    `$n` (outside quotes) avoids that without changing the statement."""
+    if "$" not in sql:
+        return sql
+    return _PARAM_OR_QUOTED.sub(lambda m: m.group(0) + " " if m.group(0)[0] == "$" else m.group(0), sql)
 
 
 def _first_line(s: str) -> str:
@@ -197,8 +208,14 @@ def _first_line(s: str) -> str:
 _QUERY_START = {"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "VALUES"}
 
 
+_FIRST_WORD = re.compile(r"\s*\(*\s*([A-Za-z]+)")
+
+
 def parse_statement(sql: str, cache: ParseCache) -> st.Statement:
     """Parse one statement (no trailing `;`)."""
+    m = _FIRST_WORD.match(sql)
+    if m is not None and m.group(1).upper() in _QUERY_START:
+        return parse_query(sql, cache)  # the hot path: no tokenizing of our own
     c = _Cursor(sql)
     if c.done():
         raise KalamError("EMPTY_SQL", "SQL statement is empty")
