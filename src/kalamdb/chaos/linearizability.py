@@ -27,10 +27,13 @@ from kalamdb.chaos.history import Operation, renumber
 from kalamdb.chaos.models import FAIL, Model
 
 DEFAULT_MAX_STATES = 2_000_000
-# memoized (bitset, state) pairs are the memory cost; bound their estimated total size too
+# memoized search states are the memory cost; bound their estimated total size too
 DEFAULT_MAX_CACHE_BYTES = 512 * 1024 * 1024
 MINIMIZE_MAX_STATES = 50_000  # per trial while shrinking a counterexample
 _CHECK_EVERY = 2048  # loop iterations between deadline checks
+# a memo entry is a small tuple in a set: tracemalloc measured 115-151 bytes per state (peak)
+# on the etcd vectors, the kv vectors and 10k-operation histories; budget with some headroom
+_BYTES_PER_STATE = 200
 
 
 class Verdict(enum.Enum):
@@ -107,10 +110,6 @@ class _Budget:
         self.states = 0
         self.exhausted = ""
 
-    def states_for(self, n_ops: int) -> int:
-        per_state = n_ops // 8 + 120  # bitset bytes + tuple/set overhead (rough)
-        return max(1, min(self.max_states - self.states, self.max_cache_bytes // per_state))
-
 
 @dataclass
 class _Search:
@@ -122,13 +121,48 @@ class _Search:
 
 
 def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _Search:
-    """One WGL search over ops with ids 0..n-1; `record` keeps the deepest path for reports."""
+    """One WGL search over ops with ids 0..n-1 in call order; `record` keeps the deepest path.
+
+    The memo key is (base, window, kinds, state): `base` is the lowest determinate operation not
+    yet linearized (all below it are), `window` the linearized determinate operations above it as
+    a bitset, `kinds` how many indeterminate operations of each kind are linearized (packed). The bitset
+    spans only the operations concurrent with the search front, so keys stay a few words long
+    and every update is O(1) even in a 10,000-operation history."""
     n = len(ops)
     steppers = [model.compile(op) for op in ops]
-    determinate = [op.ret is not None for op in ops]
-    remaining = sum(determinate)
+    # Open indeterminate operations with the same function and input are interchangeable (all
+    # called already, all return at infinity), so only the earliest-called one not yet
+    # linearized is ever tried: the linearized ones of a kind always form a prefix, counted in
+    # `kinds`, and the search never permutes identical timed-out writes.
+    kind_of = [-1] * n
+    same_before = [-1] * n
+    dense = [-1] * n  # determinate ops numbered 0..d-1 in call order: their bit in the window
+    kind_ids: dict[tuple, int] = {}
+    last_of_kind: dict[int, int] = {}
+    per_kind: list[int] = []
+    remaining = 0
+    for i, op in enumerate(ops):
+        if op.ret is None:
+            k = kind_ids.setdefault((op.f, repr(op.value)), len(kind_ids))
+            if k == len(per_kind):
+                per_kind.append(0)
+            per_kind[k] += 1
+            kind_of[i] = k
+            same_before[i] = last_of_kind.get(k, -1)
+            last_of_kind[k] = i
+        else:
+            dense[i] = remaining
+            remaining += 1
+    # `kinds` packs every kind's count into one int: kind k's count lives at bit offset
+    # kind_unit[k].bit_length()-1, in a field wide enough for all ops of that kind
+    kind_unit = []
+    offset = 0
+    for count in per_kind:
+        kind_unit.append(1 << offset)
+        offset += count.bit_length()
     if remaining == 0:
         return _Search(True, -1, [], model.init_state(), 0)
+    done = bytearray(n)
     # entries: call of op i = 2i, its return = 2i+1; head sentinel = 2n; -1 = end of list
     keyed = []
     inf = float("inf")
@@ -147,12 +181,14 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
         pos[e] = p
         last = e
 
-    max_states = budget.states_for(n)
+    max_states = min(budget.max_states - budget.states, budget.max_cache_bytes // _BYTES_PER_STATE)
     deadline = budget.deadline
     state = model.init_state()
-    linearized = 0
+    base = 0
+    window = 0
+    kinds = 0
     cache: set = set()
-    stack: list[tuple[int, Any]] = []
+    stack: list[tuple] = []
     best_pos = -1
     best_path: list[int] = []
     best_state = state
@@ -161,15 +197,31 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
     while True:
         if entry & 1 == 0:  # a call: try to linearize its operation here
             op = entry >> 1
+            k = kind_of[op]
+            if k >= 0:
+                earlier = same_before[op]
+                if earlier >= 0 and not done[earlier]:
+                    entry = nxt[entry]
+                    continue
             new = steppers[op](state)
             if new is not FAIL:
-                nl = linearized | (1 << op)
-                key = (nl, new)
+                if k < 0:
+                    nb = base
+                    nw = window | (1 << (dense[op] - base))
+                    if nw & 1:  # the base moved: skip past the run of linearized ops
+                        t = (~nw & (nw + 1)).bit_length() - 1
+                        nw >>= t
+                        nb += t
+                    nk = kinds
+                else:
+                    nb, nw = base, window
+                    nk = kinds + kind_unit[k]
+                key = (nb, nw, nk, new)
                 if key not in cache:
                     cache.add(key)
-                    stack.append((entry, state))
-                    state = new
-                    linearized = nl
+                    stack.append((entry, state, base, window, kinds))
+                    state, base, window, kinds = new, nb, nw, nk
+                    done[op] = 1
                     p, q = prv[entry], nxt[entry]
                     nxt[p] = q
                     if q != -1:
@@ -179,7 +231,7 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                     nxt[p] = q
                     if q != -1:
                         prv[q] = p
-                    if determinate[op]:
+                    if k < 0:
                         remaining -= 1
                         if remaining == 0:
                             budget.states += len(cache)
@@ -190,7 +242,7 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                         ticks = 0
                         if len(cache) >= max_states:
                             budget.states += len(cache)
-                            budget.exhausted = f"state budget of {budget.max_states} exhausted"
+                            budget.exhausted = f"state budget of {max_states} states exhausted"
                             return _Search(None, -1, [], state, len(cache))
                         if deadline is not None and time.monotonic() > deadline:
                             budget.states += len(cache)
@@ -202,14 +254,16 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
             if pos[entry] > best_pos:
                 best_pos = pos[entry]
                 if record:
-                    best_path = [e >> 1 for e, _ in stack]
+                    best_path = [frame[0] >> 1 for frame in stack]
                     best_state = state
             if not stack:
                 budget.states += len(cache)
                 return _Search(False, keyed[best_pos][2] >> 1, best_path, best_state, len(cache))
-            entry, state = stack.pop()
+            entry, state, base, window, kinds = stack.pop()
             op = entry >> 1
-            linearized ^= 1 << op
+            if kind_of[op] < 0:
+                remaining += 1
+            done[op] = 0
             r = entry | 1
             q = nxt[r]
             nxt[prv[r]] = r
@@ -219,8 +273,6 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
             nxt[prv[entry]] = entry
             if q != -1:
                 prv[q] = entry
-            if determinate[op]:
-                remaining += 1
             entry = nxt[entry]
 
 
