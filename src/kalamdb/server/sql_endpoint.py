@@ -6,6 +6,7 @@ validation of the SQL itself belongs to the engine's `prepare`, which raises the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -121,9 +122,17 @@ class SqlHandler:
             results = await self.node.read(
                 prepared, consistency=req.consistency, min_applied_index=req.min_applied_index)
             return results, None
-        command = self.db.to_command(prepared, now_us=time.time_ns() // 1000, node_id=self.node.node_id)
+        users = touches_users(prepared, req.sql)
+        now_us = time.time_ns() // 1000
+        if users:
+            # password hashing (argon2, tens of ms) happens in to_command: keep it off the event loop
+            loop = asyncio.get_running_loop()
+            command = await loop.run_in_executor(
+                None, lambda: self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id))
+        else:
+            command = self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id)
         index, outcome = await self.node.submit(command)
-        if touches_users(prepared, req.sql):
+        if users:
             self.auth.users_changed()
         if outcome.error is not None:
             raise outcome.error
