@@ -192,3 +192,33 @@ def test_params_without_spaces_and_dollar_inside_strings(node):
     node.sql("INSERT INTO t (id, v) VALUES (2, '$1,$2')")
     assert node.rows("SELECT v FROM t WHERE id=$1", [1]) == [["$1,$2 stays"]]
     assert node.rows("SELECT v FROM t WHERE id = 2") == [["$1,$2"]]
+
+
+def test_clock_reading_functions_use_the_command_time(node):
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, d TEXT, ts TIMESTAMP)")
+    for bad in ["datetime('now')", "DATE('now')", "strftime('%s', 'now')", "UNIXEPOCH()"]:
+        assert node.error(f"INSERT INTO t (id, d) VALUES (1, {bad})").code == "INVALID_SQL", bad
+    node.sql("INSERT INTO t (id, d, ts) VALUES (1, CURRENT_DATE, NOW())")
+    assert node.rows("SELECT d, ts FROM t") == [["2025-06-15", node.now_us]]
+
+
+def test_literal_inserts_share_one_compilation(node):
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, v TEXT, f DOUBLE, b BOOLEAN)")
+    node.sql("INSERT INTO t (id, v, f, b) VALUES (1, 'it''s', -1.5, TRUE)")
+    compiled = len(node.db._compile_cache)
+    for i in range(2, 10):
+        node.sql(f"INSERT INTO t (id, v, f, b) VALUES ({i}, 'v{i}', {i}.5, NULL)")
+    assert len(node.db._compile_cache) == compiled
+    assert node.rows("SELECT v, f, b FROM t WHERE id <= 2 ORDER BY id") == [["it's", -1.5, True], ["v2", 2.5, None]]
+    cmd = node.command("INSERT INTO t (id, v) VALUES (77, 'seventy-seven')")
+    assert b"seventy-seven" in cmd  # the literal travels as a parameter of the template
+
+
+def test_insert_select_and_use_namespace(node):
+    node.sql("CREATE NAMESPACE app; USE app; CREATE TABLE src (id INT PRIMARY KEY, v TEXT); "
+             "CREATE TABLE dst (id INT PRIMARY KEY, v TEXT, at TIMESTAMP DEFAULT NOW())")
+    node.sql("INSERT INTO src (id, v) VALUES (1, 'a'), (2, 'b')", ns="app")
+    res = node.sql("INSERT INTO dst (id, v) SELECT id, v FROM src WHERE id > 1", ns="app")
+    assert res[0]["message"] == "Inserted 1 row(s)"
+    assert node.rows("SELECT id, v, at FROM app.dst") == [[2, "b", node.now_us]]
+    assert node.error("USE nowhere").code == "SQL_EXECUTION_ERROR"

@@ -83,6 +83,16 @@ class _Compiler:
                 return _fn("kdb_now")
             if isinstance(node, exp.Rand):
                 return _fn("kdb_random")
+            if isinstance(node, (exp.CurrentDate, exp.CurrentTime)):
+                seconds = exp.Div(this=_fn("kdb_now"), expression=exp.Literal.number(1_000_000))
+                return _fn("DATE" if isinstance(node, exp.CurrentDate) else "TIME", seconds,
+                           exp.Literal.string("unixepoch"))
+            if isinstance(node, exp.Func) and any(
+                isinstance(a, exp.Literal) and a.is_string and a.this.strip().lower() == "now"
+                for a in node.iter_expressions()
+            ):
+                raise KalamError("INVALID_SQL", f"{node.sql()} reads the local clock, which replicas would "
+                                 "disagree on: use NOW() or CURRENT_TIMESTAMP")
             if isinstance(node, exp.CurrentUser):
                 return _fn("kdb_current_user")
             if isinstance(node, exp.Anonymous):
@@ -90,7 +100,7 @@ class _Compiler:
                 mapped = {"NOW": "kdb_now", "SNOWFLAKE_ID": "kdb_snowflake", "UUID_V7": "kdb_uuid7",
                           "ULID": "kdb_ulid", "CURRENT_USER": "kdb_current_user", "RANDOM": "kdb_random",
                           "RANDOMBLOB": None, "CHANGES": None, "TOTAL_CHANGES": None,
-                          "LAST_INSERT_ROWID": None}.get(name, "")
+                          "LAST_INSERT_ROWID": None, "UNIXEPOCH": None if not node.expressions else ""}.get(name, "")
                 if mapped is None:
                     raise KalamError("INVALID_SQL", f"Function {name}() is not supported")
                 if name.startswith("KDB_"):

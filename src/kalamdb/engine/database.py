@@ -531,11 +531,12 @@ class Database:
                 if me.role == "user" and (mode == "w" or info.options.get("ACCESS_LEVEL") != "PUBLIC"):
                     raise KalamError("PERMISSION_DENIED", f"Role 'user' may not "
                                      f"{'write' if mode == 'w' else 'read'} SHARED table {info.full_name}")
-        if compiled.max_param > len(ctx.params):
+        params = q.params if q.params is not None else ctx.params
+        if compiled.max_param > len(params):
             raise KalamError("INVALID_PARAMETER", f"Statement uses ${compiled.max_param} but "
-                             f"{len(ctx.params)} parameter(s) were given")
+                             f"{len(params)} parameter(s) were given")
         who = owner or me
-        binds = {f"p{i}": v for i, v in enumerate(ctx.params, 1)}
+        binds = {f"p{i}": v for i, v in enumerate(params, 1)}
         binds["_owner"] = who.user_id
         ctx.state.username = who.username
         ctx.state.last_error = None

@@ -267,7 +267,74 @@ def parse_statement(sql: str, cache: ParseCache) -> st.Statement:
     raise KalamError("INVALID_SQL", f"Unsupported statement: {sql[:60]!r}")
 
 
+def parameterize_values(sql: str) -> tuple[str, list] | None:
+    """Turn the literal values of `INSERT ... VALUES (...)` into `$n` parameters, so that inserts
+    that differ only in their values share one parse and one compilation (on every replica: the
+    command carries the template). Only whole values directly inside a VALUES tuple are replaced,
+    so expressions keep their meaning. Returns None when there is nothing to gain."""
+    if "$" in sql:
+        return None
+    toks = tokenize(sql)
+    start = None
+    depth = 0
+    for i, t in enumerate(toks):
+        if t.kind == "op" and t.text == "(":
+            depth += 1
+        elif t.kind == "op" and t.text == ")":
+            depth -= 1
+        elif depth == 0 and t.upper == "VALUES":
+            start = i + 1
+            break
+    if start is None:
+        return None
+    pieces: list[str] = []
+    values: list = []
+    last = 0
+    depth = 0
+    for i in range(start, len(toks)):
+        t = toks[i]
+        if t.kind == "op" and t.text == "(":
+            depth += 1
+            continue
+        if t.kind == "op" and t.text == ")":
+            depth -= 1
+            if depth < 0:
+                break
+            continue
+        if depth != 1 or not (0 < i < len(toks) - 1):
+            if depth == 0 and not (t.kind == "op" and t.text == ","):
+                break  # the VALUES list has ended (ON CONFLICT, RETURNING, ...)
+            continue
+        before, after = toks[i - 1], toks[i + 1]
+        if not (before.kind == "op" and before.text in "(," and after.kind == "op" and after.text in ",)"):
+            continue
+        if t.kind == "str":
+            value = t.value
+        elif t.kind == "num":
+            value = t.value
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                continue
+        elif t.upper in ("TRUE", "FALSE", "NULL"):
+            value = {"TRUE": True, "FALSE": False, "NULL": None}[t.upper]
+        else:
+            continue
+        values.append(value)
+        pieces.append(sql[last:t.pos])
+        pieces.append(f"${len(values)} ")
+        last = t.pos + len(t.text)
+    if not values or len(values) > 10_000:
+        return None
+    pieces.append(sql[last:])
+    return "".join(pieces), values
+
+
 def parse_query(sql: str, cache: ParseCache) -> st.Query:
+    m = _FIRST_WORD.match(sql)
+    if m is not None and m.group(1).upper() == "INSERT":
+        templated = parameterize_values(sql)
+        if templated is not None:
+            template, values = templated
+            return st.Query(template, "insert", cache.parse(template), params=values)
     ast = cache.parse(sql)
     if isinstance(ast, (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery, exp.Values)):
         kind = "select"

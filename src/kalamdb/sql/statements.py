@@ -55,6 +55,8 @@ class Query(Statement):
     sql: str
     kind: str  # select | insert | update | delete
     ast: Any = field(default=None, repr=False, compare=False, metadata={"wire": False})
+    #: values lifted out of the text by the parser (INSERT literals); None: the request's params
+    params: list | None = None
 
     @property
     def is_write(self) -> bool:
