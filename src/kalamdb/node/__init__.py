@@ -1,0 +1,1 @@
+"""Cluster glue: a Raft-backed node behind the same interface as the single-node server."""

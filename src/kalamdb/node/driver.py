@@ -1,0 +1,563 @@
+"""Runs the sans-IO Raft core for real: ticks from the event loop, fsynced storage on an I/O thread,
+TCP peers, and the SQLite state machine on an apply thread.
+
+The Ready contract (docs/design/raft.md) is followed literally: persist entries and hard state,
+THEN send, then apply. While a Ready is being persisted the loop keeps stepping messages and
+taking proposals, so the next Ready carries everything that arrived meanwhile: that is the group
+commit (one fsync for many writes) and the batching of AppendEntries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from kalamdb.errors import KalamError
+from kalamdb.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftCore, Ready, Role
+from kalamdb.raft.messages import Message
+from kalamdb.raft.storage import LogStorage
+from kalamdb.raft.transport import PeerTransport
+from kalamdb.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+
+log = logging.getLogger("kalamdb.raft.driver")
+
+APPLY_BATCH = 1024
+# Entries that are not engine commands (NOOP, CONFIG, cluster metadata) still advance the engine's
+# applied index, identically on every replica, through this empty command.
+ENGINE_NOOP = msgpack.packb({"v": 1, "kind": "noop"})
+META_PREFIX = b"\xc1"  # 0xc1 never starts a msgpack value: marks the driver's own metadata entries
+
+
+class WriteOutcomeUnknown(KalamError):
+    """The write was proposed but its fate is unknown (it may still commit): indefinite."""
+
+    def __init__(self, message: str):
+        super().__init__("CLUSTER_UNAVAILABLE", message, status=503,
+                         details="indefinite: the write may or may not have been applied")
+
+
+def definite_not_leader(message: str, leader_api: str | None = None) -> KalamError:
+    err = KalamError("NOT_LEADER", message, status=503, details="definite: the write was not applied")
+    err.leader_api = leader_api  # type: ignore[attr-defined]
+    return err
+
+
+@dataclass
+class _Proposal:
+    term: int
+    future: asyncio.Future
+
+
+class SnapshotFiles:
+    """The node's latest state-machine snapshot as a file, plus the staging file of one being received."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.staging = self.dir / "incoming.sqlite.part"
+
+    def path(self, index: int) -> Path:
+        return self.dir / f"snap-{index:020d}.sqlite"
+
+    def latest(self) -> tuple[int, Path] | None:
+        found = sorted(self.dir.glob("snap-*.sqlite"))
+        if not found:
+            return None
+        return int(found[-1].name[5:25]), found[-1]
+
+    def publish(self, tmp: Path, index: int) -> Path:
+        """Make a complete snapshot file durable under its final name, then drop older ones."""
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self.path(index)
+        os.replace(tmp, final)
+        self._fsync_dir()
+        for old in self.dir.glob("snap-*.sqlite"):
+            if old != final and int(old.name[5:25]) < index:
+                old.unlink(missing_ok=True)
+        return final
+
+    def write_chunk(self, offset: int, data: bytes) -> None:
+        mode = "wb" if offset == 0 else "r+b"
+        if offset and not self.staging.exists():
+            raise OSError(f"snapshot chunk at offset {offset} without a staging file")
+        with open(self.staging, mode) as f:
+            f.seek(offset)
+            f.write(data)
+            f.truncate(offset + len(data))
+
+    def read_chunk(self, index: int, offset: int, max_bytes: int) -> tuple[bytes, bool] | None:
+        path = self.path(index)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(offset)
+                data = f.read(max_bytes)
+        except FileNotFoundError:
+            return None
+        return data, offset + len(data) >= size
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class RaftDriver:
+    """One node's Raft: the core on the event loop, storage/apply on their own threads."""
+
+    def __init__(self, *, node_id: int, raft_dir: Path, db: Any, transport_secret: bytes,
+                 rpc_listen: tuple[str, int], cluster_id: str, peers: dict[int, tuple[str, int]],
+                 tick_ms: int, heartbeat_ticks: int, election_ticks: int, snapshot_every: int = 0,
+                 bootstrap: bool = False, on_meta: Callable[[dict], None] | None = None,
+                 seed: int | None = None):
+        self.node_id = node_id
+        self.db = db
+        self.raft_dir = Path(raft_dir)
+        self.tick_s = tick_ms / 1000.0
+        self.snapshot_every = snapshot_every
+        self._bootstrap = bootstrap
+        self._on_meta = on_meta
+        self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+        self._raft_cfg = RaftConfig(node_id=node_id, election_ticks=election_ticks,
+                                    heartbeat_ticks=heartbeat_ticks)
+        self.transport = PeerTransport(node_id, rpc_listen, transport_secret, on_message=self._on_message,
+                                       cluster_id=cluster_id, logger=logging.getLogger("kalamdb.raft.transport"),
+                                       rng=random.Random(self._rng.getrandbits(64)))
+        self._initial_peers = dict(peers)
+        self.snapshots = SnapshotFiles(self.raft_dir / "snapshots")
+        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{node_id}")
+        self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix=f"raft-apply-{node_id}")
+        self.storage: LogStorage | None = None
+        self.core: RaftCore | None = None
+        self._wake = asyncio.Event()
+        self._apply_wake = asyncio.Event()
+        self._apply_idle = asyncio.Event()
+        self._apply_idle.set()
+        self._apply_q: list[Entry] = []
+        self._proposals: dict[int, _Proposal] = {}
+        self._reads: dict[bytes, asyncio.Future] = {}
+        self._read_ids = itertools.count(1)
+        self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._waiter_ids = itertools.count()
+        self._leader_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self.applied_index = 0  # engine-applied (what reads and waiters see)
+        self.last_snapshot_index = 0
+        self._snapshotting = False
+        self.fatal: BaseException | None = None
+        self.started_at = time.time()
+        self.bad_frames = 0
+        self.commit_latency_ms: list[float] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.storage, state = await loop.run_in_executor(self._io, self._open_storage)
+        if state.snapshot is not None and self.db.applied_index < state.snapshot.index:
+            # Crash between recording a received snapshot and installing it: install it now.
+            path = self.snapshots.path(state.snapshot.index)
+            log.warning("installing snapshot %s left from before a restart", path.name)
+            await loop.run_in_executor(self._apply_pool, self.db.restore_from, path)
+        self.applied_index = self.db.applied_index
+        self.last_snapshot_index = state.snapshot.index if state.snapshot else 0
+        self.core = RaftCore(self._raft_cfg, state, self._rng, applied=self.applied_index)
+        fresh = not state.entries and state.snapshot is None and state.hard_state.term == 0
+        if self._bootstrap and fresh and self.db.applied_index == 0:
+            log.info("node %d bootstraps a one-voter cluster", self.node_id)
+            self.core.bootstrap(Membership(voters=frozenset({self.node_id})))
+            self.core.campaign()  # alone in the cluster: no reason to wait for an election timeout
+        for peer_id, addr in self._initial_peers.items():
+            self.transport.set_peer(peer_id, addr)
+        await self.transport.start()
+        self._tasks = [
+            asyncio.create_task(self._ready_loop(), name=f"raft-ready-{self.node_id}"),
+            asyncio.create_task(self._apply_loop(), name=f"raft-apply-{self.node_id}"),
+            asyncio.create_task(self._tick_loop(), name=f"raft-tick-{self.node_id}"),
+        ]
+        self._wake.set()
+
+    def _open_storage(self):
+        storage = LogStorage.open(self.raft_dir / "log")
+        return storage, storage.load()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
+                await t
+        await self.transport.stop()
+        err = KalamError("CLUSTER_UNAVAILABLE", "node is shutting down", status=503,
+                         details="indefinite: the write may or may not have been applied")
+        for p in self._proposals.values():
+            if not p.future.done():
+                p.future.set_exception(err)
+        for f in self._reads.values():
+            if not f.done():
+                f.set_exception(KalamError("CLUSTER_UNAVAILABLE", "node is shutting down", status=503))
+        loop = asyncio.get_running_loop()
+        self._apply_pool.shutdown(wait=True)
+        if self.storage is not None:
+            await loop.run_in_executor(self._io, self.storage.close)
+        self._io.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ state for callers
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core is not None and self.core.role is Role.LEADER
+
+    @property
+    def leader_id(self) -> int:
+        return self.core.leader_id if self.core is not None else 0
+
+    def set_peer(self, node_id: int, addr: tuple[str, int]) -> None:
+        if node_id != self.node_id:
+            self.transport.set_peer(node_id, addr)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _check_alive(self) -> None:
+        if self.fatal is not None:
+            raise KalamError("CLUSTER_UNAVAILABLE", f"node stopped serving after a storage failure: {self.fatal}",
+                             status=503)
+        if self._stopping:
+            raise KalamError("CLUSTER_UNAVAILABLE", "node is shutting down", status=503)
+
+    async def wait_for_leader(self, timeout: float) -> int:
+        """The known leader's id, waiting up to `timeout` seconds for one; 0 if none appeared."""
+        deadline = time.monotonic() + timeout
+        while not self.leader_id:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return 0
+            self._leader_changed.clear()
+            try:
+                await asyncio.wait_for(self._leader_changed.wait(), left)
+            except TimeoutError:
+                return self.leader_id
+        return self.leader_id
+
+    # ------------------------------------------------------------------ proposals and reads
+    def propose(self, data: bytes) -> asyncio.Future:
+        """Propose on this (leader) node; the future gives (index, engine Outcome) once applied."""
+        self._check_alive()
+        core = self.core
+        index = core.propose(data)  # NotLeader / ProposalRejected propagate
+        fut = asyncio.get_running_loop().create_future()
+        self._proposals[index] = _Proposal(core.term, fut)
+        fut.raft_index = index  # type: ignore[attr-defined]
+        self._wake.set()
+        return fut
+
+    def propose_meta(self, meta: dict) -> asyncio.Future:
+        return self.propose(META_PREFIX + msgpack.packb(meta))
+
+    async def read_index(self, timeout: float) -> int:
+        """A linearizable read point (ReadIndex): the commit index confirmed by a quorum."""
+        self._check_alive()
+        ctx = self._read_ids.__next__().to_bytes(8, "big") + self.node_id.to_bytes(2, "big")
+        fut = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            self.core.read_index(ctx)
+            self._wake.set()
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def wait_applied(self, index: int, timeout: float) -> bool:
+        """True once the engine applied `index` here, False at the deadline (no polling)."""
+        if self.applied_index >= index:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._applied_waiters, (index, next(self._waiter_ids), fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except TimeoutError:
+            return self.applied_index >= index
+        finally:
+            if not fut.done():
+                fut.cancel()
+
+    # ------------------------------------------------------------------ the loops
+    def _on_message(self, src: int, payload: Any) -> None:
+        try:
+            msg = Message.from_wire(payload)
+        except (ValueError, TypeError, KeyError) as exc:
+            self.bad_frames += 1
+            log.warning("refused malformed raft message from node %d: %s", src, exc)
+            return
+        if msg.frm != src or msg.to != self.node_id:
+            self.bad_frames += 1
+            log.warning("refused raft message from node %d claiming to be %d -> %d", src, msg.frm, msg.to)
+            return
+        if self.core is None or self.fatal is not None:
+            return
+        self.core.step(msg)
+        self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        core = self.core
+        while True:
+            await asyncio.sleep(self.tick_s)  # the logical clock's period, not a wait for state
+            if self.fatal is not None:
+                continue
+            core.tick()
+            if core.has_ready():
+                self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        core = self.core
+        leader = core.leader_id
+        while True:
+            if not core.has_ready():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            rd: Ready = core.ready()
+            try:
+                if rd.snapshot_chunks:
+                    await loop.run_in_executor(self._io, self._write_chunks, rd.snapshot_chunks)
+                if rd.snapshot is not None:
+                    await self._install_snapshot(rd.snapshot)
+                if rd.entries or rd.hard_state is not None:
+                    await loop.run_in_executor(self._io, self._persist, rd.entries, rd.hard_state)
+            except Exception as exc:  # noqa: BLE001 - a storage failure must stop this node, loudly
+                self._fail(exc)
+                return
+            self._send(rd.messages)
+            if rd.committed:
+                self._apply_q.extend(rd.committed)
+                self._apply_wake.set()
+            for rs in rd.read_states:
+                fut = self._reads.get(rs.context)
+                if fut is not None and not fut.done():
+                    fut.set_result(rs.index)
+            for req in rd.snapshot_requests:
+                chunk = await loop.run_in_executor(self._io, self.snapshots.read_chunk, req.meta.index,
+                                                   req.offset, req.max_bytes)
+                if chunk is None:
+                    core.report_snapshot(req.to, False)
+                else:
+                    core.provide_snapshot_chunk(req.to, req.meta.index, req.offset, chunk[0], chunk[1])
+            core.advance(rd)
+            if core.leader_id != leader:
+                leader = core.leader_id
+                log.info("node %d: leader is now %s (term %d, role %s)", self.node_id, leader or "unknown",
+                         core.term, core.role.name.lower())
+                self._leader_changed.set()
+
+    def _persist(self, entries: list[Entry], hard_state) -> None:
+        st = self.storage
+        if entries:
+            st.append(entries)
+        if hard_state is not None:
+            st.set_hard_state(hard_state)
+        st.sync()
+
+    def _write_chunks(self, chunks) -> None:
+        for c in chunks:
+            self.snapshots.write_chunk(c.offset, c.data)
+
+    def _send(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+        by_dst: dict[int, list] = {}
+        for m in messages:
+            by_dst.setdefault(m.to, []).append(m.to_wire())
+        for dst, wires in by_dst.items():
+            if not self.transport.send_many(dst, wires) and self.core.is_leader:
+                self.core.report_unreachable(dst)
+
+    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        """Received snapshot: file durable, then meta durable, then the state machine replaced."""
+        loop = asyncio.get_running_loop()
+        while self._apply_q or not self._apply_idle.is_set():  # earlier committed entries go first
+            self._apply_wake.set()
+            await asyncio.sleep(0)  # let the apply loop take the queue (yield, not a timed wait)
+            await self._apply_idle.wait()
+        path = await loop.run_in_executor(self._io, self.snapshots.publish, self.snapshots.staging, meta.index)
+
+        def record() -> None:
+            self.storage.save_snapshot_meta(meta, compact=True)
+            self.storage.sync()
+
+        await loop.run_in_executor(self._io, record)
+        await loop.run_in_executor(self._apply_pool, self.db.restore_from, path)
+        self.last_snapshot_index = meta.index
+        self._set_applied(self.db.applied_index)
+        log.info("node %d installed snapshot at index %d (term %d)", self.node_id, meta.index, meta.term)
+
+    async def _apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._apply_q:
+                self._apply_idle.set()
+                self._apply_wake.clear()
+                await self._apply_wake.wait()
+                continue
+            self._apply_idle.clear()
+            batch, self._apply_q = self._apply_q[:APPLY_BATCH], self._apply_q[APPLY_BATCH:]
+            batch = [e for e in batch if e.index > self.applied_index]
+            if not batch:
+                continue
+            items = []
+            for e in batch:
+                if e.kind == EntryKind.NORMAL and not e.data.startswith(META_PREFIX):
+                    items.append((e.index, e.data))
+                else:
+                    items.append((e.index, ENGINE_NOOP))
+            try:
+                outcomes = await loop.run_in_executor(self._apply_pool, self.db.apply_batch, items)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+                return
+            for e, outcome in zip(batch, outcomes, strict=True):
+                if e.kind == EntryKind.NORMAL and e.data.startswith(META_PREFIX):
+                    self._apply_meta(e)
+                p = self._proposals.pop(e.index, None)
+                if p is None or p.future.done():
+                    continue
+                if p.term == e.term:
+                    p.future.set_result((e.index, outcome))
+                else:
+                    p.future.set_exception(definite_not_leader(
+                        f"leadership changed before write {e.index} committed; it was not applied"))
+            self._set_applied(batch[-1].index)
+            self._maybe_snapshot()
+
+    def _apply_meta(self, e: Entry) -> None:
+        try:
+            meta = msgpack.unpackb(e.data[1:], raw=False)
+        except Exception:  # noqa: BLE001 - a bad metadata entry is skipped identically everywhere
+            log.error("skipping undecodable cluster metadata entry %d", e.index)
+            return
+        if self._on_meta is not None and isinstance(meta, dict):
+            try:
+                self._on_meta(meta)
+            except Exception:
+                log.exception("cluster metadata entry %d could not be applied", e.index)
+
+    def _set_applied(self, index: int) -> None:
+        self.applied_index = max(self.applied_index, index)
+        waiters = self._applied_waiters
+        while waiters and waiters[0][0] <= self.applied_index:
+            _, _, fut = heapq.heappop(waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        """After a failed fsync or apply nothing on disk can be trusted: stop acknowledging anything."""
+        self.fatal = exc
+        log.critical("node %d: storage failure, refusing all further work until restarted: %r", self.node_id, exc)
+        err = KalamError("CLUSTER_UNAVAILABLE", f"storage failure on node {self.node_id}: {exc}", status=503,
+                         details="indefinite: the write may or may not have been applied")
+        for p in self._proposals.values():
+            if not p.future.done():
+                p.future.set_exception(err)
+        self._proposals.clear()
+        self.transport.send = lambda *a, **k: False  # type: ignore[method-assign]
+        self.transport.send_many = lambda *a, **k: False  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ snapshots and log purge
+    def _maybe_snapshot(self) -> None:
+        if (self.snapshot_every and not self._snapshotting
+                and self.applied_index - self.last_snapshot_index >= self.snapshot_every):
+            asyncio.get_running_loop().create_task(self.take_snapshot())
+
+    async def take_snapshot(self) -> int:
+        """Snapshot the engine at its applied index, compact the log up to it; returns the index."""
+        if self._snapshotting:
+            raise KalamError("SQL_EXECUTION_ERROR", "a snapshot is already being taken")
+        self._snapshotting = True
+        loop = asyncio.get_running_loop()
+        try:
+            tmp = self.snapshots.dir / "taking.sqlite.part"
+
+            def take() -> tuple[int, Path]:
+                tmp.unlink(missing_ok=True)
+                index = self.db.snapshot_to(tmp)
+                return index, self.snapshots.publish(tmp, index)
+
+            index, _ = await loop.run_in_executor(self._apply_pool, take)
+            core = self.core
+            if core.snapshot is not None and index <= core.snapshot.index:
+                return index
+            meta = core.snapshot_meta_at(index)
+
+            def record() -> None:
+                self.storage.save_snapshot_meta(meta, compact=True)
+                self.storage.sync()
+
+            await loop.run_in_executor(self._io, record)
+            core.compact(meta)
+            self.last_snapshot_index = index
+            log.info("node %d took a snapshot at index %d and compacted the log", self.node_id, index)
+            return index
+        finally:
+            self._snapshotting = False
+
+    # ------------------------------------------------------------------ control
+    def campaign(self) -> None:
+        self.core.campaign()
+        self._wake.set()
+
+    def step_down(self) -> None:
+        self.core.step_down()
+        self._wake.set()
+
+    def transfer_leadership(self, target: int) -> None:
+        self.core.transfer_leadership(target)
+        self._wake.set()
+
+    def add_learner(self, node_id: int) -> int:
+        index = self.core.add_learner(node_id)
+        self._wake.set()
+        return index
+
+    def change_membership(self, voters: set[int]) -> int:
+        index = self.core.change_membership(voters)
+        self._wake.set()
+        return index
+
+    def remove_learner(self, node_id: int) -> int:
+        index = self.core.remove_learner(node_id)
+        self._wake.set()
+        return index
+
+
+__all__ = [
+    "ENGINE_NOOP",
+    "META_PREFIX",
+    "NotLeader",
+    "ProposalRejected",
+    "RaftDriver",
+    "SnapshotFiles",
+    "WriteOutcomeUnknown",
+    "definite_not_leader",
+]
