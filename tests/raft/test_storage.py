@@ -172,26 +172,40 @@ def _single_segment(tmp_path) -> str:
     return os.path.join(tmp_path, name)
 
 
+def record_ends(path) -> list[int]:
+    """Where each intact record of a segment ends (segments are preallocated: the file is longer)."""
+    records, _ = wal.scan(Path(path).read_bytes())
+    return [offset + wal.HEADER_SIZE + len(payload) for offset, _type, payload in records]
+
+
+SMALL = 4096  # a small preallocation keeps byte-by-byte rewrites cheap
+
+
 def test_torn_last_record_is_dropped_at_every_byte_offset(tmp_path):
-    store = LogStorage.open(tmp_path)
+    store = LogStorage.open(tmp_path, segment_bytes=SMALL)
     store.append(ents(1, 20, 1))
     store.set_hard_state(HardState(1, 1, 20))
     store.sync()
     path = _single_segment(tmp_path)
-    synced_size = os.path.getsize(path)
+    synced_end = record_ends(path)[-1]
     store.append(ents(21, 23, 1, b"tail"))
     store.close()
     full = Path(path).read_bytes()
-    assert len(full) > synced_size + wal.HEADER_SIZE
-    for cut in range(synced_size, len(full)):
-        Path(path).write_bytes(full[:cut])
-        with LogStorage.open(tmp_path) as again:
-            state = again.load()
-            assert state.entries == ents(1, 20, 1), f"cut at {cut}"
-            assert state.hard_state == HardState(1, 1, 20)
-        assert os.path.getsize(path) == synced_size, f"tail not cut off at {cut}"
+    tail_end = record_ends(path)[-1]
+    assert tail_end > synced_end + wal.HEADER_SIZE and len(full) == SMALL
+    for cut in range(synced_end, tail_end):
+        # a file cut short (crash while growing it) or a preallocated one whose tail went unwritten
+        for torn in (full[:cut], full[:cut] + bytes(len(full) - cut)):
+            Path(path).write_bytes(torn)
+            with LogStorage.open(tmp_path, segment_bytes=SMALL) as again:
+                state = again.load()
+                assert state.entries == ents(1, 20, 1), f"cut at {cut}"
+                assert state.hard_state == HardState(1, 1, 20)
+                again.append(ents(21, 21, 2, b"after"))  # must not land behind garbage
+            with LogStorage.open(tmp_path, segment_bytes=SMALL) as again:
+                assert again.load().entries == ents(1, 20, 1) + ents(21, 21, 2, b"after"), f"cut at {cut}"
     Path(path).write_bytes(full)
-    with LogStorage.open(tmp_path) as again:
+    with LogStorage.open(tmp_path, segment_bytes=SMALL) as again:
         assert again.load().entries == ents(1, 20, 1) + ents(21, 23, 1, b"tail")
 
 
@@ -203,42 +217,52 @@ def test_damaged_last_record_is_a_torn_tail(tmp_path):
     store.close()
     path = _single_segment(tmp_path)
     data = bytearray(Path(path).read_bytes())
-    data[-1] ^= 0xFF
+    data[record_ends(path)[-1] - 1] ^= 0xFF
     Path(path).write_bytes(bytes(data))
     with LogStorage.open(tmp_path) as again:
         assert again.load().entries == ents(1, 5, 1)
 
 
+def test_garbage_after_the_last_record_is_a_torn_tail(tmp_path):
+    store = LogStorage.open(tmp_path, segment_bytes=SMALL)
+    store.append(ents(1, 5, 1))
+    store.close()
+    path = _single_segment(tmp_path)
+    data = bytearray(Path(path).read_bytes())
+    data[record_ends(path)[-1] + 100] = 0x5A  # a stray byte in the preallocated zeros
+    Path(path).write_bytes(bytes(data))
+    with LogStorage.open(tmp_path, segment_bytes=SMALL) as again:
+        assert again.load().entries == ents(1, 5, 1)
+    assert wal.zeros_from(Path(path).read_bytes(), record_ends(path)[-1])
+
+
 @pytest.mark.parametrize("where", ["payload", "length", "magic"])
 def test_damage_in_the_middle_stops_with_file_and_offset(tmp_path, where):
-    store = LogStorage.open(tmp_path)
-    offsets = []
+    store = LogStorage.open(tmp_path, segment_bytes=SMALL)
     for i in range(1, 6):
-        offsets.append(os.path.getsize(_single_segment(tmp_path)))
         store.append(ents(i, i, 1))
     store.close()
     path = _single_segment(tmp_path)
     data = bytearray(Path(path).read_bytes())
-    victim = offsets[2]  # third record of five
+    victim = record_ends(path)[2]  # fourth record (the checkpoint is the first), two follow it
     pos = {"payload": victim + wal.HEADER_SIZE + 2, "length": victim + 5, "magic": victim}[where]
     data[pos] ^= 0x40
     Path(path).write_bytes(bytes(data))
     with pytest.raises(LogCorruptError) as info:
-        LogStorage.open(tmp_path)
+        LogStorage.open(tmp_path, segment_bytes=SMALL)
     assert info.value.path == path and info.value.offset == victim
     assert path in str(info.value) and f"offset {victim}" in str(info.value)
-    assert os.path.getsize(path) == len(data)  # nothing was cut off
-    Path(path).write_bytes(bytes(data))
+    assert Path(path).read_bytes() == bytes(data)  # nothing was cut off or rewritten
 
 
-def test_damage_in_a_sealed_segment_is_corruption_even_at_its_end(tmp_path):
+def test_damage_at_the_end_of_a_sealed_segment_is_corruption(tmp_path):
     store = LogStorage.open(tmp_path, segment_bytes=200)
     for i in range(1, 30):
         store.append(ents(i, i, 1))
     store.close()
     first = os.path.join(tmp_path, segments(tmp_path)[0])
     data = bytearray(Path(first).read_bytes())
-    data[-1] ^= 1
+    data[record_ends(first)[-1] - 1] ^= 1  # last record of a segment that was synced when sealed
     Path(first).write_bytes(bytes(data))
     with pytest.raises(LogCorruptError, match="later segments exist"):
         LogStorage.open(tmp_path, segment_bytes=200)

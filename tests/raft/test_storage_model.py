@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from kalamdb.raft.storage import LogStorage
 from kalamdb.raft.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
 
-SEGMENT_BYTES = 160
+SEGMENT_BYTES = 400
 
 
 class LogModel:
@@ -123,5 +123,5 @@ class StorageMachine(RuleBasedStateMachine):
 
 TestStorageAgainstModel = StorageMachine.TestCase
 TestStorageAgainstModel.settings = settings(
-    max_examples=150, stateful_step_count=50, deadline=None, derandomize=False,
+    max_examples=100, stateful_step_count=50, deadline=None, derandomize=False,
     suppress_health_check=[HealthCheck.too_slow])

@@ -115,7 +115,8 @@ class LogStorage:
         self._locs = array("q")
         self._segments: list[_Segment] = []
         self._fd = -1
-        self._size = 0
+        self._size = 0  # where the next record goes in the active segment
+        self._seg_start = 0  # where the active segment's first record after its checkpoint went
         self._read_fds: dict[int, int] = {}
         self._dirty = False
         self._durable_compact = 0
@@ -169,25 +170,31 @@ class LogStorage:
             self._start_segment(1)
             return
         self._replayed = []
+        end = start = 0
         for i, seq in enumerate(seqs):
             if i and seq != seqs[i - 1] + 1:
                 raise StorageError(f"Raft log segments {_segment_name(seqs[i - 1])} and "
                                    f"{_segment_name(seq)} are not consecutive: a segment is missing")
-            self._replay_segment(seq, first=(i == 0), last=(i == len(seqs) - 1))
+            start, end = self._replay_segment(seq, first=(i == 0), last=(i == len(seqs) - 1))
         if -1 in self._locs:
             missing = [self._compact_index + 1 + k for k, loc in enumerate(self._locs) if loc == -1]
             raise StorageError(f"Raft log in {self.directory} lacks entries {missing[0]}..{missing[-1]} "
                                f"(their segment is gone but they were never compacted)")
         seg = self._segments[-1]
-        self._fd = os.open(seg.path, os.O_RDWR | os.O_APPEND)
-        self._size = os.fstat(self._fd).st_size
+        self._fd = os.open(seg.path, os.O_RDWR)
+        self._size, self._seg_start = end, start
         self._durable_compact = self._compact_index
 
-    def _replay_segment(self, seq: int, *, first: bool, last: bool) -> None:
+    def _replay_segment(self, seq: int, *, first: bool, last: bool) -> tuple[int, int]:
+        """Replay one segment; returns where its checkpoint ends and where its records end (the next
+        write goes there)."""
         path = os.path.join(self.directory, _segment_name(seq))
         with open(path, "rb") as f:
             data = f.read()
         records, bad = wal.scan(data)
+        end = bad.offset if bad is not None else len(data)
+        if bad is not None and wal.zeros_from(data, bad.offset):
+            bad = None  # the unused, preallocated rest of the segment
         if bad is not None:
             later = wal.valid_record_after(data, bad)
             if not last or later is not None:
@@ -206,14 +213,9 @@ class LogStorage:
             except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
                 raise LogCorruptError(path, offset, f"undecodable record of type {rtype}: {exc}") from None
         if bad is not None:
-            log.warning("Raft log %s: discarding torn tail at offset %d (%s, %d bytes)",
-                        path, bad.offset, bad.reason, len(data) - bad.offset)
-            fd = os.open(path, os.O_RDWR)
-            try:
-                os.ftruncate(fd, bad.offset)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            log.warning("Raft log %s: discarding torn tail at offset %d (%s)", path, bad.offset, bad.reason)
+            wal.cut_tail(path, bad.offset, self._segment_bytes)
+        return wal.HEADER_SIZE + len(records[0][2]), end
 
     def _replay_record(self, seg: _Segment, offset: int, rtype: int, payload: memoryview,
                        initial: bool) -> None:
@@ -504,14 +506,14 @@ class LogStorage:
 
     def _write(self, record: bytes) -> int:
         """Append one record to the active segment with one write(); returns its location."""
-        if self._size >= self._segment_bytes:
-            self._rotate()
-        if self.failpoints.hit("log.append") == "torn":
-            wal.write_all(self._fd, record[: max(1, len(record) // 2)])
-            os._exit(wal.CRASH_EXIT_CODE)
+        if self._size + len(record) > self._segment_bytes and self._size > self._seg_start:
+            self._rotate()  # a record larger than a whole segment gets a segment of its own
         offset = self._size
+        if self.failpoints.hit("log.append") == "torn":
+            wal.write_all(self._fd, record[: max(1, len(record) // 2)], offset)
+            os._exit(wal.CRASH_EXIT_CODE)
         try:
-            wal.write_all(self._fd, record)
+            wal.write_all(self._fd, record, offset)
         except OSError as exc:
             # cut any partial record off, so that a later append cannot strand garbage mid-file
             try:
@@ -538,10 +540,11 @@ class LogStorage:
             self._compact_index, self._compact_term, self.last_index, self.last_term]))
 
     def _start_segment(self, seq: int) -> None:
-        fd = wal.create_file_durably(self.directory, _segment_name(seq), self._checkpoint_record())
+        checkpoint = self._checkpoint_record()
+        fd = wal.create_file_durably(self.directory, _segment_name(seq), checkpoint, self._segment_bytes)
         self._segments.append(_Segment(seq, os.path.join(self.directory, _segment_name(seq))))
         self._fd = fd
-        self._size = os.fstat(fd).st_size
+        self._size = self._seg_start = len(checkpoint)
 
     def _rotate(self) -> None:
         """Seal the full segment (made durable now, it will never be written again) and start the

@@ -115,12 +115,29 @@ def valid_record_after(data: bytes, bad: BadRecord) -> int | None:
 # ---------------------------------------------------------------- syscalls
 
 
-def write_all(fd: int, buf: bytes) -> None:
-    """write() until every byte is out (a regular file returns short only on errors like ENOSPC)."""
+def zeros_from(data: bytes, offset: int) -> bool:
+    """True if everything from `offset` on is zero bytes: the unused, preallocated end of a segment."""
+    return data.count(b"\0", offset) == len(data) - offset
+
+
+def write_all(fd: int, buf: bytes, offset: int) -> None:
+    """pwrite() until every byte is out (a regular file returns short only on errors like ENOSPC)."""
     view = memoryview(buf)
     while view:
-        n = os.write(fd, view)
+        n = os.pwrite(fd, view, offset)
         view = view[n:]
+        offset += n
+
+
+def preallocate(fd: int, start: int, end: int) -> None:
+    """Reserve [start, end) as zeros, so appends overwrite allocated blocks and fdatasync does not
+    also have to commit a growing file size (measured: roughly halves its latency on ext4)."""
+    if end > start:
+        try:
+            os.posix_fallocate(fd, start, end - start)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
 
 
 def fsync_dir(directory: str) -> None:
@@ -132,14 +149,16 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def create_file_durably(directory: str, name: str, content: bytes) -> int:
-    """Create `name` holding `content` so that after a crash it either does not exist or is complete
-    (temp file, fdatasync, rename, directory fsync). Returns an append-mode fd for further writes."""
+def create_file_durably(directory: str, name: str, content: bytes, size: int) -> int:
+    """Create `name` holding `content` (preallocated to `size` bytes) so that after a crash it either
+    does not exist or is complete: temp file, fdatasync, rename, directory fsync. Returns a
+    read-write fd for further writes."""
     final = os.path.join(directory, name)
     tmp = final + ".tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        write_all(fd, content)
+        write_all(fd, content, 0)
+        preallocate(fd, len(content), size)
         os.fdatasync(fd)
         os.rename(tmp, final)
         fsync_dir(directory)
@@ -147,6 +166,18 @@ def create_file_durably(directory: str, name: str, content: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def cut_tail(path: str, offset: int, size: int) -> None:
+    """Durably replace everything from `offset` on with zeros (a torn tail), keeping the file
+    preallocated to `size`, so later appends never sit behind garbage."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, offset)
+        preallocate(fd, offset, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- failpoints
