@@ -222,3 +222,23 @@ def test_insert_select_and_use_namespace(node):
     assert res[0]["message"] == "Inserted 1 row(s)"
     assert node.rows("SELECT id, v, at FROM app.dst") == [[2, "b", node.now_us]]
     assert node.error("USE nowhere").code == "SQL_EXECUTION_ERROR"
+
+
+def test_runaway_statement_is_stopped_identically(node, monkeypatch):
+    from kalamdb.engine import database
+
+    monkeypatch.setattr(database, "WRITE_STEP_BUDGET", 2_000_000)
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+    err = node.error("INSERT INTO t (id, v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+                     "SELECT x, x FROM c")
+    assert "execution budget" in err.message
+    assert node.rows("SELECT COUNT(*) FROM t") == [["0"]]
+    # SQLite undoes the whole transaction of an interrupted write: the batch is replayed without it
+    base = node.db.applied_index
+    runaway = node.command("INSERT INTO t (id, v) WITH RECURSIVE c(x) AS (SELECT 10 UNION ALL SELECT x + 1 "
+                           "FROM c) SELECT x, x FROM c")
+    batch = [(base + 1, node.command("INSERT INTO t (id, v) VALUES (1, 1)")), (base + 2, runaway),
+             (base + 3, node.command("INSERT INTO t (id, v) VALUES (2, 2)"))]
+    outcomes = node.db.apply_batch(batch)
+    assert [o.error is None for o in outcomes] == [True, False, True]
+    assert node.rows("SELECT id FROM t ORDER BY id") == [[1], [2]] and node.db.applied_index == base + 3

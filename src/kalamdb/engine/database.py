@@ -36,6 +36,26 @@ MAX_SQL_BYTES = 1024 * 1024
 MAX_PARAMS = 50
 ADMIN_ROLES = ("dba", "system")
 COMMAND_VERSION = 1
+# A write statement may run this many SQLite VM steps (counted, so the cut-off is the same on every
+# replica); a read may run this many seconds.
+WRITE_STEP_BUDGET = 200_000_000
+READ_SECONDS_BUDGET = 30.0
+_PROGRESS_EVERY = 10_000
+# SQLite failures caused by this machine (not by the command): they must not be recorded as the
+# command's deterministic outcome, so they abort the whole batch instead
+_ENVIRONMENTAL = ("disk i/o error", "database or disk is full", "database is locked", "readonly database",
+                  "unable to open", "out of memory", "file is not a database", "disk image is malformed")
+
+
+def _environmental(e: BaseException) -> bool:
+    if isinstance(e, _TransactionLost):
+        return True
+    return isinstance(e, sqlite3.Error) and any(m in str(e).lower() for m in _ENVIRONMENTAL)
+
+
+class _TransactionLost(Exception):
+    """SQLite rolled back the whole batch transaction (an interrupted write statement does that):
+    the batch is replayed with the offending command marked failed."""
 _catalog_tokens = itertools.count(1)
 
 
@@ -74,6 +94,18 @@ class _FnState:
         self._rng: random.Random | None = None
         self.username = ""
         self.last_error: KalamError | None = None
+        self.steps = 0
+        self.deadline = 0.0
+
+    def start_statement(self) -> None:
+        self.steps = 0
+        self.deadline = time.monotonic() + READ_SECONDS_BUDGET
+
+    def over_budget(self) -> int:
+        if self.db is not None:
+            self.steps += _PROGRESS_EVERY
+            return 1 if self.steps > WRITE_STEP_BUDGET else 0
+        return 1 if time.monotonic() > self.deadline else 0
 
     def reset(self, now_us: int, seed: int | None) -> None:
         self.now_us, self.seed, self._rng = now_us, seed, None
@@ -106,6 +138,7 @@ def _register_functions(conn: sqlite3.Connection, state: _FnState) -> None:
     def snowflake_read():
         return next_snowflake(0, time.time_ns() // 1_000_000, state.node_id)
 
+    conn.set_progress_handler(state.over_budget, _PROGRESS_EVERY)
     conn.create_function("kdb_seq", 0, guarded(seq))
     conn.create_function("kdb_snowflake", 0, guarded(seq if state.db is not None else snowflake_read))
     conn.create_function("kdb_now", 0, lambda: state.now_us)
@@ -285,41 +318,55 @@ class Database:
 
     def apply_batch(self, items: list[tuple[int, bytes]]) -> list[Outcome]:
         with self._write_lock:
-            conn = self._wconn
-            outcomes: list[Outcome] = []
-            start_index, start_seq = self._applied_index, self._last_snowflake
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for index, command in items:
-                    if index <= self._applied_index:
-                        outcomes.append(Outcome([], None))
-                        continue
+            failed: dict[int, KalamError] = {}
+            while True:
+                try:
+                    return self._apply_batch_once(items, failed)
+                except _TransactionLost as lost:
+                    failed[lost.args[0]] = KalamError(
+                        "SQL_EXECUTION_ERROR", "Statement exceeded its execution budget and was stopped")
+
+    def _apply_batch_once(self, items: list[tuple[int, bytes]], failed: dict[int, KalamError]) -> list[Outcome]:
+        conn = self._wconn
+        outcomes: list[Outcome] = []
+        start_index, start_seq = self._applied_index, self._last_snowflake
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for index, command in items:
+                if index <= self._applied_index:
+                    outcomes.append(Outcome([], None))
+                    continue
+                if index in failed:
+                    outcome = Outcome([], failed[index])
+                else:
                     conn.execute("SAVEPOINT kdb_cmd")
                     try:
                         outcome = self._apply_one(command)
                         conn.execute("RELEASE kdb_cmd")
-                    except Exception as e:  # noqa: BLE001 - a malformed command must fail identically, not crash
+                    except Exception as e:
+                        if _environmental(e) or not conn.in_transaction:
+                            raise _TransactionLost(index) if not conn.in_transaction else e from e
                         conn.execute("ROLLBACK TO kdb_cmd")
                         conn.execute("RELEASE kdb_cmd")
                         self._reload_catalog()
                         err = e if isinstance(e, KalamError) else KalamError(
                             "INTERNAL_ERROR", f"Command could not be applied: {type(e).__name__}: {e}")
                         outcome = Outcome([], err)
-                    self._applied_index = index
-                    outcomes.append(outcome)
-                conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'applied_index'", (self._applied_index,))
-                conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'last_snowflake'", (self._last_snowflake,))
-                conn.execute("COMMIT")
-            except BaseException:
-                # the transaction did not commit (disk error, interrupt): forget everything it did
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._applied_index, self._last_snowflake = start_index, start_seq
-                self._reload_catalog()
-                self._published = self._catalog
-                raise
+                self._applied_index = index
+                outcomes.append(outcome)
+            conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'applied_index'", (self._applied_index,))
+            conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'last_snowflake'", (self._last_snowflake,))
+            conn.execute("COMMIT")
+        except BaseException:
+            # the transaction did not commit (disk error, interrupt): forget everything it did
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._applied_index, self._last_snowflake = start_index, start_seq
+            self._reload_catalog()
             self._published = self._catalog
-            return outcomes
+            raise
+        self._published = self._catalog
+        return outcomes
 
     def _apply_one(self, command: bytes) -> Outcome:
         cmd = msgpack.unpackb(command, raw=False)
@@ -369,7 +416,8 @@ class Database:
         try:
             results, error = self._run(ctx, prepared.statements)
         finally:
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         if error is not None:
             raise error
         return results
@@ -416,7 +464,9 @@ class Database:
                     conn.execute("RELEASE kdb_stmt")
             except KalamError as e:
                 error = KalamError(e.code, f"Statement {i} failed: {e.message}", details=e.details)
-            except Exception as e:  # noqa: BLE001 - never let an unexpected error escape half-applied
+            except Exception as e:
+                if _environmental(e):
+                    raise  # not the command's fault: abort the batch, nothing of it commits
                 error = KalamError("INTERNAL_ERROR", f"Statement {i} failed: {type(e).__name__}: {e}")
             if error is not None:
                 if ctx.writing:
@@ -543,14 +593,20 @@ class Database:
         for name in compiled.local_tables:
             self._materialise_local(ctx.conn, name)
         binds["_seq_before"] = self._last_snowflake
+        ctx.state.start_statement()
         try:
             cur = ctx.conn.execute(compiled.sql, binds)
+            rows = cur.fetchall() if q.kind == "select" else None
         except sqlite3.Error as e:
+            if _environmental(e):
+                raise
+            if ctx.writing and not ctx.conn.in_transaction:
+                raise _TransactionLost() from e
             if q.kind == "insert" and isinstance(e, sqlite3.IntegrityError) and "UNIQUE" in str(e):
                 raise self._pk_violation(ctx, compiled, binds, duplicate_in_request=True) from None
             raise self._sql_error(e, ctx, compiled) from None
         if q.kind == "select":
-            return self._select_result(cur, compiled.types, who.username)
+            return self._select_result(cur, compiled.types, who.username, rows)
         count = cur.rowcount
         if q.kind == "insert":
             if compiled.row_count >= 0 and count < compiled.row_count:
@@ -600,6 +656,8 @@ class Database:
         if ctx.state.last_error is not None:
             return ctx.state.last_error
         msg = str(e)
+        if msg == "interrupted":
+            return KalamError("SQL_EXECUTION_ERROR", "Statement exceeded its execution budget and was stopped")
         m = re.match(r"no such column: (.+)", msg)
         if m:
             return KalamError("SQL_EXECUTION_ERROR", f"Column '{m.group(1)}' does not exist")
@@ -619,9 +677,10 @@ class Database:
                               f"in column '{compiled.target.primary_key}'")
         return KalamError("SQL_EXECUTION_ERROR", msg)
 
-    def _select_result(self, cur: sqlite3.Cursor, types: list, username: str) -> dict:
+    def _select_result(self, cur: sqlite3.Cursor, types: list, username: str, rows=None) -> dict:
         names = [d[0] for d in cur.description or ()]
-        rows = cur.fetchall()
+        if rows is None:
+            rows = cur.fetchall()
         col_types = list(types) if len(types) == len(names) else [None] * len(names)
         for j, t in enumerate(col_types):
             if t is None:
