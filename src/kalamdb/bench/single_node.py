@@ -21,6 +21,26 @@ import orjson
 INSERT_SQL = "INSERT INTO {table} (id, body) VALUES ($1, $2)"
 
 
+def fsync_p50_ms(directory: str, samples: int = 50) -> float:
+    """This disk's fsync latency right now: the floor under every acknowledged write."""
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(dir=directory, prefix=".fsync-probe-")
+    try:
+        times = []
+        for _ in range(samples):
+            os.write(fd, b"x" * 128)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    return percentile(times, 0.5) * 1000
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -118,11 +138,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = None
+    fsync_ms = None
     if args.url is None:
         from kalamdb.testing.single import start_server
 
         server = start_server(log_level="warn")
         args.url = server.url
+        fsync_ms = fsync_p50_ms(str(server.data_dir))
     try:
         try:
             import uvloop
@@ -133,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
+    if fsync_ms is not None:
+        print(f"fsync p50 on the data dir's disk: {fsync_ms:.3f} ms")
     print(f"{'clients':>8} {'inserts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
     for r in results:
         print(f"{r['clients']:>8} {r['inserts_per_s']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
