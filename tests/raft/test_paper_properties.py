@@ -3,11 +3,12 @@ runs with partitions, message loss and reordering, crashes and restarts, and com
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
 
-from kalamdb.raft.core import Role
+from kalamdb.raft.core import ProposalRejected, Role
 from kalamdb.raft.memnet import MemCluster
 
 
@@ -80,7 +81,31 @@ class SafetyChecker:
                     self.fail(f"node {i} applied {data!r} at {idx}, committed was {self.committed[idx]}")
 
 
-def random_run(seed: int, steps: int, n_nodes: int = 5) -> SafetyChecker:
+def reconfigure(c: MemCluster, rng: random.Random, ids: list[int]) -> None:
+    """One random membership step or leadership transfer; refusals are part of the protocol."""
+    lid = c.leader()
+    if lid is None:
+        return
+    core = c.core(lid)
+    m = core.membership
+    choice = rng.random()
+    try:
+        if choice < 0.3 and len(m.voters) > 3:
+            core.change_membership(m.voters - {rng.choice(sorted(m.voters))})  # maybe the leader itself
+        elif choice < 0.55:
+            outside = [i for i in ids if i not in m.members]
+            if outside:
+                core.add_learner(rng.choice(outside))
+        elif choice < 0.8 and m.learners:
+            core.change_membership(m.voters | m.learners)  # 1 or more voters: direct or joint
+        else:
+            core.transfer_leadership(rng.choice(sorted(m.voters)))
+    except (ProposalRejected, ValueError):
+        return
+    c.stabilize()
+
+
+def random_run(seed: int, steps: int, n_nodes: int = 5, reconfig: bool = False) -> SafetyChecker:
     rng = random.Random(seed)
     ids = list(range(1, n_nodes + 1))
     c = MemCluster(ids, seed=seed, voters=ids, election_ticks=10)
@@ -97,8 +122,11 @@ def random_run(seed: int, steps: int, n_nodes: int = 5) -> SafetyChecker:
             lid = c.leader()
             if lid is not None:
                 counter += 1
-                c.core(lid).propose(b"cmd-%d" % counter)
+                with contextlib.suppress(ProposalRejected):  # e.g. a leadership transfer is running
+                    c.core(lid).propose(b"cmd-%d" % counter)
             c.stabilize()
+        elif r < 0.83 and reconfig:
+            reconfigure(c, rng, ids)
         elif r < 0.84:
             shuffled = ids[:]
             rng.shuffle(shuffled)
@@ -125,10 +153,12 @@ def random_run(seed: int, steps: int, n_nodes: int = 5) -> SafetyChecker:
         if not c.nodes[i].up:
             c.restart(i)
     c.elect(max_ticks=400)
+    c.run_until(lambda: c.leader() is not None and c.core(c.leader()).lead_transferee is None, 100)
+    members = sorted(c.core(c.leader()).membership.members)
     idx = c.propose(b"final")
-    c.wait_applied(idx, max_ticks=400)
+    c.wait_applied(idx, ids=members, max_ticks=400)
     checker.check()
-    datas = [c.nodes[i].applied_data for i in ids]
+    datas = [c.nodes[i].applied_data for i in members]
     assert all(d == datas[0] for d in datas), f"replicas differ (seed={seed})"
     assert datas[0][-1] == b"final"
     return checker
@@ -138,4 +168,10 @@ def random_run(seed: int, steps: int, n_nodes: int = 5) -> SafetyChecker:
 def test_paper_safety_properties_under_random_faults(seed):
     checker = random_run(seed, steps=400)
     assert checker.leader_of_term, f"no leader was ever elected (seed={seed})"
+    assert len(checker.committed) > 5, f"too little progress to be meaningful (seed={seed})"
+
+
+@pytest.mark.parametrize("seed", range(100, 108))
+def test_paper_safety_properties_with_membership_changes_and_transfers(seed):
+    checker = random_run(seed, steps=400, reconfig=True)
     assert len(checker.committed) > 5, f"too little progress to be meaningful (seed={seed})"
