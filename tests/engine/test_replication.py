@@ -186,3 +186,16 @@ def test_parse_cache_hits_for_repeated_statements(node):
         node.sql("INSERT INTO t (id) VALUES ($1)", [i])
     assert cache.misses == misses and cache.hits >= 10
     assert node.rows("SELECT COUNT(*) FROM t") == [["11"]]
+
+
+def test_noop_commands_only_advance_the_index(node):
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY)")
+    def state():
+        return [line for line in _dump(node.db) if "_kdb_meta" not in line]
+
+    before = state()
+    base = node.db.applied_index
+    outcomes = node.db.apply_batch([(base + 1, node.db.noop_command()), (base + 2, node.db.noop_command())])
+    assert [(o.results, o.error) for o in outcomes] == [([], None), ([], None)]
+    assert node.db.applied_index == base + 2
+    assert state() == before  # nothing but the applied index changed

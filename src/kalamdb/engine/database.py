@@ -296,6 +296,11 @@ class Database:
                "ns": prepared.namespace, "params": prepared.params, "stmts": wire}
         return msgpack.packb(cmd, use_bin_type=True)
 
+    @staticmethod
+    def noop_command() -> bytes:
+        """A command that changes nothing but the applied index (Raft no-op and config entries)."""
+        return msgpack.packb({"v": COMMAND_VERSION, "kind": "noop"})
+
     def expiry_command(self, now_us: int) -> bytes | None:
         conn, _ = self._reader()
         for info in self._published.tables.values():
@@ -372,6 +377,8 @@ class Database:
         cmd = msgpack.unpackb(command, raw=False)
         if not isinstance(cmd, dict) or cmd.get("v") != COMMAND_VERSION:
             raise KalamError("INTERNAL_ERROR", "Unsupported command format")
+        if cmd.get("kind") == "noop":  # log entries that only advance the applied index
+            return Outcome([], None)
         state = self._wstate
         state.reset(int(cmd["now"]), int(cmd.get("seed", 0)))
         state.node_id = int(cmd.get("node", self.node_id))
