@@ -387,3 +387,17 @@ def test_entries_covered_by_the_snapshot_cannot_be_replaced(tmp_path):
             store.append(ents(6, 7, 2))
         store.append(ents(7, 8, 2))
         assert store.entries(1, 9) == ents(1, 6, 1) + ents(7, 8, 2)
+
+
+def test_an_intact_but_undecodable_record_is_reported_not_crashed_on(tmp_path):
+    store = LogStorage.open(tmp_path, segment_bytes=SMALL)
+    store.append(ents(1, 2, 1))
+    store.close()
+    path = _single_segment(tmp_path)
+    end = record_ends(path)[-1]
+    with open(path, "r+b") as f:  # a well-framed record whose payload is not a valid entries batch
+        f.seek(end)
+        f.write(wal.frame(2, b"\x92\x03\x91\x93\x01\x09\xc4\x00"))  # kind 9 does not exist
+    with pytest.raises(LogCorruptError, match="undecodable record") as info:
+        LogStorage.open(tmp_path, segment_bytes=SMALL)
+    assert info.value.offset == end

@@ -210,7 +210,7 @@ class LogStorage:
                 self._replay_record(seg, offset, rtype, payload, first and offset == 0)
             except LogCorruptError:
                 raise
-            except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
                 raise LogCorruptError(path, offset, f"undecodable record of type {rtype}: {exc}") from None
         if bad is not None:
             log.warning("Raft log %s: discarding torn tail at offset %d (%s)", path, bad.offset, bad.reason)
