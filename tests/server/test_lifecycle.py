@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from kalamdb.client import Client
+from kalamdb.testing.single import start_server
 from tests.server.helpers import wait_for
 
 
@@ -97,3 +98,43 @@ def test_token_survives_a_restart(fresh_server):
     fresh_server.restart()
     with Client(fresh_server.url, user=None, token=token) as c:
         assert c.sql("SELECT 1 AS one").ok
+
+
+def test_stream_rows_expire_through_a_replicated_command(tmp_path):
+    server = start_server(tmp_path / "data", expiry_interval_ms=50)
+    try:
+        assert server.sql("CREATE NAMESPACE s").ok
+        assert server.sql("CREATE STREAM TABLE s.ev (id INT PRIMARY KEY, body TEXT) WITH (TTL_SECONDS = 1)").ok
+        inserted = server.sql("INSERT INTO s.ev (id, body) VALUES (1, 'short-lived')")
+        assert inserted.ok and server.sql("SELECT id FROM s.ev").rows == [[1]]
+        wait_for(lambda: server.sql("SELECT id FROM s.ev").rows == [], timeout=15, what="the row to expire")
+        # the deletion was a command in the log, not a local clock decision at read time
+        later = server.sql("CREATE NAMESPACE s2")
+        assert later.raft_index >= inserted.raft_index + 2
+    finally:
+        server.kill()
+
+
+def test_port_in_use_is_a_clear_startup_error(fresh_server, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "kalamdb", "serve", "--data-dir", str(tmp_path / "other"),
+                           "--host", "127.0.0.1", "--port", str(fresh_server.port)],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "cannot listen" in done.stderr, done.stderr
+    assert fresh_server.sql("SELECT 1 AS one").ok
+
+
+def test_unreadable_database_file_is_a_clear_startup_error(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "state.sqlite").write_bytes(b"this is not a sqlite database" * 400)
+    done = subprocess.run([sys.executable, "-m", "kalamdb", "serve", "--data-dir", str(data), "--port", "0"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "cannot open the database" in done.stderr, done.stderr

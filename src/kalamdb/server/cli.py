@@ -31,11 +31,11 @@ def serve_command(config_path, host, port, data_dir, log_level, max_body_bytes, 
         prepare_data_dir(cfg)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    from kalamdb.server.runtime import run
+    from kalamdb.server.runtime import StartupError, run
 
     try:
         run(cfg, port_file=Path(port_file) if port_file else None)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc}") from None

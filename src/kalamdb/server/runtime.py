@@ -27,6 +27,10 @@ _LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
+class StartupError(RuntimeError):
+    """The server cannot start (storage unreadable, port taken...); the message says why."""
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
@@ -61,8 +65,12 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     secret = resolve_jwt_secret(cfg)
     durable = cfg.cluster is None
     loop = asyncio.get_running_loop()
-    db = await loop.run_in_executor(
-        None, lambda: Database(data_dir, node_id=1, durable=durable, root_password=cfg.auth.root_password))
+    try:
+        db = await loop.run_in_executor(
+            None, lambda: Database(data_dir, node_id=1, durable=durable, root_password=cfg.auth.root_password))
+    except Exception as exc:
+        log.exception("cannot open the database")
+        raise StartupError(f"cannot open the database in {data_dir}: {type(exc).__name__}: {exc}") from None
     node = build_node(cfg, db)
     authenticator = Authenticator(
         verify_password=db.authenticate,
