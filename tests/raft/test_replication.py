@@ -181,3 +181,20 @@ def test_learner_follower_with_empty_log_is_caught_up_from_index_one():
     c.wait_applied(idx)
     assert c.nodes[2].applied_data == c.nodes[1].applied_data
     assert c.core(2).membership.learners == frozenset({2})
+
+
+def test_an_append_that_would_overwrite_a_committed_entry_changes_nothing():
+    c = MemCluster([1, 2, 3], seed=9, voters=[1, 2, 3])
+    lid = c.elect()
+    idx = c.propose(b"committed")
+    c.wait_applied(idx)
+    follower = next(i for i in (1, 2, 3) if i != lid)
+    core = c.core(follower)
+    before = core.entries(1, core.last_index)
+    bogus = Message(MsgType.APP, follower, lid, core.term + 1, log_term=core.term_at(idx - 1), index=idx - 1,
+                    entries=[Entry(core.term + 1, idx, EntryKind.NORMAL, b"rewrite")])
+    core.step(bogus)
+    assert core.entries(1, core.last_index) == before
+    rd = core.ready()
+    assert [(m.type, m.index, m.reject) for m in rd.messages] == [(MsgType.APP_RESP, core.commit_index, False)]
+    core.advance(rd)

@@ -49,6 +49,12 @@ class ProposalRejected(RaftError):
     """The leader refused the proposal for now (transfer or membership change in progress)."""
 
 
+class RaftSafetyError(RaftError):
+    """A peer asked for something that would break a Raft invariant (e.g. overwrite a committed
+    entry): a bug or corruption somewhere. The message is refused and nothing changes; the driver
+    should log it loudly and may stop the node (fail-stop, like etcd's panic)."""
+
+
 @dataclass(slots=True)
 class RaftConfig:
     node_id: int
@@ -218,6 +224,10 @@ class RaftCore:
     def progress(self) -> dict[int, Progress]:
         """Leader only: per-peer replication progress (read-only; empty on followers)."""
         return dict(self.prs)
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.commit)
 
     @property
     def is_leader(self) -> bool:
@@ -614,7 +624,8 @@ class RaftCore:
                 ci = log.find_conflict(ents)
                 if ci:
                     if ci <= self.commit:
-                        raise RuntimeError(f"entry {ci} conflicts with committed index {self.commit}")
+                        raise RaftSafetyError(f"append from {m.frm} (term {m.term}) conflicts at {ci} "
+                                              f"with committed index {self.commit}")
                     self._append_entries(ents[ci - ents[0].index:])
             last_new = m.index + len(ents)
             c = min(m.commit, last_new)

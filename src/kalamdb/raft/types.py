@@ -27,10 +27,10 @@ class Entry:
         return [self.term, self.index, int(self.kind), self.data]
 
     @classmethod
-    def from_wire(cls, w: list) -> "Entry":
+    def from_wire(cls, w: list) -> Entry:
         term, index, kind, data = w
         if not (isinstance(term, int) and isinstance(index, int) and isinstance(data, bytes)):
-            raise ValueError(f"malformed entry: {w!r:.200}")
+            raise ValueError(f"malformed entry: {w!r:.200}")  # noqa: TRY004 - wire errors are ValueError
         return cls(term, index, EntryKind(kind), data)
 
 
@@ -46,7 +46,7 @@ class HardState:
         return [self.term, self.vote, self.commit]
 
     @classmethod
-    def from_wire(cls, w: list) -> "HardState":
+    def from_wire(cls, w: list) -> HardState:
         term, vote, commit = w
         return cls(int(term), int(vote), int(commit))
 
@@ -71,7 +71,7 @@ class Membership:
         return [sorted(self.voters), sorted(self.learners), sorted(self.voters_outgoing)]
 
     @classmethod
-    def from_wire(cls, w: list) -> "Membership":
+    def from_wire(cls, w: list) -> Membership:
         voters, learners, outgoing = w
         return cls(frozenset(voters), frozenset(learners), frozenset(outgoing))
 
@@ -88,7 +88,7 @@ class SnapshotMeta:
         return [self.index, self.term, self.membership.to_wire()]
 
     @classmethod
-    def from_wire(cls, w: list) -> "SnapshotMeta":
+    def from_wire(cls, w: list) -> SnapshotMeta:
         index, term, membership = w
         return cls(int(index), int(term), Membership.from_wire(membership))
 
