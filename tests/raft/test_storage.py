@@ -401,3 +401,15 @@ def test_an_intact_but_undecodable_record_is_reported_not_crashed_on(tmp_path):
     with pytest.raises(LogCorruptError, match="undecodable record") as info:
         LogStorage.open(tmp_path, segment_bytes=SMALL)
     assert info.value.offset == end
+
+
+def test_a_batch_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path):
+    big = [Entry(1, 2, EntryKind.NORMAL, bytes(range(256)) * 8)]
+    with LogStorage.open(tmp_path, segment_bytes=256) as store:
+        store.append(ents(1, 1, 1))
+        store.append(big)
+        store.append(ents(3, 4, 1))
+        assert store.entries(1, 5) == ents(1, 1, 1) + big + ents(3, 4, 1)
+    assert len(segments(tmp_path)) == 3
+    with LogStorage.open(tmp_path, segment_bytes=256) as store:
+        assert store.load().entries == ents(1, 1, 1) + big + ents(3, 4, 1)
