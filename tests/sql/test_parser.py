@@ -130,3 +130,23 @@ def test_parse_cache_returns_the_same_tree():
     cache.parse("SELECT 2")
     cache.parse("SELECT 3")  # evicts SELECT 1
     assert cache.parse("SELECT 1") is not a and cache.misses == 4
+
+
+@pytest.mark.parametrize("sql, template, values", [
+    ("SELECT a = 5 FROM t WHERE id = 5 AND n LIKE 'a%' OR v IN (1, -3) GROUP BY 1, 2 ORDER BY 2 LIMIT 10",
+     "SELECT a = 5 FROM t WHERE id = $1  AND n LIKE $2  OR v IN ($3 , $4 ) GROUP BY 1, 2 ORDER BY 2 LIMIT 10",
+     [5, "a%", 1, -3]),
+    ("UPDATE acct SET bal = bal - 10 WHERE id = 7", "UPDATE acct SET bal = bal - $1  WHERE id = $2 ", [10, 7]),
+    ("DELETE FROM t WHERE s <> 'it''s'", "DELETE FROM t WHERE s <> $1 ", ["it's"]),
+    ("INSERT INTO t (a, b) VALUES (1, 'x'), (-2, NULL)", "INSERT INTO t (a, b) VALUES ($1 , $2 ), ($3 , $4 )",
+     [1, "x", -2, None]),
+    ("INSERT INTO t (a) VALUES (3-5)", None, None),
+    ("SELECT * FROM t WHERE x = CAST(3 AS DECIMAL(10, 2)) AND y IS NULL", None, None),
+    ("SELECT * FROM t WHERE id = $1", None, None),
+])
+def test_literals_become_parameters_only_where_meaning_is_kept(sql, template, values):
+    q = parse(sql)
+    if template is None:
+        assert q.params is None
+    else:
+        assert (q.sql, q.params) == (template, values)

@@ -328,13 +328,80 @@ def parameterize_values(sql: str) -> tuple[str, list] | None:
     return "".join(pieces), values
 
 
+_REGION_ON = {"WHERE", "HAVING", "SET"}
+_REGION_OFF = {"SELECT", "FROM", "ORDER", "GROUP", "LIMIT", "OFFSET", "RETURNING", "WINDOW", "UNION",
+               "EXCEPT", "INTERSECT", "VALUES", "JOIN", "ON"}
+
+
+def parameterize_conditions(sql: str) -> tuple[str, list] | None:
+    """Lift literals out of WHERE/HAVING/SET clauses: the operand of a comparison, LIKE, arithmetic,
+    or an element of an IN list. Never in a select list (result column names come from its text),
+    GROUP/ORDER BY (integers are column positions there) or LIMIT."""
+    if "$" in sql:
+        return None
+    toks = tokenize(sql)
+    on = False
+    stack: list[tuple[bool, bool]] = []
+    in_list = False
+    pieces: list[str] = []
+    values: list = []
+    last = 0
+    for i, t in enumerate(toks):
+        if t.kind == "op" and t.text == "(":
+            stack.append((on, in_list))
+            in_list = i > 0 and toks[i - 1].upper == "IN"
+            continue
+        if t.kind == "op" and t.text == ")":
+            if stack:
+                on, in_list = stack.pop()
+            continue
+        word = t.upper
+        if word in _REGION_ON:
+            on = True
+            continue
+        if word in _REGION_OFF:
+            on = False
+            continue
+        if not on or t.kind not in ("str", "num") or i == 0:
+            continue
+        prev = toks[i - 1]
+        nxt = toks[i + 1] if i + 1 < len(toks) else None
+        if nxt is not None and nxt.text in ("(", "."):
+            continue
+        p = prev.text
+        comparison = p in ("=", "<", ">", "+", "-", "*", "/", "%") or prev.upper in ("LIKE", "ILIKE")
+        listed = in_list and p in ("(", ",")
+        if not (comparison or listed):
+            continue
+        if isinstance(t.value, int) and not -(2**63) <= t.value < 2**63:
+            continue
+        values.append(t.value)
+        pieces.append(sql[last:t.pos])
+        pieces.append(f"${len(values)} ")
+        last = t.pos + len(t.text)
+    if not values:
+        return None
+    pieces.append(sql[last:])
+    return "".join(pieces), values
+
+
 def parse_query(sql: str, cache: ParseCache) -> st.Query:
     m = _FIRST_WORD.match(sql)
-    if m is not None and m.group(1).upper() == "INSERT":
+    first = m.group(1).upper() if m is not None else ""
+    templated = None
+    if first == "INSERT":
         templated = parameterize_values(sql)
-        if templated is not None:
-            template, values = templated
-            return st.Query(template, "insert", cache.parse(template), params=values)
+    elif first in ("SELECT", "UPDATE", "DELETE", "WITH"):
+        templated = parameterize_conditions(sql)
+    if templated is not None:
+        template, values = templated
+        q = parse_query_text(template, cache)
+        q.params = values
+        return q
+    return parse_query_text(sql, cache)
+
+
+def parse_query_text(sql: str, cache: ParseCache) -> st.Query:
     ast = cache.parse(sql)
     if isinstance(ast, (exp.Select, exp.Union, exp.Intersect, exp.Except, exp.Subquery, exp.Values)):
         kind = "select"
