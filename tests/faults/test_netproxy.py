@@ -434,3 +434,49 @@ def test_controller_is_safe_to_drive_from_many_threads(net):
     net.heal()
     assert all(net.reachability().values())
     assert struct.calcsize(">I") == 4
+
+
+async def test_loss_on_a_raw_link_resets_instead_of_corrupting(net, server):
+    addr = net.add_client_link(2, server.addr)
+    net.loss(1.0, links=[("client", 2)])
+    reader, writer = await dial(addr)
+    writer.write(frame(checked(0)))
+    with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(read_frame(reader), 5)
+    writer.close()
+    assert server.frames == []  # nothing half-delivered
+    assert net.stats()[("client", 2)].resets == 1
+
+
+async def test_retarget_sends_new_connections_to_the_new_address(net, server):
+    other = FrameServer(echo=True)
+    await other.start()
+    try:
+        addr = net.add_link(1, 2, server.addr)
+        net.retarget(1, 2, other.addr)  # node 2 restarted on another port
+        reader, writer = await dial(addr)
+        await roundtrip(reader, writer, checked(0))
+        assert len(other.frames) == 1 and server.frames == []
+        writer.close()
+    finally:
+        await other.stop()
+
+
+async def test_clog_pushes_back_on_the_sender_instead_of_buffering_forever(net):
+    sink = FrameServer(echo=False)
+    await sink.start()
+    try:
+        addr = net.add_link(1, 2, sink.addr)
+        _, writer = await dial(addr)
+        net.clog(1, 2)
+        chunk = frame(checked(0, b"b" * 65000))
+        with pytest.raises(asyncio.TimeoutError):  # the sender blocks: TCP backpressure
+            async with asyncio.timeout(1.0):
+                for _ in range(2000):  # 130 MB if nothing pushed back
+                    writer.write(chunk)
+                    await writer.drain()
+        net.unclog(1, 2)
+        await sink.wait_until(lambda: len(sink.frames) >= 64, timeout=10)
+        writer.close()
+    finally:
+        await sink.stop()

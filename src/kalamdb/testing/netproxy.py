@@ -35,6 +35,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from typing import Self
 
@@ -49,6 +50,15 @@ Pair = tuple[Endpoint, Endpoint]
 _HIGH_WATER = 4 * 1024 * 1024  # bytes queued per pipe before we stop reading (TCP backpressure)
 _LOW_WATER = 1 * 1024 * 1024
 _CONNECT_TIMEOUT = 5.0
+_now = time.monotonic  # release times use the precise clock (uvloop's loop.time() has ms ticks)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +140,7 @@ class _Pipe:
                     self._push_data(chunk, droppable=False)
                     continue
                 buf += chunk
+                f = self.ctl.faults(self.src, self.dst)  # one look per chunk read
                 while len(buf) >= 4:
                     (length,) = struct.unpack_from(">I", buf)
                     if length > self.ctl.max_frame_bytes:
@@ -145,7 +156,7 @@ class _Pipe:
                     frame = bytes(buf[: 4 + length])
                     del buf[: 4 + length]
                     seen += 1
-                    self._push_data(frame, droppable=seen > self.ctl.protect_first_frames)
+                    self._push_data(frame, seen > self.ctl.protect_first_frames, f)
         except (ConnectionError, OSError):
             self._push(_Item("reset"))
         except asyncio.CancelledError:
@@ -159,12 +170,13 @@ class _Pipe:
             return True
         return False
 
-    def _push_data(self, data: bytes, droppable: bool) -> None:
-        f = self.ctl.faults(self.src, self.dst)
+    def _push_data(self, data: bytes, droppable: bool, f: Faults | None = None) -> None:
+        if f is None:
+            f = self.ctl.faults(self.src, self.dst)
         if droppable and f.loss > 0 and self.rng.random() < f.loss:
             self.ctl._count(self.src, self.dst, frames_dropped=1, bytes_dropped=len(data))
             return
-        now = asyncio.get_running_loop().time()
+        now = _now()
         release = now
         if f.delay_ms > 0 or f.jitter_ms > 0:
             d = f.delay_ms
@@ -191,15 +203,13 @@ class _Pipe:
             self.conn.abort()
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self.queue:
                 self.has_items.clear()
                 await self.has_items.wait()
                 continue
             item = self.queue[0]
-            wait = item.release_at - loop.time()
-            if wait > 0:
+            while (wait := item.release_at - _now()) > 0:  # loop timers may fire a hair early
                 await asyncio.sleep(wait)
             # Hold while clogged (data) or while cut (control events travel when the path heals).
             while True:
@@ -223,12 +233,24 @@ class _Pipe:
                     continue
                 writer = await self.writer_fut
                 if f.kbps:
-                    now = loop.time()
+                    now = _now()
                     self.next_free_at = max(now, self.next_free_at) + len(item.data) * 8 / (f.kbps * 1000)
                     if self.next_free_at > now:
                         await asyncio.sleep(self.next_free_at - now)
-                self.ctl._count(self.src, self.dst, frames_passed=1, bytes_passed=len(item.data))
-                writer.write(item.data)
+                data, frames = item.data, 1
+                if not f.kbps:  # coalesce every frame already due into one write
+                    now = _now()
+                    parts = [data]
+                    q = self.queue
+                    while q and q[0].kind == "data" and q[0].release_at <= now:
+                        parts.append(q.popleft().data)
+                        self.queued_bytes -= len(parts[-1])
+                    if len(parts) > 1:
+                        data, frames = b"".join(parts), len(parts)
+                        if self.queued_bytes < _LOW_WATER:
+                            self.has_room.set()
+                self.ctl._count(self.src, self.dst, frames_passed=frames, bytes_passed=len(data))
+                writer.write(data)
                 if writer.transport.get_write_buffer_size() > 256 * 1024:
                     await writer.drain()
             elif item.kind == "eof":
@@ -456,7 +478,7 @@ class NetworkController(Partitions):
         self._stats: dict[Pair, LinkStats] = collections.defaultdict(LinkStats)
         self._conn_counter = itertools.count()
         self._closed = False
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._change = asyncio.Event()
         self._thread = threading.Thread(target=self._run_loop, name="kalamdb-netproxy", daemon=True)
         self._thread.start()
