@@ -183,6 +183,9 @@ class LogStorage:
         seg = self._segments[-1]
         self._fd = os.open(seg.path, os.O_RDWR)
         self._size, self._seg_start = end, start
+        # what a killed process wrote but never synced is still in the page cache and was just
+        # loaded: make it durable now, or the core could acknowledge entries a power cut then erases
+        os.fdatasync(self._fd)
         self._durable_compact = self._compact_index
 
     def _replay_segment(self, seq: int, *, first: bool, last: bool) -> tuple[int, int]:
