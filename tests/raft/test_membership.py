@@ -140,3 +140,35 @@ def test_membership_reverts_when_an_uncommitted_config_entry_is_overwritten():
                       entries=[Entry(3, 2, EntryKind.NOOP)]))
     assert core.membership == base
     assert core.membership_at(2) == base
+
+
+def test_whole_cluster_restart_in_the_middle_of_the_leaders_self_removal_still_elects():
+    # Found by the simulator (seed 43): {1} -> {2} goes joint, the joint commits, the final config
+    # {2} reaches only node 1, then everything restarts. Node 1 has the newest log but is not a
+    # voter of its own latest config; node 2 still needs node 1 in the joint config.
+    from kalamdb.raft.messages import decode_membership
+
+    c = MemCluster([1, 2], seed=12, voters=[1])
+    c.elect()
+    c.core(1).add_learner(2)
+    c.stabilize()
+    final = Membership(frozenset({2}))
+
+    def hide_final_config(m):
+        return m.type == MsgType.APP and m.to == 2 and any(
+            e.kind is EntryKind.CONFIG and decode_membership(e.data) == final for e in m.entries)
+
+    c.drop = hide_final_config
+    c.core(1).change_membership({2})
+    c.stabilize()
+    assert c.core(1).membership == final and c.core(2).membership.is_joint
+    c.crash(1)
+    c.crash(2)
+    c.drop = None
+    c.restart(1)
+    c.restart(2)
+    c.run_until(lambda: c.leader() == 2 and c.core(2).membership == final
+                and c.core(2).commit_index == c.core(2).last_index, max_ticks=200, what="node 2 leads {2}")
+    assert not c.core(1).promotable
+    idx = c.core(2).propose(b"alive")
+    c.wait_applied(idx, ids=[2])

@@ -235,8 +235,16 @@ class RaftCore:
 
     @property
     def promotable(self) -> bool:
+        """May campaign: a voter of the latest config, or of the committed one while a config that
+        removes us is still uncommitted (else a whole-cluster restart in the middle of our own
+        removal can leave no electable node: we hold the newest log but would never run)."""
         m = self.membership
-        return self.id in m.voters or self.id in m.voters_outgoing
+        if self.id in m.voters or self.id in m.voters_outgoing:
+            return True
+        if self._configs and self._configs[-1][0] > self.commit:
+            c = self.membership_at(self.commit)
+            return self.id in c.voters or self.id in c.voters_outgoing
+        return False
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """Entries lo..hi inclusive still held in memory (for debugging and tests)."""
