@@ -336,7 +336,8 @@ class ClusterNode:
         progress = core.progress
         for nid in sorted(m.learners & wanted):
             pr = progress.get(nid)
-            if pr is not None and pr.match >= core.commit_index - CATCH_UP_SLACK:
+            # caught up, and alive: promoting a learner that never answered would cost the quorum
+            if pr is not None and pr.recent_active and pr.match > 0 and pr.match >= core.commit_index - CATCH_UP_SLACK:
                 log.info("promoting node %d to voter (match %d, commit %d)", nid, pr.match, core.commit_index)
                 d.change_membership(set(m.voters) | {nid})
                 return
@@ -453,10 +454,3 @@ def _reads_data(prepared: Any) -> bool:
     """Only data-table reads need ReadIndex; SHOW/DESCRIBE/system tables are always local."""
     check = getattr(prepared, "reads_data_tables", None)
     return True if check is None else bool(check)
-
-
-def build_cluster_node(cfg: Any, db: Any, data_dir: Path) -> ClusterNode:
-    from kalamdb.node.config import load_cluster_config
-
-    ccfg = load_cluster_config(cfg.cluster, default_api_addr=f"http://{cfg.server.host}:{cfg.server.port}")
-    return ClusterNode(ccfg, db, data_dir, expiry_interval_s=cfg.storage.expiry_interval_ms / 1000.0)

@@ -106,8 +106,11 @@ _ENV = {
     "KALAMDB_CLUSTER_HEARTBEAT_INTERVAL_MS": "heartbeat_interval_ms",
     "KALAMDB_CLUSTER_ELECTION_TIMEOUT_MS": "election_timeout_ms",
     "KALAMDB_CLUSTER_SNAPSHOT_POLICY": "snapshot_policy",
+    "KALAMDB_CLUSTER_LEADER_WAIT_MS": "leader_wait_ms",
+    "KALAMDB_CLUSTER_WRITE_TIMEOUT_MS": "write_timeout_ms",
+    "KALAMDB_CLUSTER_FORWARD_TIMEOUT_MS": "forward_timeout_ms",
 }
-_KEYS = set(_ENV.values()) | {"leader_wait_ms", "write_timeout_ms", "forward_timeout_ms"}
+_KEYS = set(_ENV.values())
 
 
 def cluster_requested(raw: Mapping[str, Any] | None, env: Mapping[str, str]) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 
+from kalamdb.engine import Database
 from kalamdb.errors import KalamError
 from kalamdb.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftCore, Ready, Role
 from kalamdb.raft.messages import Message
@@ -37,7 +38,7 @@ log = logging.getLogger("kalamdb.raft.driver")
 APPLY_BATCH = 1024
 # Entries that are not engine commands (NOOP, CONFIG, cluster metadata) still advance the engine's
 # applied index, identically on every replica, through this empty command.
-ENGINE_NOOP = msgpack.packb({"v": 1, "kind": "noop"})
+ENGINE_NOOP = Database.noop_command()
 META_PREFIX = b"\xc1"  # 0xc1 never starts a msgpack value: marks the driver's own metadata entries
 
 
@@ -144,6 +145,7 @@ class RaftDriver:
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{node_id}")
         self._apply_pool = ThreadPoolExecutor(1, thread_name_prefix=f"raft-apply-{node_id}")
         self.storage: LogStorage | None = None
+        self.rpc_sock = None  # an inherited listening socket, when the parent bound the port
         self.core: RaftCore | None = None
         self._wake = asyncio.Event()
         self._apply_wake = asyncio.Event()
@@ -185,7 +187,7 @@ class RaftDriver:
             self.core.campaign()  # alone in the cluster: no reason to wait for an election timeout
         for peer_id, addr in self._initial_peers.items():
             self.transport.set_peer(peer_id, addr)
-        await self.transport.start()
+        await self.transport.start(sock=self.rpc_sock)
         self._tasks = [
             asyncio.create_task(self._ready_loop(), name=f"raft-ready-{self.node_id}"),
             asyncio.create_task(self._apply_loop(), name=f"raft-apply-{self.node_id}"),

@@ -165,14 +165,18 @@ class PeerTransport:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Bind and listen; port 0 picks a free port, published as `bound_port`."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind and listen; port 0 picks a free port, published as `bound_port`. `sock`: an already
+        listening socket handed over by a parent process (the test kit binds ports race-free)."""
         if self._running:
             raise RuntimeError("transport already started")
         host, port = self.listen
-        self._server = await asyncio.start_server(
-            self._serve_inbound, host, port, limit=STREAM_LIMIT, reuse_address=True, backlog=256
-        )
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve_inbound, sock=sock, limit=STREAM_LIMIT)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve_inbound, host, port, limit=STREAM_LIMIT, reuse_address=True, backlog=256
+            )
         self.bound_port = self._server.sockets[0].getsockname()[1]
         self._running = True
         self._log.info("node %d transport listening on %s:%d", self.node_id, host, self.bound_port)

@@ -13,6 +13,7 @@ from kalamdb import __version__
 from kalamdb.errors import KalamError
 from kalamdb.server import responses
 from kalamdb.server.auth import Authenticator, is_local_address
+from kalamdb.server.cluster_routes import add_cluster_routes
 from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
 
 log = logging.getLogger("kalamdb.server")
@@ -43,6 +44,7 @@ def create_app(state: ServerState) -> web.Application:
     app.router.add_post(LOGIN_PATH, _login)
     for path in HEALTH_PATHS:
         app.router.add_get(path, _health)
+    add_cluster_routes(app, STATE_KEY)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 

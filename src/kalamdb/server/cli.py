@@ -18,7 +18,11 @@ from kalamdb.config import ConfigError, load_config, prepare_data_dir
 @click.option("--max-body-bytes", type=int, help="Largest accepted request body (limits.max_body_bytes).")
 @click.option("--port-file", type=click.Path(dir_okay=False),
               help="Write the bound HTTP port to this file once listening (for --port 0).")
-def serve_command(config_path, host, port, data_dir, log_level, max_body_bytes, port_file) -> None:
+@click.option("--listen-fd", type=int, hidden=True,
+              help="Serve HTTP on this inherited listening socket (the test kit binds ports race-free).")
+@click.option("--rpc-fd", type=int, hidden=True, help="Serve Raft RPC on this inherited listening socket.")
+def serve_command(config_path, host, port, data_dir, log_level, max_body_bytes, port_file, listen_fd,
+                  rpc_fd) -> None:
     """Run a kalamdb server (a single node unless server.toml has a [cluster] section)."""
     try:
         cfg = load_config(config_path, overrides={
@@ -34,7 +38,7 @@ def serve_command(config_path, host, port, data_dir, log_level, max_body_bytes, 
     from kalamdb.server.runtime import StartupError, run
 
     try:
-        run(cfg, port_file=Path(port_file) if port_file else None)
+        run(cfg, port_file=Path(port_file) if port_file else None, listen_fd=listen_fd, rpc_fd=rpc_fd)
     except (ConfigError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

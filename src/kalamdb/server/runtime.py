@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,31 +48,44 @@ def write_port_file(path: Path, host: str, port: int) -> None:
     os.replace(tmp, path)
 
 
-def build_node(cfg: Config, db: Any) -> Any:
-    if cfg.cluster is not None:
-        # The Raft-backed node plugs in here behind the same Node interface.
-        from kalamdb.server.cluster_node import build_cluster_node
+def build_node(cfg: Config, db: Any, data_dir: Path, cluster_cfg: Any = None) -> Any:
+    if cluster_cfg is not None:
+        from kalamdb.node.cluster_node import ClusterNode
 
-        return build_cluster_node(cfg, db)
+        return ClusterNode(cluster_cfg, db, data_dir, expiry_interval_s=cfg.storage.expiry_interval_ms / 1000.0)
     return StandaloneNode(db, node_id=1, expiry_interval_s=cfg.storage.expiry_interval_ms / 1000.0)
 
 
+def load_cluster(cfg: Config) -> Any:
+    """The [cluster] section merged with KALAMDB_CLUSTER_* variables; None for a single node."""
+    from kalamdb.node.config import load_cluster_config
+
+    return load_cluster_config(cfg.cluster, default_api_addr=f"http://{cfg.server.host}:{cfg.server.port}")
+
+
 async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, listen_fd: int | None = None,
+                rpc_fd: int | None = None) -> None:
     """Run until SIGTERM/SIGINT (or until `stop` is set)."""
     from kalamdb.engine import Database
 
     data_dir = prepare_data_dir(cfg)
     secret = resolve_jwt_secret(cfg)
-    durable = cfg.cluster is None
+    cluster_cfg = load_cluster(cfg)
+    # A single node's acknowledgement is SQLite's fsync; in a cluster the fsynced Raft log is the
+    # durable record and SQLite is replayed from it, so SQLite need not fsync each batch.
+    durable = cluster_cfg is None
     loop = asyncio.get_running_loop()
     try:
         db = await loop.run_in_executor(
-            None, lambda: Database(data_dir, node_id=1, durable=durable, root_password=cfg.auth.root_password))
+            None, lambda: Database(data_dir, node_id=cluster_cfg.node_id if cluster_cfg else 1, durable=durable,
+                               root_password=cfg.auth.root_password))
     except Exception as exc:
         log.exception("cannot open the database")
         raise StartupError(f"cannot open the database in {data_dir}: {type(exc).__name__}: {exc}") from None
-    node = build_node(cfg, db)
+    node = build_node(cfg, db, data_dir, cluster_cfg)
+    if rpc_fd is not None and cluster_cfg is not None:
+        node.driver.rpc_sock = socket.socket(fileno=rpc_fd)
     authenticator = Authenticator(
         verify_password=db.authenticate,
         principal_for=db.principal_for,
@@ -79,6 +93,10 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         jwt_expiry_hours=cfg.auth.jwt_expiry_hours,
     )
     state = ServerState(db=db, node=node, authenticator=authenticator, max_body_bytes=cfg.limits.max_body_bytes)
+    if cluster_cfg is not None:
+        from kalamdb.server.forward import Forwarder
+
+        state.sql.forwarder = Forwarder(cluster_cfg.node_id, cluster_cfg.forward_timeout_ms / 1000)
     app = create_app(state)
     access_log = logging.getLogger("aiohttp.access") if cfg.logging.level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
@@ -91,7 +109,10 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     try:
         await node.start()
         await runner.setup()
-        site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=2048, reuse_address=True)
+        if listen_fd is not None:
+            site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=listen_fd))
+        else:
+            site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=2048, reuse_address=True)
         await site.start()
         port = runner.addresses[0][1]
         log.info("kalamdb listening on http://%s:%d (data dir %s, applied index %d)",
@@ -104,13 +125,16 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         log.info("shutting down: refusing new connections, finishing in-flight requests")
     finally:
         await runner.cleanup()
+        if state.sql.forwarder is not None:
+            await state.sql.forwarder.close()
         await node.stop()
         applied = db.applied_index
         await loop.run_in_executor(None, db.close)
         log.info("stopped cleanly at applied index %d", applied)
 
 
-def run(cfg: Config, *, port_file: Path | None = None) -> None:
+def run(cfg: Config, *, port_file: Path | None = None, listen_fd: int | None = None,
+        rpc_fd: int | None = None) -> None:
     """Blocking entry point on uvloop."""
     setup_logging(cfg.logging.level)
     try:
@@ -120,4 +144,4 @@ def run(cfg: Config, *, port_file: Path | None = None) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(cfg, port_file=port_file))
+        runner.run(serve(cfg, port_file=port_file, listen_fd=listen_fd, rpc_fd=rpc_fd))

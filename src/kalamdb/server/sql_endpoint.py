@@ -95,6 +95,7 @@ class SqlHandler:
         self.node = node
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
+        self.forwarder: Any = None  # set in cluster mode: sends NOT_LEADER requests to the leader
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -106,6 +107,8 @@ class SqlHandler:
             req = parse_sql_request(await read_json_body(request, self.max_body_bytes))
             results, raft_index = await self.run(req, principal)
         except KalamError as err:
+            if err.code == "NOT_LEADER" and self.forwarder is not None:
+                return await self.forwarder.forward(request, err, (time.perf_counter() - started) * 1000.0)
             return responses.error(err, (time.perf_counter() - started) * 1000.0)
         except Exception as exc:
             log.exception("internal error while serving /v1/api/sql")

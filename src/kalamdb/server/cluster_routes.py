@@ -1,0 +1,106 @@
+"""Cluster endpoints: health, the replication watch, and the state digest.
+
+`GET /v1/api/cluster/wait?index=N&timeout_ms=T` answers as soon as this node has applied index N
+(or at the deadline, with the index it reached): the test kit's replication barrier stands on it,
+instead of sleeping or polling. Like upstream's health endpoint these answer localhost, and
+otherwise only an authenticated dba/system caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from kalamdb import __version__
+from kalamdb.errors import KalamError
+from kalamdb.server import responses
+from kalamdb.server.auth import is_local_address
+
+CLUSTER_HEALTH_PATH = "/v1/api/cluster/health"
+WAIT_PATH = "/v1/api/cluster/wait"
+DIGEST_PATH = "/v1/api/cluster/digest"
+MAX_WAIT_MS = 60_000
+
+
+def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
+    async def guard(request: web.Request) -> Any:
+        state = request.app[state_key]
+        if is_local_address(request.remote):
+            return state
+        principal = await state.auth.authenticate(request.headers.get("Authorization"), remote=request.remote)
+        if principal.role not in ("dba", "system"):
+            raise KalamError("PERMISSION_DENIED", "cluster endpoints need role dba or system")
+        return state
+
+    async def health(request: web.Request) -> web.Response:
+        try:
+            state = await guard(request)
+        except KalamError as err:
+            return responses.error(err)
+        node = state.node
+        if hasattr(node, "health"):
+            body = node.health()
+        else:  # a single node: always its own leader
+            body = {"status": "healthy", "is_cluster_mode": False, "cluster_id": None, "node_id": node.node_id,
+                    "is_leader": True, "leader_id": node.node_id, "current_term": 0,
+                    "last_applied": node.applied_index, "commit_index": node.applied_index,
+                    "voters": [node.node_id], "learners": [], "nodes": []}
+        body["version"] = __version__
+        return responses.json_response(body)
+
+    async def wait(request: web.Request) -> web.Response:
+        try:
+            state = await guard(request)
+            index = _int_param(request, "index", 0, 1 << 62)
+            timeout_ms = _int_param(request, "timeout_ms", 0, MAX_WAIT_MS, default=10_000)
+        except KalamError as err:
+            return responses.error(err)
+        node = state.node
+        if hasattr(node, "wait_applied"):
+            reached = await node.wait_applied(index, timeout_ms / 1000)
+        else:
+            reached = node.applied_index >= index
+        return responses.json_response({"applied_index": node.applied_index, "reached": bool(reached),
+                                        "index": index, "node_id": node.node_id})
+
+    async def digest(request: web.Request) -> web.Response:
+        try:
+            state = await guard(request)
+        except KalamError as err:
+            return responses.error(err)
+        db = state.db
+        # digest and applied index from one consistent read of the state machine
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        applied, value = await loop.run_in_executor(None, _digest, db)
+        return responses.json_response({"node_id": state.node.node_id, "applied_index": applied, "digest": value})
+
+    app.router.add_get(CLUSTER_HEALTH_PATH, health)
+    app.router.add_get(WAIT_PATH, wait)
+    app.router.add_get(DIGEST_PATH, digest)
+
+
+def _digest(db: Any) -> tuple[int, str]:
+    with_index = getattr(db, "digest_at_applied", None)
+    if with_index is not None:
+        return with_index()
+    before = db.applied_index
+    value = db.digest()
+    return (before if db.applied_index == before else -1), value
+
+
+def _int_param(request: web.Request, name: str, lo: int, hi: int, default: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise KalamError("INVALID_PARAMETER", f"query parameter '{name}' is required")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise KalamError("INVALID_PARAMETER", f"query parameter '{name}' must be an integer, got '{raw}'") from None
+    if not lo <= value <= hi:
+        raise KalamError("INVALID_PARAMETER", f"query parameter '{name}' must be in [{lo}, {hi}]")
+    return value

@@ -1,0 +1,43 @@
+"""Three processes configured only by environment variables form one Raft cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+
+def test_three_processes_form_one_cluster_with_one_leader(make_cluster):
+    c = make_cluster(3)
+    leader = c.wait_for_leader()
+    rows = leader.sql("SELECT node_id, role, status FROM system.cluster ORDER BY node_id").raise_for_error().rows
+    assert [r[0] for r in rows] == ["1", "2", "3"] or [r[0] for r in rows] == [1, 2, 3]
+    roles = [r[1] for r in rows]
+    assert roles.count("leader") == 1 and roles.count("follower") == 2, rows
+    assert all(r[2] == "active" for r in rows), rows
+    # every node reports the same voters and the same leader
+    healths = [n.health() for n in c.nodes]
+    assert {h["leader_id"] for h in healths} == {leader.node_id}
+    assert all(h["voters"] == [1, 2, 3] and h["learners"] == [] for h in healths)
+    assert all(h["status"] == "healthy" for h in healths)
+
+
+def test_peers_join_as_learners_then_become_voters(make_cluster):
+    c = make_cluster(3)
+    log = c.get_node(0).log_path.read_text()
+    # node 1 bootstrapped alone and promoted each peer after it caught up (add_learner -> voter)
+    assert "bootstraps a one-voter cluster" in log
+    assert "promoting node 2 to voter" in log and "promoting node 3 to voter" in log
+    groups = c.get_node(1).sql("SELECT voters, learners FROM system.cluster_groups").raise_for_error().rows
+    assert groups == [["1,2,3", ""]]
+
+
+def test_a_restarted_node_never_bootstraps_again(make_cluster):
+    c = make_cluster(3)
+    r = c.execute_sql_on_leader("CREATE NAMESPACE boot_once").raise_for_error()
+    c.kill_all()
+    c.restart_all()
+    log = c.get_node(0).log_path.read_text()
+    assert log.count("bootstraps a one-voter cluster") == 1
+    local = c.get_node(0).sql("SHOW NAMESPACES", consistency="local", min_applied_index=r.raft_index)
+    assert ["boot_once"] in [row[:1] for row in local.raise_for_error().rows]
