@@ -11,15 +11,32 @@ from kalamdb.errors import KalamError
 ROOT = Principal("root", "root", "system")
 
 
+@pytest.fixture(scope="module")
+def people_snapshot(tmp_path_factory):
+    """Users cost an argon2 hash each: create them once, hand each test a restored copy."""
+    from kalamdb.engine import Database
+
+    path = tmp_path_factory.mktemp("people")
+    db = Database(path / "db")
+    try:
+        sql = ("CREATE USER alice WITH PASSWORD 'a-pw' ROLE user EMAIL 'alice@example.com'; "
+               "CREATE USER bob WITH PASSWORD 'b-pw' ROLE user; CREATE USER svc WITH PASSWORD 's-pw' ROLE service; "
+               "CREATE USER ops WITH PASSWORD 'o-pw' ROLE dba; CREATE USER TABLE notes (id INT PRIMARY KEY, body TEXT)")
+        outcome = db.apply(1, db.to_command(db.prepare(sql, None, None, ROOT), now_us=1_750_000_000_000_000, node_id=1))
+        assert outcome.error is None
+        people = {name: db.principal_for(db.authenticate(name, pw).user_id) for name, pw in
+                  [("alice", "a-pw"), ("bob", "b-pw"), ("svc", "s-pw"), ("ops", "o-pw")]}
+        db.snapshot_to(path / "snap")
+    finally:
+        db.close()
+    return path / "snap", people
+
+
 @pytest.fixture
-def people(node):
-    node.sql("CREATE USER alice WITH PASSWORD 'a-pw' ROLE user EMAIL 'alice@example.com'")
-    node.sql("CREATE USER bob WITH PASSWORD 'b-pw' ROLE user")
-    node.sql("CREATE USER svc WITH PASSWORD 's-pw' ROLE service")
-    node.sql("CREATE USER ops WITH PASSWORD 'o-pw' ROLE dba")
-    node.sql("CREATE USER TABLE notes (id INT PRIMARY KEY, body TEXT)")
-    return {name: node.login(name, pw) for name, pw in
-            [("alice", "a-pw"), ("bob", "b-pw"), ("svc", "s-pw"), ("ops", "o-pw")]}
+def people(node, people_snapshot):
+    snap, people = people_snapshot
+    node.db.restore_from(snap)
+    return people
 
 
 def test_authenticate_and_principal_for(node, people):

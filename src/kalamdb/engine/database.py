@@ -711,7 +711,10 @@ class Database:
         for i, c in enumerate(info.columns, 1):
             default = None
             if c.default is not None:
-                default = f"{c.default['fn']}()" if "fn" in c.default else json.dumps(c.default["lit"])
+                lit = c.default.get("lit")
+                if c.data_type == "Boolean" and lit is not None:
+                    lit = bool(lit)
+                default = f"{c.default['fn']}()" if "fn" in c.default else json.dumps(lit)
             rows.append([c.name, c.data_type, not c.not_null, c.name == info.primary_key, default, i])
         schema = [("column_name", "Text"), ("data_type", "Text"), ("is_nullable", "Boolean"),
                   ("is_primary_key", "Boolean"), ("column_default", "Text"), ("ordinal_position", "Int")]
