@@ -168,6 +168,8 @@ def test_bad_partitions_are_refused_with_a_clear_error(net):
         net.partition([[1, 2], [2]])
     with pytest.raises(ValueError, match="probability"):
         net.loss(1.5)
+    with pytest.raises(ValueError, match="unknown node 7"):
+        net.isolate(7)
     with pytest.raises(ValueError, match="different nodes"):
         net.add_link(1, 1, ("127.0.0.1", 9))
 

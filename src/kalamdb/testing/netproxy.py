@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -411,6 +412,8 @@ class Partitions:
 
     def isolate(self, i: int) -> None:
         """Node i can neither send to nor receive from any other node."""
+        if i not in self.nodes:
+            raise ValueError(f"unknown node {i}; nodes are {self.nodes}")
         others = [n for n in self.nodes if n != i]
         self.partition([[i], others])
 
@@ -578,7 +581,8 @@ class NetworkController(Partitions):
 
     def _notify(self) -> None:
         if not self._closed:
-            self._loop.call_soon_threadsafe(self._changed)
+            with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody to wake
+                self._loop.call_soon_threadsafe(self._changed)
 
     async def _wait_change(self) -> None:
         await self._change.wait()
