@@ -47,6 +47,8 @@ me, peers, window = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 7100))
 s.settimeout(0.02)
+print("ready", flush=True)
+sys.stdin.readline()  # start together: no agent's window may end before another's begins
 heard = set()
 end = time.monotonic() + window
 while time.monotonic() < end:
@@ -129,9 +131,14 @@ def test_partitions_match_the_matrix_with_real_udp_traffic(make_net):
     assert expected == {(1, 2): True, (2, 3): True, (3, 1): True, (2, 1): False, (3, 2): False, (1, 3): False}
     agents = {i: net.popen(i, [sys.executable, "-c", UDP_AGENT, str(i),
                                json.dumps([net.ip(j) for j in net.nodes if j != i]), "0.8"],
-                           stdout=subprocess.PIPE, text=True) for i in net.nodes}
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in net.nodes}
     heard = {}
     try:
+        for p in agents.values():
+            assert p.stdout.readline().strip() == "ready"
+        for p in agents.values():
+            p.stdin.write("go\n")
+            p.stdin.flush()
         for i, p in agents.items():
             heard[i] = set(json.loads(p.communicate(timeout=30)[0]))
     finally:
