@@ -952,7 +952,8 @@ class Database:
 
     def digest(self) -> str:
         """SHA-256 over every replicated table (schema and rows in rowid order) and view."""
-        conn, _ = self._reader()
+        conn, state = self._reader()
+        state.start_statement()  # the read budget counts from now, not from the last statement
         h = hashlib.sha256()
         conn.execute("BEGIN")
         try:
