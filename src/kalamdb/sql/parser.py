@@ -23,17 +23,13 @@ TABLE_TYPES = ("USER", "SHARED", "STREAM")
 TABLE_OPTIONS = ("TYPE", "STORAGE_ID", "TTL_SECONDS", "ACCESS_LEVEL", "FLUSH_POLICY")
 DEFAULT_FUNCTIONS = ("NOW", "CURRENT_TIMESTAMP", "SNOWFLAKE_ID", "UUID_V7", "ULID", "CURRENT_USER")
 
+# groups: 1 string, 2 quoted identifier, 3 number, 4 word, 5 punctuation, 6 any other character
+# (unrolled-loop string patterns: linear time even on an unterminated quote)
 _TOKEN_RE = re.compile(
-    r"""\s*(?:
-      (?P<str>'(?:[^']|'')*')
-    | (?P<qid>"(?:[^"]|"")*"|`[^`]*`)
-    | (?P<num>-?\d+(?:\.\d+)?)
-    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
-    | (?P<op>[(),.=*;:-])
-    | (?P<other>\S)
-    )""",
-    re.VERBOSE,
+    r"""('[^']*(?:''[^']*)*')|("[^"]*(?:""[^"]*)*"|`[^`]*`)|(-?\d+(?:\.\d+)?)"""
+    r"""|([A-Za-z_][A-Za-z0-9_$]*)|([(),.=*;:-])|(\S)"""
 )
+_KINDS = (None, "str", "qid", "num", "word", "op", "other")
 
 
 class Tok:
@@ -49,26 +45,20 @@ class Tok:
 
 def tokenize(sql: str) -> list[Tok]:
     toks: list[Tok] = []
-    pos = 0
-    n = len(sql)
-    while pos < n:
-        m = _TOKEN_RE.match(sql, pos)
-        if m is None or m.end() == pos:
-            break
-        kind = m.lastgroup
-        text = m.group(kind)
-        start = m.start(kind)
-        if kind == "str":
-            value = text[1:-1].replace("''", "'")
-        elif kind == "qid":
-            value = text[1:-1].replace('""', '"') if text[0] == '"' else text[1:-1]
-            kind = "word"
+    append = toks.append
+    for m in _TOKEN_RE.finditer(sql):
+        kind = _KINDS[m.lastindex]
+        text = m.group()
+        if kind == "word" or kind == "op" or kind == "other":
+            value = text
         elif kind == "num":
             value = float(text) if "." in text else int(text)
+        elif kind == "str":
+            value = text[1:-1].replace("''", "'")
         else:
-            value = text
-        toks.append(Tok(kind, text, value, start))
-        pos = m.end()
+            value = text[1:-1].replace('""', '"') if text[0] == '"' else text[1:-1]
+            kind = "word"
+        append(Tok(kind, text, value, m.start()))
     return toks
 
 
