@@ -126,3 +126,25 @@ def test_empty_root_password_refused_from_a_remote_address():
     with pytest.raises(KalamError) as info:
         asyncio.run(auth.verify_credentials("root", "", remote="192.0.2.7"))
     assert info.value.code == "INVALID_CREDENTIALS" and "localhost" in info.value.message
+
+
+def test_passwords_and_tokens_never_reach_the_log(tmp_path):
+    from kalamdb.testing.single import start_server
+
+    secret = "Sup3r-Secret-Pw-9481"
+    server = start_server(tmp_path / "data", log_level="debug")
+    try:
+        assert server.sql(f"CREATE USER logtest WITH PASSWORD '{secret}' ROLE user").ok
+        with Client(server.url, user=None) as c:
+            token = c.login("logtest", secret)["access_token"]
+            assert c.sql("SELECT 1 AS one").ok
+            assert not c.login("logtest", secret + "-wrong").ok
+        with Client(server.url, user="logtest", password=secret) as c:
+            assert c.sql("SELECT 1 AS one").ok
+        assert not server.sql(f"CREATE USER logtest WITH PASSWORD '{secret}' ROLE nonsense").ok
+        assert server.sql(f"ALTER USER logtest SET PASSWORD '{secret}2'").ok
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert "login failed" in log  # the log is written at debug level...
+    assert secret not in log and token not in log  # ...and still holds no secret

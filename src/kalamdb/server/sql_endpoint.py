@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,12 @@ from kalamdb.server import responses
 log = logging.getLogger("kalamdb.sql")
 
 _USER_DDL = re.compile(r"\b(?:CREATE|ALTER|DROP)\s+USER\b(?!\s+TABLE)", re.IGNORECASE)
+_PASSWORD_LITERAL = re.compile(r"(PASSWORD\s*)'(?:[^']|'')*'?", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide password literals (CREATE/ALTER USER ... PASSWORD '...') before text reaches a log."""
+    return _PASSWORD_LITERAL.sub(r"\1'***'", text)
 
 
 @dataclass(slots=True)
@@ -110,9 +117,10 @@ class SqlHandler:
             if err.code == "NOT_LEADER" and self.forwarder is not None:
                 return await self.forwarder.forward(request, err, (time.perf_counter() - started) * 1000.0)
             return responses.error(err, (time.perf_counter() - started) * 1000.0)
-        except Exception as exc:
-            log.exception("internal error while serving /v1/api/sql")
-            err = KalamError("INTERNAL_ERROR", f"Internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one broken request must not take the server down
+            detail = redact(f"{type(exc).__name__}: {exc}")
+            log.error("internal error while serving /v1/api/sql: %s\n%s", detail, redact(traceback.format_exc()))
+            err = KalamError("INTERNAL_ERROR", f"Internal error: {detail}")
             return responses.error(err, (time.perf_counter() - started) * 1000.0)
         return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
 
