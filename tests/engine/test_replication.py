@@ -199,3 +199,27 @@ def test_noop_commands_only_advance_the_index(node):
     assert [(o.results, o.error) for o in outcomes] == [([], None), ([], None)]
     assert node.db.applied_index == base + 2
     assert state() == before  # nothing but the applied index changed
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_batch_boundaries_do_not_change_the_state(tmp_path, seed):
+    """Replicas group commits differently (whatever was committed when the apply thread woke up):
+    any split of the same log must give the same state and the same outcomes."""
+    cmds = _proposals(seed, tmp_path / "proposer")
+    entries = list(enumerate(cmds, 1))
+    rng = random.Random(seed)
+    whole = Database(tmp_path / "whole")
+    split = Database(tmp_path / "split", durable=False)
+    try:
+        expected = [o.error.message if o.error else None for o in whole.apply_batch(entries)]
+        got: list = []
+        i = 0
+        while i < len(entries):
+            n = rng.randint(1, 9)
+            got += [o.error.message if o.error else None for o in split.apply_batch(entries[i:i + n])]
+            i += n
+        assert got == expected, f"seed={seed}"
+        assert split.digest() == whole.digest(), f"seed={seed}"
+    finally:
+        whole.close()
+        split.close()

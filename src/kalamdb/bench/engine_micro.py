@@ -7,6 +7,7 @@ INSERTs per group commit (what a Raft leader does per batch), reported per inser
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -52,9 +53,26 @@ def run(batches: int, batch_size: int, durable: bool, literal: bool) -> dict:
             assert rows == [[str(batches * batch_size)]]
         finally:
             db.close()
+            fsync_us = _fsync_p50_us(tmp)
     med = statistics.median
-    return {"prepare_us": med(prep_us), "to_command_us": med(cmd_us), "apply_us": med(apply_us),
+    return {"fsync_p50_us": fsync_us, "batch_apply_ms": med(apply_us) * batch_size / 1000, "prepare_us": med(prep_us), "to_command_us": med(cmd_us), "apply_us": med(apply_us),
             "total_us": med(prep_us) + med(cmd_us) + med(apply_us)}
+
+
+def _fsync_p50_us(directory: str, rounds: int = 30) -> float:
+    """The disk's fsync latency right now, in the same run: durable apply is bounded below by it."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        samples = []
+        for _ in range(rounds):
+            os.write(fd, b"x" * 128)
+            t = time.perf_counter()
+            os.fsync(fd)
+            samples.append((time.perf_counter() - t) * 1e6)
+    finally:
+        os.close(fd)
+    return statistics.median(samples)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     mode = f"durable={not args.no_durable} literal={args.literal} batch={args.batch_size}x{args.batches}"
     print(f"engine_micro {mode}: per insert prepare {r['prepare_us']:.1f} us, to_command "
           f"{r['to_command_us']:.1f} us, apply_batch {r['apply_us']:.1f} us, total {r['total_us']:.1f} us "
-          f"(~{1e6 / r['total_us']:.0f} inserts/s on one core)")
+          f"(~{1e6 / r['total_us']:.0f} inserts/s on one core); one apply_batch of {args.batch_size} "
+          f"{r['batch_apply_ms']:.2f} ms, disk fsync p50 {r['fsync_p50_us']:.0f} us")
 
 
 if __name__ == "__main__":
