@@ -242,3 +242,11 @@ def test_runaway_statement_is_stopped_identically(node, monkeypatch):
     outcomes = node.db.apply_batch(batch)
     assert [o.error is None for o in outcomes] == [True, False, True]
     assert node.rows("SELECT id FROM t ORDER BY id") == [[1], [2]] and node.db.applied_index == base + 3
+
+
+def test_result_columns_are_named_by_the_users_text(node):
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, x INT)")
+    node.sql("INSERT INTO t (id, x) VALUES (1, 10)")
+    schema = node.sql("SELECT CAST(x AS BIGINT), x AS renamed, t.id, COUNT(*) FROM t GROUP BY x, t.id")[0]["schema"]
+    assert [(c["name"], c["data_type"]) for c in schema] == [
+        ("CAST(x AS BIGINT)", "BigInt"), ("renamed", "Int"), ("id", "Int"), ("COUNT(*)", "BigInt")]

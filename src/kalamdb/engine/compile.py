@@ -257,6 +257,8 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
     ast = ast.copy()
     c = _Compiler(catalog, namespace, local_tables)
     c.out.kind = kind
+    if kind == "select":
+        _name_expressions(ast)
     # user-written functions and parameters first, before the compiler adds its own kdb_* calls
     ast = c.rewrite_functions(ast)
     if kind == "select":
@@ -270,6 +272,22 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
     if kind in ("update", "delete"):
         return _compile_update_delete(c, ast, kind)
     raise KalamError("INVALID_SQL", f"Unsupported statement kind {kind}")
+
+
+def _name_expressions(ast: exp.Expression) -> None:
+    """Result columns of computed expressions are named by the text the user wrote (SQLite would
+    otherwise name them after the rewritten SQL, e.g. KDB_NOW())."""
+    select = ast
+    while isinstance(select, (exp.Union, exp.Intersect, exp.Except)):
+        select = select.this
+    if not isinstance(select, exp.Select):
+        return
+    named = []
+    for e in select.expressions:
+        if not isinstance(e, (exp.Alias, exp.Column, exp.Star)):
+            e = exp.Alias(this=e, alias=exp.to_identifier(e.sql(), quoted=True))
+        named.append(e)
+    select.set("expressions", named)
 
 
 def _target(c: _Compiler, table: exp.Table, verb: str) -> TableInfo:
