@@ -7,7 +7,6 @@ instead of letting a malformed value reach the state machine.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -91,12 +90,7 @@ class Message:
         data = _bytes(data, "data")
         if not isinstance(entries, (list, tuple)):
             raise ValueError("entries must be a list")  # noqa: TRY004 - wire errors are ValueError
-        decoded = [_entry(e) for e in entries]
-        for prev, cur in itertools.pairwise(decoded):
-            if cur.index != prev.index + 1 or cur.term < prev.term:
-                raise ValueError("entries must be contiguous with non-decreasing terms")
-        if decoded and (decoded[0].index != index + 1 or decoded[0].term < log_term):
-            raise ValueError("entries must follow the previous entry (index, log_term)")
+        decoded = _entries(entries, index, log_term)
         meta = None if snap is None else _snapshot_meta(snap)
         if mt == MsgType.SNAPSHOT and meta is None:
             raise ValueError("SNAPSHOT message without snapshot meta")
@@ -122,20 +116,35 @@ def _bytes(v: object, name: str) -> bytes:
     return v
 
 
-def _entry(w: object) -> Entry:
-    if not isinstance(w, (list, tuple)) or len(w) != 4:
-        raise ValueError("entry must be a list [term, index, kind, data]")
-    term = _int(w[0], "entry.term", 0, MAX_INDEX)
-    index = _int(w[1], "entry.index", 1, MAX_INDEX)
-    kind = _int(w[2], "entry.kind", 0, 255)
-    try:
-        k = EntryKind(kind)
-    except ValueError:
-        raise ValueError(f"unknown entry kind {kind}") from None
-    data = _bytes(w[3], "entry.data")
-    if k is EntryKind.CONFIG:
-        decode_membership(data)  # a config entry the core could not read would wedge every node
-    return Entry(term, index, k, data)
+_KINDS = {int(k): k for k in EntryKind}
+
+
+def _entries(ws: list | tuple, prev_index: int, prev_term: int) -> list[Entry]:
+    """Decode entries that must directly follow (prev_index, prev_term): contiguous indexes,
+    non-decreasing terms. One tight loop: this is the replication hot path."""
+    out = []
+    expect = prev_index + 1
+    last_term = prev_term
+    config = EntryKind.CONFIG
+    for w in ws:
+        if type(w) not in (list, tuple) or len(w) != 4:
+            raise ValueError("entry must be a list [term, index, kind, data]")
+        term, index, kind, data = w
+        if type(term) is not int or not last_term <= term <= MAX_INDEX:
+            raise ValueError(f"entry term {term!r:.40} is not an integer >= the previous term")
+        if type(index) is not int or index != expect:
+            raise ValueError(f"entry index {index!r:.40} breaks contiguity (expected {expect})")
+        k = _KINDS.get(kind) if type(kind) is int else None
+        if k is None:
+            raise ValueError(f"unknown entry kind {kind!r:.40}")
+        if type(data) is not bytes:
+            raise ValueError("entry data must be bytes")
+        if k is config:
+            decode_membership(data)  # a config entry the core could not read would wedge every node
+        out.append(Entry(term, index, k, data))
+        expect += 1
+        last_term = term
+    return out
 
 
 def _id_set(w: object, name: str) -> frozenset[int]:
