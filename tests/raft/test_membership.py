@@ -172,3 +172,27 @@ def test_whole_cluster_restart_in_the_middle_of_the_leaders_self_removal_still_e
     assert not c.core(1).promotable
     idx = c.core(2).propose(b"alive")
     c.wait_applied(idx, ids=[2])
+
+
+def test_joint_config_needs_the_new_majority_too_before_it_can_be_left():
+    c = formed([1, 2, 3, 4, 5], seed=13)
+    c.core(1).change_membership({1, 2, 3})
+    c.run_until(lambda: c.core(1).membership == Membership(frozenset({1, 2, 3}))
+                and c.core(1).commit_index == c.core(1).last_index, max_ticks=30)
+    lid = c.leader()
+    for i in (4, 5):
+        c.core(lid).add_learner(i)
+        c.stabilize()
+    # cut the leader off from every node of the incoming set except itself
+    lid = c.leader()
+    others_old = [i for i in (1, 2, 3) if i != lid]
+    c.partition([lid, *others_old], [4, 5])
+    joint_idx = c.core(lid).change_membership({lid, 4, 5})
+    c.tick(5)
+    core = c.core(lid)
+    assert core.membership.is_joint
+    assert core.commit_index < joint_idx  # the old majority alone cannot commit the joint config
+    c.heal()
+    c.run_until(lambda: not c.core(c.leader()).membership.is_joint
+                and c.core(c.leader()).commit_index == c.core(c.leader()).last_index, max_ticks=30)
+    assert c.core(c.leader()).membership.voters == frozenset({lid, 4, 5})
