@@ -26,6 +26,8 @@ log = logging.getLogger("kalamdb.auth")
 
 ISSUER = "kalamdb"
 _CACHE_LIMIT = 10_000
+# Defence in depth: even without a change signal, a cached verification is trusted this long at most.
+CACHE_TTL_S = 60.0
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
@@ -43,14 +45,21 @@ class Authenticator:
         principal_for: Callable[[str], Any],
         jwt_secret: str,
         jwt_expiry_hours: float = 24.0,
+        users_version: Callable[[], Any] | None = None,
     ):
         self._verify_password = verify_password
         self._principal_for = principal_for
         self._secret = jwt_secret
         self._expiry_s = jwt_expiry_hours * 3600.0
         self._cache_key = secrets.token_bytes(32)  # per process: cache keys mean nothing elsewhere
-        self._basic_cache: dict[bytes, Any] = {}
-        self._token_cache: dict[str, tuple[Any, float]] = {}
+        # key -> (principal, trusted until (monotonic)); token cache: token -> (principal, exp, until)
+        self._basic_cache: dict[bytes, tuple[Any, float]] = {}
+        self._token_cache: dict[str, tuple[Any, float, float]] = {}
+        # A counter the storage bumps whenever users change (on every replica); None = not offered,
+        # then only users_changed() and the TTL invalidate.
+        self._users_version = users_version
+        self._seen_version = users_version() if users_version is not None else None
+        self._generation = 0  # bumped by every invalidation
 
     # ---- tokens -------------------------------------------------------------------------------
     def issue_token(self, principal: Any, *, now: float | None = None) -> tuple[str, float]:
@@ -69,13 +78,15 @@ class Authenticator:
         return jwt.encode(claims, self._secret, algorithm="HS256"), float(int(exp))
 
     def verify_token(self, token: str) -> Any:
+        self._check_version()
         cached = self._token_cache.get(token)
         if cached is not None:
-            principal, exp = cached
-            if time.time() < exp:
+            principal, exp, until = cached
+            if time.time() >= exp:
+                self._token_cache.pop(token, None)
+                raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again")
+            if time.monotonic() < until:
                 return principal
-            self._token_cache.pop(token, None)
-            raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again")
         try:
             claims = jwt.decode(
                 token,
@@ -93,7 +104,7 @@ class Authenticator:
         principal = self._principal_for(str(claims["sub"]))
         if principal is None:
             raise KalamError("INVALID_TOKEN", "Invalid token: the user no longer exists")
-        self._remember(self._token_cache, token, (principal, float(claims["exp"])))
+        self._remember(self._token_cache, token, (principal, float(claims["exp"]), time.monotonic() + CACHE_TTL_S))
         return principal
 
     # ---- passwords ----------------------------------------------------------------------------
@@ -104,13 +115,17 @@ class Authenticator:
         if password == "" and not is_local_address(remote):
             raise KalamError(
                 "INVALID_CREDENTIALS", "An empty password is accepted only from localhost")
+        self._check_version()
         key = hmac.digest(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256)
-        principal = self._basic_cache.get(key)
-        if principal is not None:
-            return principal
+        cached = self._basic_cache.get(key)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        generation = self._generation
         loop = asyncio.get_running_loop()
         principal = await loop.run_in_executor(None, self._verify_password, username, password)
-        self._remember(self._basic_cache, key, principal)
+        self._check_version()
+        if generation == self._generation:  # users did not change while we were verifying
+            self._remember(self._basic_cache, key, (principal, time.monotonic() + CACHE_TTL_S))
         return principal
 
     async def authenticate(self, header: str | None, *, remote: str | None) -> Any:
@@ -129,8 +144,16 @@ class Authenticator:
             return await self.verify_credentials(username, password, remote=remote)
         raise KalamError("MISSING_AUTHORIZATION", f"Unsupported Authorization scheme '{scheme}' (use Bearer or Basic)")
 
+    def _check_version(self) -> None:
+        if self._users_version is not None:
+            version = self._users_version()
+            if version != self._seen_version:
+                self._seen_version = version
+                self.users_changed()
+
     def users_changed(self) -> None:
         """Forget every cached verification (a password, role or user may have changed)."""
+        self._generation += 1
         self._basic_cache.clear()
         self._token_cache.clear()
 

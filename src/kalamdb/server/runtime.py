@@ -91,6 +91,8 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         principal_for=db.principal_for,
         jwt_secret=secret,
         jwt_expiry_hours=cfg.auth.jwt_expiry_hours,
+        # followers learn of user changes only through the log: the storage's counter tells the cache
+        users_version=(lambda: db.users_version) if hasattr(db, "users_version") else None,
     )
     state = ServerState(db=db, node=node, authenticator=authenticator, max_body_bytes=cfg.limits.max_body_bytes)
     if cluster_cfg is not None:
