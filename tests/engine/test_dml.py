@@ -250,3 +250,13 @@ def test_result_columns_are_named_by_the_users_text(node):
     schema = node.sql("SELECT CAST(x AS BIGINT), x AS renamed, t.id, COUNT(*) FROM t GROUP BY x, t.id")[0]["schema"]
     assert [(c["name"], c["data_type"]) for c in schema] == [
         ("CAST(x AS BIGINT)", "BigInt"), ("renamed", "Int"), ("id", "Int"), ("COUNT(*)", "BigInt")]
+
+
+def test_runaway_read_is_stopped_by_its_time_budget(node, monkeypatch):
+    from kalamdb.engine import database
+
+    monkeypatch.setattr(database, "READ_SECONDS_BUDGET", 0.2)
+    err = node.error("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c")
+    assert "execution budget" in err.message
+    assert node.rows("SELECT 1") == [["1"]]  # the reader connection still works
+    node.db.digest()  # digests are not limited by a user statement's budget

@@ -105,7 +105,8 @@ class _FnState:
         if self.db is not None:
             self.steps += _PROGRESS_EVERY
             return 1 if self.steps > WRITE_STEP_BUDGET else 0
-        return 1 if time.monotonic() > self.deadline else 0
+        # reads are limited only while a user statement runs (deadline 0: digest, login, ...)
+        return 1 if self.deadline and time.monotonic() > self.deadline else 0
 
     def reset(self, now_us: int, seed: int | None) -> None:
         self.now_us, self.seed, self._rng = now_us, seed, None
@@ -604,7 +605,9 @@ class Database:
         try:
             cur = ctx.conn.execute(compiled.sql, binds)
             rows = cur.fetchall() if q.kind == "select" else None
+            ctx.state.deadline = 0.0
         except sqlite3.Error as e:
+            ctx.state.deadline = 0.0
             if _environmental(e):
                 raise
             if ctx.writing and not ctx.conn.in_transaction:
@@ -952,11 +955,16 @@ class Database:
 
     def digest(self) -> str:
         """SHA-256 over every replicated table (schema and rows in rowid order) and view."""
-        conn, state = self._reader()
-        state.start_statement()  # the read budget counts from now, not from the last statement
+        return self.digest_with_index()[1]
+
+    def digest_with_index(self) -> tuple[int, str]:
+        """(applied index, digest) read in ONE read transaction, so the pair is consistent even
+        while the writer keeps applying."""
+        conn, _ = self._reader()
         h = hashlib.sha256()
         conn.execute("BEGIN")
         try:
+            index = conn.execute("SELECT value FROM _kdb_meta WHERE key = 'applied_index'").fetchone()[0]
             objects = conn.execute("SELECT type, name, sql FROM main.sqlite_master WHERE name NOT LIKE 'sqlite_%' "
                                    "ORDER BY type, name").fetchall()
             for typ, name, sql in objects:
@@ -966,7 +974,7 @@ class Database:
                         h.update(msgpack.packb(row, use_bin_type=True))
         finally:
             conn.execute("COMMIT")
-        return h.hexdigest()
+        return int(index), h.hexdigest()
 
     def snapshot_to(self, path) -> int:
         path = Path(path)
