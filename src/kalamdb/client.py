@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.client
 import socket
+import time
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -24,6 +25,8 @@ from kalamdb.errors import KalamError
 SQL_PATH = "/v1/api/sql"
 LOGIN_PATH = "/v1/api/auth/login"
 HEALTH_PATH = "/v1/api/healthcheck"
+# well below aiohttp's 75 s server keep-alive: an idle connection is replaced, never found dead
+IDLE_RECONNECT_S = 15.0
 
 
 class Response(dict):
@@ -133,34 +136,33 @@ class Client:
         self._timeout = timeout
         self._creds = _Credentials(user, password, token)
         self._conn: http.client.HTTPConnection | None = None
+        self._last_used = 0.0
 
     @property
     def token(self) -> str | None:
         return self._creds.token
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Response:
+        """One request. Never retried: after a connection error nobody knows whether a write was
+        applied, so the error goes to the caller. Connections idle for a while are replaced before
+        use, so a server-side keep-alive timeout does not surface as an error."""
         headers = {"Content-Type": "application/json", **headers}
-        for attempt in (0, 1):
-            reused = self._conn is not None
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-            try:
-                self._conn.request(method, path, body=body, headers=headers)
-                raw = self._conn.getresponse()
-                data = raw.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
-                # An idle keep-alive connection closed by the server: the request never reached it.
-                if reused and attempt == 0:
-                    continue
-                raise
-            except (OSError, http.client.HTTPException):
-                self.close()
-                raise
-            if raw.getheader("Connection", "").lower() == "close":
-                self.close()
-            return _decode(raw.status, data)
-        raise AssertionError("unreachable")
+        now = time.monotonic()
+        if self._conn is not None and now - self._last_used > IDLE_RECONNECT_S:
+            self.close()
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            self._conn.request(method, path, body=body, headers=headers)
+            raw = self._conn.getresponse()
+            data = raw.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        self._last_used = time.monotonic()
+        if raw.getheader("Connection", "").lower() == "close":
+            self.close()
+        return _decode(raw.status, data)
 
     def sql(self, text: str, params: list | None = None, namespace_id: str | None = None,
             **extra: Any) -> Response:
