@@ -504,11 +504,12 @@ class ClusterTestServer:
 
     def add_node(self, timeout: float = STARTUP_TIMEOUT_S) -> ClusterNodeProcess:
         """Start a new node and join it with CLUSTER JOIN (learner, catch up, voter)."""
+        leader = self.leader()  # before the new node runs: it knows no leader until it joins
         nid = max(n.node_id for n in self.nodes) + 1
         n = ClusterNodeProcess(len(self.nodes), nid, self.root, cluster=self)
         self.nodes.append(n)
         n.spawn(self._peers())
-        resp = self.execute_sql_on_leader(f"CLUSTER JOIN {nid} '{n.rpc_addr}' '{n.url}'")
+        resp = leader.sql(f"CLUSTER JOIN {nid} '{n.rpc_addr}' '{n.url}'")
         if not resp.ok:
             raise ClusterError(f"CLUSTER JOIN {nid} failed: {resp.error}\n{n.log_tail()}")
         self.wait_for_voters({m.node_id for m in self.nodes if m.is_running()} , timeout)
