@@ -260,3 +260,10 @@ def test_runaway_read_is_stopped_by_its_time_budget(node, monkeypatch):
     assert "execution budget" in err.message
     assert node.rows("SELECT 1") == [["1"]]  # the reader connection still works
     node.db.digest()  # digests are not limited by a user statement's budget
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM pragma_table_info('default.t')", "SELECT name FROM pragma_table_list()",
+                                 "SELECT * FROM _kdb_users", "SELECT * FROM \"default.t\"", "SELECT sqlite_version()"])
+def test_internal_storage_is_unreachable(node, sql):
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY)")
+    assert node.error(sql).code in ("INVALID_SQL", "TABLE_NOT_FOUND")

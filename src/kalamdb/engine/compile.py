@@ -103,7 +103,8 @@ class _Compiler:
                           "LAST_INSERT_ROWID": None, "UNIXEPOCH": None if not node.expressions else ""}.get(name, "")
                 if mapped is None:
                     raise KalamError("INVALID_SQL", f"Function {name}() is not supported")
-                if name.startswith("KDB_"):
+                if name.startswith(("KDB_", "PRAGMA_", "SQLITE_")) or name in ("LOAD_EXTENSION", "READFILE",
+                                                                           "WRITEFILE"):
                     raise KalamError("INVALID_SQL", f"Function {name}() is not supported")
                 if mapped:
                     return _fn(mapped, *node.expressions)

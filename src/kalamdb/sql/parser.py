@@ -4,6 +4,7 @@ to sqlglot, whose parse is cached by statement text because it costs ~120 us."""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -15,6 +16,9 @@ from sqlglot.errors import ParseError, TokenError
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 from kalamdb.sql.types import SERIAL_TYPES, canonical_type
+
+# sqlglot warns on stderr for every statement it cannot parse fully; our callers get a KalamError
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9_]+$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
