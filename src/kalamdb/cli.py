@@ -15,6 +15,9 @@ SUBCOMMANDS: dict[str, str] = {
     "sql": "kalamdb.client_cli:sql_command",
     "sim": "kalamdb.sim.cli:sim_command",
     "check": "kalamdb.chaos.check_cli:check_command",
+    "cluster": "kalamdb.node.cluster_cli:cluster_command",
+    "bench": "kalamdb.bench.cli:bench_command",
+    "chaos": "kalamdb.chaos.cli:chaos_command",
 }
 
 
