@@ -83,7 +83,7 @@ def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
 
 
 def _digest(db: Any) -> tuple[int, str]:
-    with_index = getattr(db, "digest_at_applied", None)
+    with_index = getattr(db, "digest_with_index", None)
     if with_index is not None:
         return with_index()
     before = db.applied_index
