@@ -142,26 +142,25 @@ class _Pipe:
                     continue
                 buf += chunk
                 f = self.ctl.faults(self.src, self.dst)  # one look per chunk read
-                while len(buf) >= 4:
-                    (length,) = struct.unpack_from(">I", buf)
+                pos, end = 0, len(buf)
+                while end - pos >= 4:
+                    (length,) = struct.unpack_from(">I", buf, pos)
                     if length > self.ctl.max_frame_bytes:
                         log.warning("link %s->%s: frame of %d bytes exceeds %d; passing the rest of this "
                                     "connection through unframed", self.src, self.dst, length,
                                     self.ctl.max_frame_bytes)
                         framed = False
-                        self._push_data(bytes(buf), droppable=False)
-                        buf.clear()
+                        self._push_data(bytes(buf[pos:]), droppable=False)
+                        pos = end
                         break
-                    if len(buf) < 4 + length:
+                    if end - pos < 4 + length:
                         break
-                    frame = bytes(buf[: 4 + length])
-                    del buf[: 4 + length]
                     seen += 1
-                    self._push_data(frame, seen > self.ctl.protect_first_frames, f)
+                    self._push_data(bytes(buf[pos: pos + 4 + length]), seen > self.ctl.protect_first_frames, f)
+                    pos += 4 + length
+                del buf[:pos]  # one shift per chunk, not one per frame
         except (ConnectionError, OSError):
             self._push(_Item("reset"))
-        except asyncio.CancelledError:
-            raise
 
     def _raw_loss(self) -> bool:
         f = self.ctl.faults(self.src, self.dst)
