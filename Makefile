@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kalamdb serve --host 127.0.0.1 --port 8080 --data-dir ./data
+	$(BIN)/kalamdb cluster up --nodes 3 --data-dir ./data --base-port 8080
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

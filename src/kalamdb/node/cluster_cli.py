@@ -1,0 +1,162 @@
+"""`kalamdb cluster up`: a local N-node cluster of real processes in the foreground.
+
+Node i (1-based) serves HTTP on base_port + i - 1 and Raft RPC on rpc_base_port + i - 1, with its
+data under DATA_DIR/node<i>. Running it again on the same data dir restarts the same cluster (nodes
+with state never bootstrap again). Ctrl-C stops every node gracefully.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import click
+
+READY_TIMEOUT_S = 60.0
+
+
+def _health(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{url}/v1/api/cluster/health", timeout=1.0) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _cluster_secret(data_dir: Path) -> str:
+    """One secret per local cluster, kept beside the nodes' data so restarts reuse it."""
+    path = data_dir / "cluster.secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = uuid.uuid4().hex
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+@click.group("cluster")
+def cluster_command() -> None:
+    """Run a local kalamdb cluster."""
+
+
+@cluster_command.command("up")
+@click.option("--nodes", "count", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default="./data", show_default=True)
+@click.option("--base-port", type=click.IntRange(1, 65000), default=8080, show_default=True,
+              help="HTTP port of node 1; node i uses base-port + i - 1.")
+@click.option("--rpc-base-port", type=click.IntRange(1, 65000), default=9188, show_default=True,
+              help="Raft RPC port of node 1; node i uses rpc-base-port + i - 1.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--heartbeat-ms", type=click.IntRange(1, 60000), default=50, show_default=True)
+@click.option("--election-ms", default="150,300", show_default=True, help="min,max election timeout.")
+@click.option("--log-level", type=click.Choice(["error", "warn", "info", "debug"]), default="info",
+              show_default=True)
+def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int, host: str, heartbeat_ms: int,
+               election_ms: str, log_level: str) -> None:
+    """Start COUNT nodes, wait until they form one cluster, and keep them running until Ctrl-C."""
+    root = Path(data_dir).resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"--data-dir {root} cannot be created: {exc}") from None
+    api_ports = [base_port + i for i in range(count)]
+    rpc_ports = [rpc_base_port + i for i in range(count)]
+    if set(api_ports) & set(rpc_ports):
+        raise click.ClickException("--base-port and --rpc-base-port ranges overlap; choose ports further apart")
+    urls = [f"http://{host}:{p}" for p in api_ports]
+    peers = ";".join(f"{i + 1}@{host}:{rpc_ports[i]}@{urls[i]}" for i in range(count))
+    secret = _cluster_secret(root)
+    procs: list[subprocess.Popen] = []
+    logs = []
+    for i in range(count):
+        nid = i + 1
+        env = dict(os.environ)
+        env.update({
+            "KALAMDB_NODE_ID": str(nid), "KALAMDB_CLUSTER_ID": "local",
+            "KALAMDB_CLUSTER_RPC_ADDR": f"{host}:{rpc_ports[i]}", "KALAMDB_CLUSTER_API_ADDR": urls[i],
+            "KALAMDB_CLUSTER_PEERS": peers, "KALAMDB_CLUSTER_SECRET": secret,
+            "KALAMDB_CLUSTER_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms),
+            "KALAMDB_CLUSTER_ELECTION_TIMEOUT_MS": election_ms, "KALAMDB_LOG": log_level,
+        })
+        log_path = root / f"node{nid}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until it exits
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "kalamdb", "serve", "--data-dir", str(root / f"node{nid}"),
+             "--host", host, "--port", str(api_ports[i])],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+    stopping = False
+
+    def stop_all(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+    t0 = time.monotonic()
+    try:
+        click.echo(f"Starting {count} nodes (data under {root})…")
+        leader = _wait_ready(urls, procs, root, lambda: stopping)
+        if leader is None:
+            return
+        click.echo(f"Cluster ready in {time.monotonic() - t0:.2f}s\n")
+        for i, url in enumerate(urls):
+            role = "leader" if i + 1 == leader else "follower"
+            click.echo(f"  node {i + 1}  {url}  rpc {host}:{rpc_ports[i]}  {role}  log {root / f'node{i + 1}.log'}")
+        password = os.environ.get("KALAMDB_ROOT_PASSWORD", "")
+        login = f"root:{password}" if password else "root:  (empty root password: localhost only)"
+        click.echo(f"\nLog in as {login}. For example:\n"
+                   f"  curl -s -u 'root:{password}' -X POST {urls[0]}/v1/api/sql "
+                   "-H 'Content-Type: application/json' -d '{\"sql\": \"SELECT * FROM system.cluster\"}'\n"
+                   f"  kalamdb sql --url {urls[-1]} \"SHOW NAMESPACES\"\n"
+                   "Ctrl-C stops all nodes.")
+        while not stopping:
+            for i, p in enumerate(procs):
+                if p.poll() is not None:
+                    click.echo(f"node {i + 1} exited with code {p.returncode}; see {root / f'node{i + 1}.log'}",
+                               err=True)
+                    stopping = True
+            time.sleep(0.2)  # supervising children; woken early by Ctrl-C
+    finally:
+        click.echo("Stopping all nodes…")
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            with contextlib.suppress(OSError):
+                log.close()
+        click.echo("All nodes stopped.")
+
+
+def _wait_ready(urls: list[str], procs: list[subprocess.Popen], root: Path, stopping) -> int | None:
+    """The leader id once every node answers and all agree on it and on the voters."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    want = list(range(1, len(urls) + 1))
+    while time.monotonic() < deadline and not stopping():
+        for i, p in enumerate(procs):
+            if p.poll() is not None:
+                tail = (root / f"node{i + 1}.log").read_text(errors="replace").splitlines()[-15:]
+                raise click.ClickException(f"node {i + 1} exited with code {p.returncode}:\n" + "\n".join(tail))
+        hs = [_health(u) for u in urls]
+        if all(hs):
+            leaders = {h.get("leader_id") for h in hs}
+            if len(leaders) == 1 and None not in leaders and all(h.get("voters") == want for h in hs):
+                return leaders.pop()
+        time.sleep(0.05)  # polling other processes, bounded by the deadline
+    if stopping():
+        return None
+    raise click.ClickException(f"the cluster did not form within {READY_TIMEOUT_S:.0f}s; see the logs in {root}")
