@@ -55,6 +55,7 @@ class AddressBook:
         self.path = path
         self.peers: dict[int, Peer] = {own.node_id: own}
         self.removed: set[int] = set()
+        self.configured = {p.node_id for p in configured} | {own.node_id}
         for p in configured:
             self.peers[p.node_id] = p
         try:
@@ -281,9 +282,12 @@ class ClusterNode:
         op = meta.get("op")
         if op == "peer":
             peer = Peer(int(meta["id"]), str(meta["rpc"]), str(meta["api"]))
-            self.book.peers[peer.node_id] = peer
             self.book.removed.discard(peer.node_id)
-            self.driver.set_peer(peer.node_id, peer.rpc_hostport)
+            # This node's own configuration wins: it may route a peer through a proxy or another
+            # interface than the address the peer announced.
+            if peer.node_id not in self.book.configured:
+                self.book.peers[peer.node_id] = peer
+                self.driver.set_peer(peer.node_id, peer.rpc_hostport)
         elif op == "remove":
             self.book.removed.add(int(meta["id"]))
         elif op == "peers":
