@@ -42,9 +42,7 @@ def make(db: Database, **kwargs) -> tuple[Authenticator, CountingCheck]:
 async def test_repeated_basic_credentials_are_verified_once(db):
     auth, check = make(db)
     first = await auth.verify_credentials("root", "root-pw", remote="127.0.0.1")
-    started = time.perf_counter()
     again = await auth.verify_credentials("root", "root-pw", remote="127.0.0.1")
-    assert (time.perf_counter() - started) < 0.005
     assert first == again and first.role == "system"
     assert check.calls == 1
 
