@@ -191,7 +191,12 @@ class ClusterNodeProcess:
 
     # ---- HTTP ---------------------------------------------------------------------------------
     def client(self, timeout: float = 15.0) -> Client:
-        return Client(self.url, user="root", password=self.cluster.root_password, timeout=timeout)
+        return Client(self.client_url, user="root", password=self.cluster.root_password, timeout=timeout)
+
+    @property
+    def client_url(self) -> str:
+        """Where clients reach this node (a fault-injection proxy may stand in between)."""
+        return self.cluster.client_url_for(self)
 
     def drop_client(self) -> None:
         with self._client_lock:
@@ -281,6 +286,13 @@ class ClusterTestServer:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kit")
 
     # ---- starting -----------------------------------------------------------------------------
+    def peers_for(self, node: ClusterNodeProcess) -> str:
+        """KALAMDB_CLUSTER_PEERS for `node` (a fault-injection layer routes each link via a proxy)."""
+        return self._peers()
+
+    def client_url_for(self, node: ClusterNodeProcess) -> str:
+        return node.url
+
     def _peers(self) -> str:
         return ";".join(f"{n.node_id}@{n.rpc_addr}@{n.url}" for n in self.nodes)
 
@@ -288,10 +300,9 @@ class ClusterTestServer:
         progress(f"🚀 Starting {self.size}-node cluster…", self.verbose)
         t0 = time.monotonic()
         self.nodes = [ClusterNodeProcess(i, i + 1, self.root, cluster=self) for i in range(self.size)]
-        peers = self._peers()
         for n in self.nodes:
             progress(f"📍 Starting node {n.node_id} of {self.size}…", self.verbose)
-            n.spawn(peers)
+            n.spawn(self.peers_for(n))
         try:
             self.wait_for_voters({n.node_id for n in self.nodes}, timeout=timeout)
         except BaseException:
@@ -469,7 +480,7 @@ class ClusterTestServer:
 
     def start_node(self, i: int, wait: bool = True, timeout: float = STARTUP_TIMEOUT_S) -> None:
         n = self.get_node(i)
-        n.spawn(self._peers())
+        n.spawn(self.peers_for(n))
         if wait:
             self._until(f"node {n.node_id} to answer", lambda: (_answers(n), f"{n!r} not answering"), timeout)
 
@@ -497,9 +508,8 @@ class ClusterTestServer:
         else:
             for n in self.nodes:
                 n.terminate(signal.SIGTERM)
-        peers = self._peers()
         for n in self.nodes:
-            n.spawn(peers)
+            n.spawn(self.peers_for(n))
         self.wait_for_leader(timeout)
 
     def add_node(self, timeout: float = STARTUP_TIMEOUT_S) -> ClusterNodeProcess:
@@ -508,7 +518,7 @@ class ClusterTestServer:
         nid = max(n.node_id for n in self.nodes) + 1
         n = ClusterNodeProcess(len(self.nodes), nid, self.root, cluster=self)
         self.nodes.append(n)
-        n.spawn(self._peers())
+        n.spawn(self.peers_for(n))
         resp = leader.sql(f"CLUSTER JOIN {nid} '{n.rpc_addr}' '{n.url}'")
         if not resp.ok:
             raise ClusterError(f"CLUSTER JOIN {nid} failed: {resp.error}\n{n.log_tail()}")
