@@ -96,6 +96,9 @@ class ClusterNode:
             tick_ms=cfg.tick_ms, heartbeat_ticks=cfg.heartbeat_ticks, election_ticks=cfg.election_ticks,
             snapshot_every=cfg.snapshot_every, bootstrap=cfg.node_id == 1, on_meta=self._on_meta)
         self._tasks: list[asyncio.Task] = []
+        # Deliberately unsafe (for proving the chaos checkers bite): serve data reads from local
+        # state without ReadIndex, so a partitioned or lagging follower returns stale values.
+        self.unsafe_local_reads = os.environ.get("KALAMDB_UNSAFE_LOCAL_READS") == "1"
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         self._published_book: tuple | None = None
@@ -115,6 +118,9 @@ class ClusterNode:
         if self.cfg.secret_is_default:
             log.warning("KALAMDB_CLUSTER_SECRET is not set: peers authenticate with a secret derived from "
                         "the cluster id; anyone who can reach the RPC port could join. Set it in production.")
+        if self.unsafe_local_reads:
+            log.critical("UNSAFE MODE: KALAMDB_UNSAFE_LOCAL_READS=1 -- data reads skip ReadIndex and may be "
+                         "stale; never use this outside checker tests")
         await self.driver.start()
         self._tasks = [asyncio.create_task(self._reconcile_loop(), name="membership"),
                        asyncio.create_task(self._expire_streams(), name="stream-expiry")]
@@ -171,7 +177,7 @@ class ClusterNode:
             raise KalamError("CLUSTER_UNAVAILABLE",
                              f"node {self.node_id} has applied {self.driver.applied_index}, not "
                              f"{min_applied_index}, after {self.cfg.leader_wait_ms} ms", status=503)
-        if consistency != "local" and _reads_data(prepared):
+        if consistency != "local" and _reads_data(prepared) and not self.unsafe_local_reads:
             index = await self._read_index(wait_s)
             if not await self.driver.wait_applied(index, wait_s):
                 raise KalamError("CLUSTER_UNAVAILABLE",
