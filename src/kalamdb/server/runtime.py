@@ -7,6 +7,7 @@ and acknowledged), drain the writer, then close the database.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -121,6 +122,8 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
                  cfg.server.host, port, data_dir, node.applied_index)
         if port_file is not None:
             write_port_file(port_file, cfg.server.host, port)
+        # everything loaded so far lives as long as the process: keep it out of every GC pass
+        gc.freeze()
         if ready is not None:
             ready.set()
         await stop.wait()
