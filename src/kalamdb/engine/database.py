@@ -173,6 +173,7 @@ class Database:
         self.node_id = node_id
         self.durable = durable
         self._root_password = root_password
+        self.users_version = 0  # bumped whenever applied commands change users (auth caches watch it)
         self._parse_cache = ParseCache()
         self._compile_cache: OrderedDict[tuple, Compiled] = OrderedDict()
         self._compile_lock = threading.Lock()
@@ -855,6 +856,7 @@ class Database:
         return Principal(*row) if row else None
 
     def _create_user(self, ctx: _ExecContext, s: st.CreateUser) -> dict:
+        self.users_version += 1  # credentials caches on this node must re-check
         _require_admin(ctx.principal, "User management")
         if s.role == "system" and ctx.principal.role != "system":
             raise KalamError("PERMISSION_DENIED", "Only role system may create system users")
@@ -869,6 +871,7 @@ class Database:
         return self._message(f"User '{s.username}' created successfully", ctx)
 
     def _alter_user(self, ctx: _ExecContext, s: st.AlterUser) -> dict:
+        self.users_version += 1  # credentials caches on this node must re-check
         target = self._find_user(ctx.conn, s.username)
         if target is None:
             raise KalamError("SQL_EXECUTION_ERROR", f"User '{s.username}' does not exist")
@@ -893,6 +896,7 @@ class Database:
         return self._message(f"User '{s.username}' altered successfully", ctx)
 
     def _drop_user(self, ctx: _ExecContext, s: st.DropUser) -> dict:
+        self.users_version += 1  # credentials caches on this node must re-check
         _require_admin(ctx.principal, "User management")
         target = self._find_user(ctx.conn, s.username)
         if target is None:
@@ -989,6 +993,7 @@ class Database:
         return int(index)
 
     def restore_from(self, path) -> None:
+        self.users_version += 1
         path = Path(path)
         if not path.is_file():
             raise KalamError("INVALID_INPUT", f"Snapshot file {path} does not exist")
