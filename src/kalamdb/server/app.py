@@ -11,7 +11,7 @@ from aiohttp import web
 
 from kalamdb import __version__
 from kalamdb.errors import KalamError
-from kalamdb.server import responses
+from kalamdb.server import metrics, responses
 from kalamdb.server.auth import Authenticator, is_local_address
 from kalamdb.server.cluster_routes import add_cluster_routes
 from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
@@ -21,6 +21,7 @@ log = logging.getLogger("kalamdb.server")
 SQL_PATH = "/v1/api/sql"
 LOGIN_PATH = "/v1/api/auth/login"
 HEALTH_PATHS = ("/v1/api/healthcheck", "/health")
+METRICS_PATH = "/metrics"
 
 STATE_KEY: web.AppKey[ServerState] = web.AppKey("kalamdb_state")
 
@@ -44,6 +45,7 @@ def create_app(state: ServerState) -> web.Application:
     app.router.add_post(LOGIN_PATH, _login)
     for path in HEALTH_PATHS:
         app.router.add_get(path, _health)
+    app.router.add_get(METRICS_PATH, _metrics)
     add_cluster_routes(app, STATE_KEY)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
@@ -53,6 +55,13 @@ async def _health(request: web.Request) -> web.Response:
     if not is_local_address(request.remote):
         return responses.error(KalamError("PERMISSION_DENIED", "Health check is answered only to localhost"))
     return responses.json_response({"status": "healthy", "version": __version__, "api_version": "v1"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    if not is_local_address(request.remote):
+        return responses.error(KalamError("PERMISSION_DENIED", "Metrics are answered only to localhost"))
+    state = request.app[STATE_KEY]
+    return web.Response(text=metrics.render(state.sql.metrics, state.node), content_type="text/plain")
 
 
 async def _login(request: web.Request) -> web.Response:
@@ -90,7 +99,7 @@ async def _login(request: web.Request) -> web.Response:
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    known = {SQL_PATH: "POST", LOGIN_PATH: "POST", **{p: "GET" for p in HEALTH_PATHS}}
+    known = {SQL_PATH: "POST", LOGIN_PATH: "POST", METRICS_PATH: "GET", **{p: "GET" for p in HEALTH_PATHS}}
     if request.path in known:
         return responses.error(KalamError(
             "INVALID_INPUT", f"{request.method} is not allowed on {request.path}; use {known[request.path]}",

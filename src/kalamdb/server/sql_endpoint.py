@@ -19,6 +19,7 @@ from aiohttp import web
 
 from kalamdb.errors import KalamError
 from kalamdb.server import responses
+from kalamdb.server.metrics import SqlMetrics
 
 log = logging.getLogger("kalamdb.sql")
 
@@ -103,9 +104,15 @@ class SqlHandler:
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
         self.forwarder: Any = None  # set in cluster mode: sends NOT_LEADER requests to the leader
+        self.metrics = SqlMetrics()
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
+        response = await self._answer(request, started)
+        self.metrics.observe(response.status, time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: web.Request, started: float) -> web.Response:
         try:
             length = request.content_length
             if length is not None and length > self.max_body_bytes:

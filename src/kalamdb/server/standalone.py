@@ -163,6 +163,12 @@ class StandaloneNode:
     def is_leader(self) -> bool:
         return True
 
+    def stats(self) -> dict[str, int]:
+        """Group-commit counters for /metrics (commands per fsync = commands / batches)."""
+        return {"commit_batches_total": self._committer.batches,
+                "commit_commands_total": self._committer.commands,
+                "commit_queue_depth": len(self._committer._pending)}
+
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_streams(), name="stream-expiry")
 
