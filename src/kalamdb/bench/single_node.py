@@ -106,6 +106,35 @@ async def setup_table(url: str, auth: str, table: str) -> None:
                     raise SystemExit(f"setup failed: {sql}: {answer.get('error')}")
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User+system CPU of the server process and its threads (None if unknown)."""
+    if pid is None:
+        return None
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def commit_counters(url: str) -> tuple[float, float] | None:
+    """(batches, commands) from the server's /metrics, or None if it does not offer them."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        values[name] = value
+    try:
+        return float(values["kalamdb_commit_batches_total"]), float(values["kalamdb_commit_commands_total"])
+    except (KeyError, ValueError):
+        return None
+
+
 async def main_async(args: argparse.Namespace) -> list[dict]:
     auth = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
     table = f"bench_{int(time.time())}.items"
@@ -113,7 +142,14 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     ids = itertools.count(1)
     out = []
     for clients in args.clients:
-        out.append(await run_level(args.url, auth, table, clients, args.duration, ids, args.warmup))
+        cpu0, n0, m0 = cpu_seconds(args.server_pid), next(ids), await commit_counters(args.url)
+        result = await run_level(args.url, auth, table, clients, args.duration, ids, args.warmup)
+        cpu1, n1, m1 = cpu_seconds(args.server_pid), next(ids), await commit_counters(args.url)
+        batches = m1[0] - m0[0] if m0 and m1 else 0
+        result["writes_per_fsync"] = (m1[1] - m0[1]) / batches if batches else None
+        # server CPU per request: comparable across runs even when the machine is busy
+        result["server_cpu_us"] = ((cpu1 - cpu0) / max(1, n1 - n0 - 1) * 1e6) if cpu0 is not None else None
+        out.append(result)
     return out
 
 
@@ -139,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = None
     fsync_ms = None
+    args.server_pid = None
     if args.url is None:
         from kalamdb.testing.single import start_server
 
         server = start_server(log_level="warn")
         args.url = server.url
+        args.server_pid = server.pid
         fsync_ms = fsync_p50_ms(str(server.data_dir))
     try:
         try:
@@ -157,10 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
     if fsync_ms is not None:
         print(f"fsync p50 on the data dir's disk: {fsync_ms:.3f} ms")
-    print(f"{'clients':>8} {'inserts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+    print(f"{'clients':>8} {'inserts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} "
+          f"{'server CPU us/insert':>21} {'writes/fsync':>13}")
     for r in results:
+        cpu = f"{r['server_cpu_us']:.0f}" if r["server_cpu_us"] is not None else "-"
+        per_fsync = f"{r['writes_per_fsync']:.1f}" if r["writes_per_fsync"] is not None else "-"
         print(f"{r['clients']:>8} {r['inserts_per_s']:>10.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
-              f"{r['max_ms']:>8.2f} {r['errors']:>7}")
+              f"{r['max_ms']:>8.2f} {r['errors']:>7} {cpu:>21} {per_fsync:>13}")
         if r["first_error"]:
             print(f"         first error: {r['first_error']}", file=sys.stderr)
     return 1 if any(r["errors"] for r in results) else 0
