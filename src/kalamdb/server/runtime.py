@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -71,8 +73,13 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     from kalamdb.engine import Database
 
     data_dir = prepare_data_dir(cfg)
-    secret = resolve_jwt_secret(cfg)
     cluster_cfg = load_cluster(cfg)
+    if cluster_cfg is not None and not cfg.auth.jwt_secret:
+        # A token from one node must be valid on every node: derive the JWT key from the shared
+        # cluster secret instead of each node inventing its own.
+        secret = hmac.new(cluster_cfg.secret.encode(), b"kalamdb-jwt", hashlib.sha256).hexdigest()
+    else:
+        secret = resolve_jwt_secret(cfg)
     # A single node's acknowledgement is SQLite's fsync; in a cluster the fsynced Raft log is the
     # durable record and SQLite is replayed from it, so SQLite need not fsync each batch.
     durable = cluster_cfg is None
