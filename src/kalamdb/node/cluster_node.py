@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from kalamdb.errors import KalamError
+from kalamdb.node.clock import clock
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
 from kalamdb.node.driver import RaftDriver, WriteOutcomeUnknown, definite_not_leader
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
@@ -363,7 +364,7 @@ class ClusterNode:
             if not self.driver.is_leader:
                 continue
             try:
-                command = self.db.expiry_command(time.time_ns() // 1000)
+                command = self.db.expiry_command(clock.now_us())
                 if command is not None:
                     await self.submit(command)
             except asyncio.CancelledError:

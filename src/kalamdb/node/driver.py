@@ -27,6 +27,8 @@ import msgpack
 
 from kalamdb.engine import Database
 from kalamdb.errors import KalamError
+from kalamdb.node.clock import clock
+from kalamdb.node.failpoints import NodeFailpoints, die, exit_on_storage_failure
 from kalamdb.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftCore, Ready, Role
 from kalamdb.raft.messages import Message
 from kalamdb.raft.storage import LogStorage
@@ -164,6 +166,8 @@ class RaftDriver:
         self.last_snapshot_index = 0
         self._snapshotting = False
         self.fatal: BaseException | None = None
+        self.failpoints = NodeFailpoints.from_env()  # disk faults (docs/faults.md), settable at run time
+        self._exit_on_failure = exit_on_storage_failure()
         self.started_at = time.time()
         self.bad_frames = 0
         self.commit_latency_ms: list[float] = []
@@ -196,7 +200,7 @@ class RaftDriver:
         self._wake.set()
 
     def _open_storage(self):
-        storage = LogStorage.open(self.raft_dir / "log")
+        storage = LogStorage.open(self.raft_dir / "log", failpoints=self.failpoints)
         return storage, storage.load()
 
     async def stop(self) -> None:
@@ -325,7 +329,7 @@ class RaftDriver:
     async def _tick_loop(self) -> None:
         core = self.core
         while True:
-            await asyncio.sleep(self.tick_s)  # the logical clock's period, not a wait for state
+            await asyncio.sleep(clock.period(self.tick_s))  # the logical clock's period, not a wait for state
             if self.fatal is not None:
                 continue
             core.tick()
@@ -435,7 +439,7 @@ class RaftDriver:
                 else:
                     items.append((e.index, ENGINE_NOOP))
             try:
-                outcomes = await loop.run_in_executor(self._apply_pool, self.db.apply_batch, items)
+                outcomes = await loop.run_in_executor(self._apply_pool, self._apply_batch, items)
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
                 return
@@ -452,6 +456,10 @@ class RaftDriver:
                         f"leadership changed before write {e.index} committed; it was not applied"))
             self._set_applied(batch[-1].index)
             self._maybe_snapshot()
+
+    def _apply_batch(self, items: list) -> list:
+        self.failpoints.hit("state.apply")
+        return self.db.apply_batch(items)
 
     def _apply_meta(self, e: Entry) -> None:
         try:
@@ -476,6 +484,8 @@ class RaftDriver:
     def _fail(self, exc: BaseException) -> None:
         """After a failed fsync or apply nothing on disk can be trusted: stop acknowledging anything."""
         self.fatal = exc
+        if self._exit_on_failure:
+            die(self.node_id, exc)
         log.critical("node %d: storage failure, refusing all further work until restarted: %r", self.node_id, exc)
         err = KalamError("CLUSTER_UNAVAILABLE", f"storage failure on node {self.node_id}: {exc}", status=503,
                          details="indefinite: the write may or may not have been applied")
@@ -502,6 +512,7 @@ class RaftDriver:
             tmp = self.snapshots.dir / "taking.sqlite.part"
 
             def take() -> tuple[int, Path]:
+                self.failpoints.hit("snapshot.write")
                 tmp.unlink(missing_ok=True)
                 index = self.db.snapshot_to(tmp)
                 return index, self.snapshots.publish(tmp, index)

@@ -12,6 +12,7 @@ from aiohttp import web
 from kalamdb import __version__
 from kalamdb.errors import KalamError
 from kalamdb.server import metrics, responses
+from kalamdb.server.admin_routes import add_admin_routes
 from kalamdb.server.auth import Authenticator, is_local_address
 from kalamdb.server.cluster_routes import add_cluster_routes
 from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
@@ -47,6 +48,7 @@ def create_app(state: ServerState) -> web.Application:
         app.router.add_get(path, _health)
     app.router.add_get(METRICS_PATH, _metrics)
     add_cluster_routes(app, STATE_KEY)
+    add_admin_routes(app, STATE_KEY)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 

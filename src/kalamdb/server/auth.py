@@ -21,6 +21,7 @@ from typing import Any
 import jwt
 
 from kalamdb.errors import KalamError
+from kalamdb.node.clock import clock
 
 log = logging.getLogger("kalamdb.auth")
 
@@ -64,7 +65,7 @@ class Authenticator:
     # ---- tokens -------------------------------------------------------------------------------
     def issue_token(self, principal: Any, *, now: float | None = None) -> tuple[str, float]:
         """An access token for `principal` and its expiry (unix seconds)."""
-        now = time.time() if now is None else now
+        now = clock.time() if now is None else now
         exp = now + self._expiry_s
         claims = {
             "iss": ISSUER,
@@ -82,7 +83,7 @@ class Authenticator:
         cached = self._token_cache.get(token)
         if cached is not None:
             principal, exp, until = cached
-            if time.time() >= exp:
+            if clock.time() >= exp:
                 self._token_cache.pop(token, None)
                 raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again")
             if time.monotonic() < until:
@@ -93,8 +94,11 @@ class Authenticator:
                 self._secret,
                 algorithms=["HS256"],
                 issuer=ISSUER,
-                options={"require": ["exp", "sub", "iss"]},
+                # expiry is judged by the node clock (kalamdb.node.clock), not by PyJWT reading time.time()
+                options={"require": ["exp", "sub", "iss"], "verify_exp": False, "verify_iat": False},
             )
+            if not isinstance(claims["exp"], int | float) or claims["exp"] <= clock.time():
+                raise jwt.ExpiredSignatureError("Signature has expired")
         except jwt.ExpiredSignatureError:
             raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again") from None
         except jwt.InvalidTokenError as exc:

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from kalamdb.errors import KalamError
+from kalamdb.node.clock import clock
 from kalamdb.server import responses
 from kalamdb.server.metrics import SqlMetrics
 
@@ -141,7 +142,7 @@ class SqlHandler:
                 prepared, consistency=req.consistency, min_applied_index=req.min_applied_index)
             return results, None
         users = touches_users(prepared, req.sql)
-        now_us = time.time_ns() // 1000
+        now_us = clock.now_us()
         if users:
             # password hashing (argon2, tens of ms) happens in to_command: keep it off the event loop
             loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from kalamdb.errors import KalamError
+from kalamdb.node.clock import clock
 
 log = logging.getLogger("kalamdb.node")
 
@@ -210,7 +211,7 @@ class StandaloneNode:
         while True:
             await asyncio.sleep(self._expiry_interval_s)  # a period, not a wait for a state
             try:
-                command = self.db.expiry_command(time.time_ns() // 1000)
+                command = self.db.expiry_command(clock.now_us())
                 if command is not None:
                     await self.submit(command)
             except asyncio.CancelledError:
