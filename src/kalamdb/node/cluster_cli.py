@@ -8,6 +8,7 @@ with state never bootstrap again). Ctrl-C stops every node gracefully.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -21,6 +22,15 @@ from pathlib import Path
 import click
 
 READY_TIMEOUT_S = 60.0
+
+
+def _die_with_parent() -> None:
+    """Linux: a node gets SIGTERM if this supervisor dies, even by SIGKILL (no orphaned nodes)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _health(url: str) -> dict | None:
@@ -92,7 +102,8 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int, ho
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "kalamdb", "serve", "--data-dir", str(root / f"node{nid}"),
              "--host", host, "--port", str(api_ports[i])],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent))  # noqa: PLW1509 - single-threaded here
     stopping = False
 
     def stop_all(*_: object) -> None:
