@@ -1,0 +1,349 @@
+"""`kalamdb bench`: a 3-node kalamdb cluster (and optionally etcd) under load, measured from outside.
+
+    kalamdb bench --compare etcd --clients 1,64 --duration 4 --json out.json
+
+Scenarios (pick with --scenarios, default all cheap ones): insert, mixed, batch, lag, failover,
+start, catchup, memory. Results print as a table; --json writes them in the schema of issue 8;
+--plot DIR draws PNGs when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from kalamdb.bench import cluster as kc
+from kalamdb.bench.load import LoadResult, closed_loop, new_session
+
+ALL_SCENARIOS = ("start", "insert", "batch", "mixed", "lag", "failover", "catchup", "memory")
+
+
+def _ints(ctx: Any, param: Any, value: str) -> list[int]:
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' must be comma-separated integers, e.g. 1,16,64") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter("every value must be >= 1")
+    return out
+
+
+def _scenarios(ctx: Any, param: Any, value: str) -> list[str]:
+    names = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in names if s not in ALL_SCENARIOS]
+    if bad or not names:
+        raise click.BadParameter(f"unknown scenario(s) {bad}; choose from {','.join(ALL_SCENARIOS)}")
+    return names
+
+
+class Bench:
+    """One bench run: its options, its results, and the console it reports to."""
+
+    def __init__(self, opts: dict[str, Any]):
+        from rich.console import Console
+
+        self.o = opts
+        self.console = Console(stderr=True)
+        self.results: list[dict] = []
+        self.extra: dict[str, Any] = {}
+        self.ids = itertools.count(1)
+        self.seed = opts["seed"]
+
+    # ---------------------------------------------------------------- helpers
+    def load(self, target: Any, clients: int, label: str, *, ops_per_request: int = 1,
+             sampler_pids: dict[str, int] | None = None, side: Any = None) -> tuple[LoadResult, Any]:
+        """Run one closed-loop level with a progress bar; optionally a side task (the lag probe)."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        duration, warmup = self.o["duration"], self.o["warmup"]
+        sampler = kc.ResourceSampler(sampler_pids or {})
+
+        async def go() -> LoadResult:
+            import asyncio
+
+            async with new_session(clients + 4) as session:
+                with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                              console=self.console, transient=True) as bar:
+                    task = bar.add_task(label, total=1.0)
+                    side_task = None
+                    if side is not None:
+                        side_task = asyncio.ensure_future(
+                            side(session, time.perf_counter() + warmup + duration))
+                    res = await closed_loop(session, target, clients=clients, duration=duration, warmup=warmup,
+                                            seed=self.seed, op_counter=self.ids, ops_per_request=ops_per_request,
+                                            on_tick=lambda f: bar.update(task, completed=f))
+                    if side_task is not None:
+                        await side_task
+                    return res
+
+        with sampler:
+            res = kc.run_async(go())
+        return res, sampler
+
+    def add(self, system: str, scenario: str, res: LoadResult | None = None, **fields: Any) -> dict:
+        row: dict[str, Any] = {"system": system, "scenario": scenario}
+        if res is not None:
+            row.update(res.summary())
+        row.update(fields)
+        self.results.append(row)
+        if row.get("first_error"):
+            self.console.print(f"[yellow]{system} {scenario}: first error: {row['first_error']}[/]")
+        return row
+
+    # ---------------------------------------------------------------- kalamdb
+    def run_kalamdb(self) -> None:
+        sc = self.o["scenarios"]
+        el = self.o["election_ms"]
+        self.console.print("[bold]kalamdb[/]: starting a 3-node cluster")
+        starts = []
+        cluster = None
+        try:
+            runs = self.o["start_runs"] if "start" in sc else 1
+            for i in range(runs):
+                t0 = time.perf_counter()
+                c = kc.start_kalamdb(heartbeat_ms=self.o["heartbeat_ms"], election_ms=el)
+                starts.append(time.perf_counter() - t0)
+                if i < runs - 1:
+                    c.shutdown()
+                else:
+                    cluster = c
+            if "start" in sc:
+                self.add("kalamdb", "start", **kc.summarize_seconds(starts))
+            kc.create_table(cluster)
+            cluster.wait_for_replication(timeout=10)
+            pids = kc.kalamdb_pids(cluster)
+            idle = kc.rss_mb(pids)
+            self.extra.setdefault("memory", {})["kalamdb_idle_rss_mb"] = idle
+            auth = kc.basic_auth(cluster.root_password)
+            urls = kc.node_urls(cluster, self.o["target"])
+            if "insert" in sc:
+                for clients in self.o["clients"]:
+                    res, smp = self.load(kc.insert_target(urls, auth), clients, f"kalamdb insert x{clients}",
+                                         sampler_pids=pids)
+                    self.add("kalamdb", "insert", res, target=self.o["target"], rss_mb=smp.max_rss_mb,
+                             cpu_percent=smp.cpu_percent)
+            if "batch" in sc:
+                rpr = self.o["rows_per_request"]
+                clients = max(self.o["clients"])
+                res, smp = self.load(kc.insert_target(urls, auth, rows_per_request=rpr), clients,
+                                     f"kalamdb batch {rpr} rows x{clients}", ops_per_request=rpr, sampler_pids=pids)
+                self.add("kalamdb", "batch", res, rows_per_request=rpr, rss_mb=smp.max_rss_mb,
+                         cpu_percent=smp.cpu_percent)
+            if "mixed" in sc:
+                clients = max(self.o["clients"])
+                written = next(self.ids)
+                tgt = kc.mixed_target(urls, auth, read_fraction=self.o["read_fraction"], written=lambda: written)
+                res, smp = self.load(tgt, clients, f"kalamdb mixed x{clients}", sampler_pids=pids)
+                self.add("kalamdb", "mixed", res, read_fraction=self.o["read_fraction"], cpu_percent=smp.cpu_percent)
+            if "lag" in sc:
+                self.run_lag(cluster, urls, auth, pids)
+            if "memory" in sc and self.o["million"]:
+                self.fill_million(cluster, auth, pids)
+            if "catchup" in sc:
+                self.run_catchup(cluster)
+            if "failover" in sc:
+                runs = []
+                for i in range(self.o["failover_runs"]):
+                    self.console.print(f"  failover run {i + 1}/{self.o['failover_runs']}", end="\r")
+                    runs.append(kc.failover_once(cluster, self.ids))
+                self.add("kalamdb", "failover", election_ms=list(el), **kc.summarize_seconds(runs))
+        finally:
+            if cluster is not None:
+                cluster.shutdown()
+
+    def run_lag(self, cluster: Any, urls: list[str], auth: str, pids: dict[str, int]) -> None:
+        clients = self.o["lag_clients"]
+        leader = cluster.leader()
+        probe = kc.LagProbe(leader.url, [n.url for n in cluster.nodes if n is not leader and n.is_running()], auth)
+        res, smp = self.load(kc.insert_target(urls, auth), clients, f"kalamdb lag under x{clients}",
+                             sampler_pids=pids, side=lambda s, stop: probe.run(s, stop, self.ids))
+        self.add("kalamdb", "replication_lag", res, load_clients=clients,
+                 lag=probe.summary(), rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent)
+        self.extra["lag_over_time"] = [[round(t, 3), round(lag, 3)] for t, lag in probe.samples]
+
+    def fill_million(self, cluster: Any, auth: str, pids: dict[str, int]) -> None:
+        rows, rpr = self.o["million_rows"], 500
+        leader = cluster.leader()
+        self.console.print(f"  filling {rows} rows in batches of {rpr}")
+        sql = f"INSERT INTO {kc.TABLE} (id, body) VALUES " + ", ".join(
+            f"(${2 * i + 1}, ${2 * i + 2})" for i in range(rpr))
+        last = 0
+        with kc.ResourceSampler(pids) as smp:
+            for _ in range(rows // rpr):
+                params: list = []
+                for _ in range(rpr):
+                    params += [next(self.ids), "m" * 32]
+                r = leader.sql(sql, params)
+                if not r.ok:
+                    raise click.ClickException(f"fill failed: {r.error}")
+                last = r.raft_index or last
+            cluster.wait_for_replication(last, timeout=120)
+        self.extra.setdefault("memory", {})["kalamdb_after_rows"] = {
+            "rows": rows, "rss_mb": kc.rss_mb(pids), "max_rss_mb": smp.max_rss_mb}
+
+    def run_catchup(self, cluster: Any) -> None:
+        n = self.o["catchup_writes"]
+        by_log = kc.catch_up_once(cluster, n, self.ids)
+        self.add("kalamdb", "catchup_log", **by_log)
+        # by snapshot: a fresh cluster whose leader compacts its log more often than the follower misses
+        c2 = kc.start_kalamdb(heartbeat_ms=self.o["heartbeat_ms"], election_ms=self.o["election_ms"],
+                              snapshot_policy=f"LogsSinceLast({max(10, n // 20)})")
+        try:
+            kc.create_table(c2)
+            by_snap = kc.catch_up_once(c2, n, itertools.count(1))
+            self.add("kalamdb", "catchup_snapshot", **by_snap)
+        finally:
+            c2.shutdown()
+
+    # ---------------------------------------------------------------- etcd
+    def run_etcd(self) -> None:
+        from kalamdb.bench.etcd import EtcdCluster, EtcdUnavailable
+
+        self.console.print("[bold]etcd[/]: starting a 3-node cluster")
+        try:
+            etcd = EtcdCluster(binary=self.o["etcd_bin"]).start()
+        except EtcdUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            self.extra["etcd_version"] = etcd.version
+            self.add("etcd", "start", runs=1, p50_ms=round(etcd.start_seconds * 1000, 1))
+            pids = {f"etcd{i}": p for i, p in enumerate(etcd.pids())}
+            self.extra.setdefault("memory", {})["etcd_idle_rss_mb"] = kc.rss_mb(pids)
+            target = etcd.put_target()
+            for clients in self.o["clients"]:
+                res, smp = self.load(target, clients, f"etcd put x{clients}", sampler_pids=pids)
+                self.add("etcd", "insert", res, target="random", rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent)
+        finally:
+            etcd.stop()
+
+    # ---------------------------------------------------------------- output
+    def ratios(self) -> list[dict]:
+        out = []
+        rows = {(r["system"], r["scenario"], r.get("clients")): r for r in self.results}
+        for clients in self.o["clients"]:
+            k, e = rows.get(("kalamdb", "insert", clients)), rows.get(("etcd", "insert", clients))
+            if k and e and e["ops_per_s"]:
+                out.append({"clients": clients, "throughput_ratio": round(k["ops_per_s"] / e["ops_per_s"], 3),
+                            "p50_ratio": round(k["p50_ms"] / e["p50_ms"], 3) if e["p50_ms"] else None,
+                            "p99_ratio": round(k["p99_ms"] / e["p99_ms"], 3) if e["p99_ms"] else None})
+        return out
+
+    def print_table(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="kalamdb bench")
+        for col in ("system", "scenario", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "notes"):
+            t.add_column(col, justify="right" if col not in ("system", "scenario", "notes") else "left")
+        for r in self.results:
+            notes = []
+            if "lag" in r:
+                lag = r["lag"]
+                notes.append(f"lag p50 {lag['p50_ms']} p99 {lag['p99_ms']} ms ({lag['samples']} writes)")
+            if "rows_per_request" in r:
+                notes.append(f"{r['rows_per_request']} rows/request")
+            if "seconds" in r:
+                notes.append(f"caught up in {r['seconds']} s after {r['writes']} rows")
+            if r.get("rss_mb"):
+                notes.append("max RSS " + "/".join(f"{v:.0f}" for v in r["rss_mb"].values()) + " MB")
+            if r.get("cpu_percent"):
+                notes.append("CPU " + "/".join(f"{v:.0f}" for v in r["cpu_percent"].values()) + " %")
+            if "runs" in r and "clients" not in r:
+                notes.append(f"{r['runs']} run(s)")
+            t.add_row(r["system"], r["scenario"], str(r.get("clients", "")),
+                      f"{r['ops_per_s']:.0f}" if "ops_per_s" in r else "",
+                      _fmt(r.get("p50_ms")), _fmt(r.get("p99_ms")), str(r.get("errors", "")), "; ".join(notes))
+        console = Console()
+        console.print(t)
+        for m, v in self.extra.get("memory", {}).items():
+            console.print(f"{m}: {v}")
+        for r in self.ratios():
+            console.print(f"kalamdb/etcd at {r['clients']} clients: throughput x{r['throughput_ratio']}, "
+                          f"p50 x{r['p50_ratio']}, p99 x{r['p99_ratio']}")
+
+    def document(self) -> dict:
+        import psutil
+
+        return {
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
+                        "memory_mb": round(psutil.virtual_memory().total / (1 << 20)),
+                        "load_avg": [round(x, 2) for x in os.getloadavg()]},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "options": {k: v for k, v in self.o.items() if k not in ("json_path", "plot_dir")},
+            "results": self.results,
+            "ratios": self.ratios(),
+            **self.extra,
+        }
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, int | float) else ""
+
+
+@click.command("bench")
+@click.option("--clients", default="1,16,64", callback=_ints, show_default=True,
+              help="comma-separated closed-loop client counts for the insert scenario")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=4.0, show_default=True,
+              help="measured seconds per level")
+@click.option("--warmup", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="unmeasured seconds before each level")
+@click.option("--target", type=click.Choice(["random", "leader"]), default="random", show_default=True,
+              help="send requests to random nodes (followers forward) or to the leader only")
+@click.option("--scenarios", default="start,insert,batch,mixed,lag,failover,catchup,memory",
+              callback=_scenarios, show_default=True, help=f"subset of {','.join(ALL_SCENARIOS)}")
+@click.option("--rows-per-request", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--read-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="share of point reads in the mixed scenario")
+@click.option("--lag-clients", type=click.IntRange(1), default=64, show_default=True,
+              help="load under which replication lag is measured")
+@click.option("--failover-runs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--start-runs", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--catchup-writes", type=click.IntRange(10), default=5000, show_default=True)
+@click.option("--million/--no-million", default=False, show_default=True,
+              help="memory after filling --million-rows rows (slow: minutes)")
+@click.option("--million-rows", type=click.IntRange(1000), default=1_000_000, show_default=True)
+@click.option("--heartbeat-ms", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--election-ms", default="150,300", show_default=True, callback=_ints,
+              help="election timeout range lo,hi")
+@click.option("--compare", type=click.Choice(["etcd"]), default=None, help="also run the same write load on etcd")
+@click.option("--etcd-bin", default=None, help="etcd binary (default: etcd on PATH)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None)
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="write PNG charts here (needs matplotlib)")
+@click.option("--seed", type=int, default=None, help="seed of the clients' random choices (printed)")
+def bench_command(**opts: Any) -> None:
+    """Benchmark a 3-node kalamdb cluster (and etcd with --compare etcd) on loopback."""
+    if len(opts["election_ms"]) != 2 or opts["election_ms"][0] > opts["election_ms"][1]:
+        raise click.BadParameter("--election-ms must be lo,hi with lo <= hi")
+    opts["election_ms"] = tuple(opts["election_ms"])
+    if opts["seed"] is None:
+        opts["seed"] = int.from_bytes(os.urandom(4), "big")
+    if opts["plot_dir"]:
+        from kalamdb.bench.plot import require_matplotlib
+
+        require_matplotlib()
+    b = Bench(opts)
+    b.console.print(f"seed {opts['seed']}")
+    try:
+        if opts["compare"] == "etcd":
+            b.run_etcd()
+        b.run_kalamdb()
+    finally:
+        b.print_table()
+        doc = b.document()
+        if opts["json_path"]:
+            Path(opts["json_path"]).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+            b.console.print(f"wrote {opts['json_path']}")
+        if opts["plot_dir"]:
+            from kalamdb.bench.plot import write_plots
+
+            for p in write_plots(doc, Path(opts["plot_dir"])):
+                b.console.print(f"wrote {p}")

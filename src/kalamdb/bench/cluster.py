@@ -1,0 +1,286 @@
+"""kalamdb scenarios on a real 3-node cluster (processes from the cluster test kit).
+
+Every figure is observed from outside, the way a client sees it: HTTP answers, the Raft index each
+write answer carries, `/v1/api/cluster/wait` long-polls for "applied on that node", psutil for
+memory and CPU. Nothing waits by sleeping: state is waited for with long-polls or bounded polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import orjson
+import psutil
+
+from kalamdb.bench.load import Request, Target, json_ok, percentile
+
+SQL_PATH = "/v1/api/sql"
+WAIT_PATH = "/v1/api/cluster/wait"
+TABLE = "bench.items"
+
+
+def run_async(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def start_kalamdb(*, heartbeat_ms: int = 50, election_ms: tuple[int, int] = (150, 300), nodes: int = 3,
+                  snapshot_policy: str = "LogsSinceLast(20000)", extra_env: dict | None = None) -> Any:
+    from kalamdb.testing.cluster import start_cluster_server
+
+    return start_cluster_server(nodes, heartbeat_ms=heartbeat_ms, election_ms=election_ms, log_level="warn",
+                                snapshot_policy=snapshot_policy, extra_env=dict(extra_env or {}))
+
+
+def basic_auth(password: str) -> str:
+    return "Basic " + base64.b64encode(f"root:{password}".encode()).decode()
+
+
+def create_table(cluster: Any) -> None:
+    for sql in ("CREATE NAMESPACE IF NOT EXISTS bench",
+                f"CREATE SHARED TABLE IF NOT EXISTS {TABLE} (id BIGINT PRIMARY KEY, body TEXT)"):
+        r = cluster.execute_sql_on_leader(sql)
+        if not r.ok:
+            raise RuntimeError(f"setup failed: {sql}: {r.error}")
+
+
+def node_urls(cluster: Any, target: str) -> list[str]:
+    """`random`: every node (followers forward writes to the leader); `leader`: the leader only."""
+    if target == "leader":
+        return [cluster.leader().url]
+    return [n.url for n in cluster.nodes if n.is_running()]
+
+
+def insert_target(urls: list[str], auth: str, *, rows_per_request: int = 1, body_bytes: int = 32,
+                  on_answer: Callable[[bytes, float, float], None] | None = None) -> Target:
+    """One INSERT per request of `rows_per_request` rows with fresh ids (params, parsed once per shape)."""
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    value = "x" * body_bytes
+    rows = ", ".join(f"(${2 * i + 1}, ${2 * i + 2})" for i in range(rows_per_request))
+    sql = f"INSERT INTO {TABLE} (id, body) VALUES {rows}"
+    endpoints = [u + SQL_PATH for u in urls]
+
+    def make(n: int, rng: random.Random) -> Request:
+        params: list = []
+        base = n * rows_per_request
+        for i in range(rows_per_request):
+            params += [base + i, value]
+        return Request(rng.choice(endpoints), orjson.dumps({"sql": sql, "params": params}), headers)
+
+    return Target("kalamdb", make, json_ok, on_answer)
+
+
+def mixed_target(urls: list[str], auth: str, *, read_fraction: float, written: Callable[[], int],
+                 consistency: str | None = None) -> Target:
+    """Point reads of already written ids (linearizable by default) mixed with one-row inserts."""
+    writes = insert_target(urls, auth)
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    endpoints = [u + SQL_PATH for u in urls]
+    read_sql = f"SELECT id, body FROM {TABLE} WHERE id = $1"
+
+    def make(n: int, rng: random.Random) -> Request:
+        if rng.random() >= read_fraction:
+            return writes.make(n, rng)
+        body: dict = {"sql": read_sql, "params": [rng.randint(1, max(1, written()))]}
+        if consistency:
+            body["consistency"] = consistency
+        return Request(rng.choice(endpoints), orjson.dumps(body), headers)
+
+    return Target("kalamdb", make, json_ok)
+
+
+# ---------------------------------------------------------------- per-node resources
+@dataclass
+class ResourceSampler:
+    """Samples RSS and CPU of a set of processes in a thread while a load runs."""
+
+    pids: dict[str, int]
+    interval_s: float = 0.1
+    max_rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._procs = {}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(psutil.Error):
+                self._procs[name] = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-sampler")
+
+    def _cpu(self) -> dict[str, float]:
+        out = {}
+        for name, p in self._procs.items():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[name] = t.user + t.system
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):  # a sampling period, not a wait for state
+            for name, p in self._procs.items():
+                with contextlib.suppress(psutil.Error):
+                    rss = p.memory_info().rss / (1 << 20)
+                    self.max_rss_mb[name] = max(self.max_rss_mb.get(name, 0.0), rss)
+
+    def __enter__(self) -> Self:
+        self._cpu0, self._t0 = self._cpu(), time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        cpu1, wall = self._cpu(), time.perf_counter() - self._t0
+        for name, c1 in cpu1.items():
+            if name in self._cpu0 and wall > 0:
+                self.cpu_percent[name] = round(100 * (c1 - self._cpu0[name]) / wall, 1)
+        self.max_rss_mb = {k: round(v, 1) for k, v in self.max_rss_mb.items()}
+
+
+def rss_mb(pids: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(psutil.Error):
+            out[name] = round(psutil.Process(pid).memory_info().rss / (1 << 20), 1)
+    return out
+
+
+def kalamdb_pids(cluster: Any) -> dict[str, int]:
+    return {f"node{n.node_id}": n.pid for n in cluster.nodes if n.is_running()}
+
+
+# ---------------------------------------------------------------- replication lag
+@dataclass
+class LagProbe:
+    """Per write: the leader's acknowledgement (committed and applied there) -> each follower applied.
+
+    One probe client writes to the leader while the main load runs; after each acknowledged write it
+    long-polls every follower's /cluster/wait for that write's index on connections kept open. The
+    figure includes one HTTP round trip to the follower, so it is an upper bound of the true lag.
+    """
+
+    leader_url: str
+    follower_urls: list[str]
+    auth: str
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, lag ms)
+    errors: int = 0
+
+    async def run(self, session: Any, stop_at: float, ids: Any) -> None:
+        target = insert_target([self.leader_url], self.auth)
+        rng = random.Random(7)
+        t_start = time.perf_counter()
+        while time.perf_counter() < stop_at:
+            req = target.make(next(ids), rng)
+            async with session.post(req.url, data=req.body, headers=req.headers) as resp:
+                body = await resp.read()
+            acked = time.perf_counter()
+            if resp.status != 200:
+                self.errors += 1
+                continue
+            index = orjson.loads(body).get("raft_index")
+            if index is None:
+                self.errors += 1
+                continue
+            done = await asyncio.gather(*(self._wait(session, u, index) for u in self.follower_urls))
+            if all(t is not None for t in done):
+                self.samples.append((acked - t_start, (max(done) - acked) * 1000))
+            else:
+                self.errors += 1
+
+    async def _wait(self, session: Any, url: str, index: int) -> float | None:
+        async with session.get(f"{url}{WAIT_PATH}?index={index}&timeout_ms=5000",
+                               headers={"Authorization": self.auth}) as resp:
+            body = await resp.read()
+        t = time.perf_counter()
+        return t if resp.status == 200 and orjson.loads(body).get("reached") else None
+
+    def summary(self) -> dict:
+        lags = sorted(lag for _, lag in self.samples)
+        return {"samples": len(lags), "p50_ms": round(percentile(lags, 0.5), 3),
+                "p99_ms": round(percentile(lags, 0.99), 3), "max_ms": round(lags[-1], 3) if lags else None,
+                "errors": self.errors}
+
+
+# ---------------------------------------------------------------- failover, start, catch-up
+def write_once(node: Any, n: int, timeout: float = 2.0) -> tuple[bool, int | None]:
+    from kalamdb.client import Client
+
+    try:
+        with Client(node.url, user="root", password=node.cluster.root_password, timeout=timeout) as c:
+            r = c.sql(f"INSERT INTO {TABLE} (id, body) VALUES ($1, $2)", [n, "failover"])
+        return r.ok, r.get("raft_index")
+    except OSError:
+        return False, None
+
+
+def failover_once(cluster: Any, ids: Any, deadline_s: float = 20.0) -> float:
+    """kill -9 the leader, then write round-robin to the survivors until one write succeeds.
+    Returns seconds from the kill to that acknowledgement; the killed node is restarted and waited for."""
+    leader = cluster.leader()
+    survivors = [n for n in cluster.nodes if n is not leader and n.is_running()]
+    t0 = time.perf_counter()
+    leader.terminate(signal.SIGKILL)
+    took = None
+    for node in itertools.cycle(survivors):
+        ok, _ = write_once(node, next(ids), timeout=2.0)
+        if ok:
+            took = time.perf_counter() - t0
+            break
+        if time.perf_counter() - t0 > deadline_s:
+            raise RuntimeError(f"no write succeeded within {deadline_s}s after killing the leader")
+    cluster.start_node(leader.index)
+    cluster.wait_for_replication(timeout=30)
+    return took
+
+
+def catch_up_once(cluster: Any, writes: int, ids: Any, *, rows_per_request: int = 50) -> dict:
+    """Stop a follower, write `writes` rows, restart it; seconds from restart to applied >= last write."""
+    follower = cluster.followers()[0]
+    leader = cluster.leader()
+    cluster.stop(follower.index)
+    last = 0
+    rows = ", ".join(f"(${2 * i + 1}, ${2 * i + 2})" for i in range(rows_per_request))
+    sql = f"INSERT INTO {TABLE} (id, body) VALUES {rows}"
+    for _ in range(max(1, writes // rows_per_request)):
+        params: list = []
+        for _ in range(rows_per_request):
+            params += [next(ids), "c" * 32]
+        r = leader.sql(sql, params)
+        if not r.ok:
+            raise RuntimeError(f"write during catch-up failed: {r.error}")
+        last = r.raft_index or last
+    t0 = time.perf_counter()
+    cluster.start_node(follower.index, wait=False)
+    deadline = t0 + 60
+    while True:  # the node must answer before it can be long-polled (bounded poll)
+        with contextlib.suppress(OSError):
+            follower.health(timeout=1.0)
+            break
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"follower did not come back: {follower.log_tail()}")
+        time.sleep(0.01)
+    answering = time.perf_counter() - t0
+    follower.wait_applied(last, timeout=max(1.0, deadline - time.perf_counter()))
+    took = time.perf_counter() - t0
+    return {"writes": writes, "index": last, "seconds": round(took, 3), "answering_s": round(answering, 3)}
+
+
+def summarize_seconds(values: list[float]) -> dict:
+    v = sorted(values)
+    return {"runs": len(v), "p50_ms": round(percentile(v, 0.5) * 1000, 1),
+            "p99_ms": round(percentile(v, 0.99) * 1000, 1), "max_ms": round(v[-1] * 1000, 1) if v else None,
+            "all_ms": [round(x * 1000, 1) for x in values]}
