@@ -1,5 +1,9 @@
 """Comparing replicas for real: each node's answer from its own applied state, compared row by row.
 
+Values are compared canonically and type-aware: 1, 1.0, "1" and True are four different values
+(Python alone would call three of them equal), floats are compared to 9 decimal places, and nested
+JSON compares by content. Row order matters only when the query orders (a top-level ORDER BY).
+
 A report is truthy when every node agrees and otherwise names each differing node with the rows it
 misses, the rows it has extra and the rows whose values differ, so that pytest's assertion message
 says what is wrong without rerunning anything.
@@ -13,21 +17,46 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+_LAST_PAREN_GROUP = re.compile(r"\([^()]*\)")
 
 
-def _canon(cell: Any) -> Any:
+def canonical(cell: Any) -> Any:
+    """A hashable value that equals another only for the same type and content."""
+    if cell is None:
+        return ("null",)
+    if isinstance(cell, bool):
+        return ("bool", cell)
+    if isinstance(cell, int):
+        return ("int", cell)
     if isinstance(cell, float):
-        return round(cell, 9)
-    if isinstance(cell, list):
-        return tuple(_canon(c) for c in cell)
+        return ("float", round(cell, 9))
+    if isinstance(cell, str):
+        return ("str", cell)
+    if isinstance(cell, list | tuple):
+        return ("list", tuple(canonical(c) for c in cell))
     if isinstance(cell, dict):
-        return tuple(sorted((k, _canon(v)) for k, v in cell.items()))
-    return cell
+        return ("map", tuple(sorted((str(k), canonical(v)) for k, v in cell.items())))
+    return (type(cell).__name__, repr(cell))
+
+
+def query_orders(query: str) -> bool:
+    """True when the query's own (top-level) result is ordered: ORDER BY outside parentheses."""
+    text = query
+    while True:  # drop parenthesised parts (subqueries, window specs) innermost first
+        stripped = _LAST_PAREN_GROUP.sub(" ", text)
+        if stripped == text:
+            break
+        text = stripped
+    return bool(_ORDER_BY.search(text))
 
 
 def _rows(resp: dict) -> list[tuple]:
     results = resp.get("results") or []
-    return [tuple(_canon(c) for c in row) for row in (results[-1].get("rows") or [])] if results else []
+    return [tuple(row) for row in (results[-1].get("rows") or [])] if results else []
+
+
+def _key(row: tuple) -> tuple:
+    return tuple(canonical(c) for c in row)
 
 
 @dataclass
@@ -62,6 +91,7 @@ class ConsistencyReport:
     row_counts: dict[int, int]
     reference_nodes: list[int]
     diffs: list[NodeDiff]
+    rows: list[tuple] = field(default_factory=list)  # the reference answer
 
     def __bool__(self) -> bool:
         return not self.diffs
@@ -69,6 +99,13 @@ class ConsistencyReport:
     @property
     def consistent(self) -> bool:
         return not self.diffs
+
+    @property
+    def differing_nodes(self) -> list[int]:
+        return [d.node_id for d in self.diffs]
+
+    def diff_for(self, node_id: int) -> NodeDiff | None:
+        return next((d for d in self.diffs if d.node_id == node_id), None)
 
     def __str__(self) -> str:
         if not self.diffs:
@@ -83,8 +120,9 @@ class ConsistencyReport:
 
 
 def compare_results(query: str, index: int, answers: dict[int, dict]) -> ConsistencyReport:
-    """The reference is the answer most nodes gave (ties: the lowest node ids)."""
-    ordered = bool(_ORDER_BY.search(query))
+    """Compare each node's answer to the reference: the answer most nodes gave (ties: the one of
+    the lowest node id). Errors count as differences."""
+    ordered = query_orders(query)
     rows: dict[int, list[tuple]] = {}
     errors: dict[int, str] = {}
     for nid, resp in answers.items():
@@ -94,54 +132,77 @@ def compare_results(query: str, index: int, answers: dict[int, dict]) -> Consist
             err = resp.get("error") or {}
             errors[nid] = f"{err.get('code')}: {err.get('message')}"
 
-    def key(r: list[tuple]) -> tuple:
-        return tuple(r) if ordered else tuple(sorted(r, key=repr))
+    def answer_key(r: list[tuple]) -> tuple:
+        keys = [_key(row) for row in r]
+        return tuple(keys) if ordered else tuple(sorted(keys, key=repr))
 
-    votes = Counter(key(r) for r in rows.values())
+    votes = Counter(answer_key(r) for r in rows.values())
     diffs = [NodeDiff(nid, error=msg) for nid, msg in sorted(errors.items())]
     if not votes:
         return ConsistencyReport(query, index, {}, [], diffs)
     best = max(votes.values())
-    ref_key = next(k for nid, r in sorted(rows.items()) if votes[(k := key(r))] == best)
-    ref_nodes = sorted(nid for nid, r in rows.items() if key(r) == ref_key)
+    ref_key = next(k for nid, r in sorted(rows.items()) if votes[(k := answer_key(r))] == best)
+    ref_nodes = sorted(nid for nid, r in rows.items() if answer_key(r) == ref_key)
     ref = rows[ref_nodes[0]]
     for nid, r in sorted(rows.items()):
-        if key(r) == ref_key:
-            continue
-        diffs.append(_diff(nid, r, ref, ordered))
-    return ConsistencyReport(query, index, {nid: len(r) for nid, r in rows.items()}, ref_nodes, diffs)
+        if answer_key(r) != ref_key:
+            diffs.append(_diff(nid, r, ref, ordered))
+    return ConsistencyReport(query, index, {nid: len(r) for nid, r in rows.items()}, ref_nodes, diffs, ref)
 
 
 def _diff(nid: int, got: list[tuple], ref: list[tuple], ordered: bool) -> NodeDiff:
     d = NodeDiff(nid)
-    have, want = Counter(got), Counter(ref)
+    raw = {_key(r): r for r in ref}
+    raw.update({_key(r): r for r in got})
+    have, want = Counter(_key(r) for r in got), Counter(_key(r) for r in ref)
     if have == want:
         d.order_differs = ordered
         return d
     missing = list((want - have).elements())
     extra = list((have - want).elements())
     # Rows with the same first column (usually the key) but other values are "different".
-    by_key = {r[0]: r for r in missing if r}
-    for r in list(extra):
-        if r and r[0] in by_key:
-            d.different.append((r, by_key.pop(r[0])))
-            extra.remove(r)
-    d.missing = [r for r in missing if not r or r[0] in by_key]
-    d.extra = extra
+    by_first: dict[Any, list[tuple]] = {}
+    for r in missing:
+        if r:
+            by_first.setdefault(r[0], []).append(r)
+    unpaired_extra = []
+    for r in extra:
+        candidates = by_first.get(r[0]) if r else None
+        if candidates:
+            m = candidates.pop(0)
+            d.different.append((raw[r], raw[m]))
+            missing.remove(m)
+        else:
+            unpaired_extra.append(r)
+    d.missing = [raw[r] for r in missing]
+    d.extra = [raw[r] for r in unpaired_extra]
     return d
 
 
 @dataclass
 class DigestReport:
+    """State digests of the running nodes at one applied index; truthy when all are equal."""
+
     index: int
     digests: dict[int, dict]
 
     def __bool__(self) -> bool:
         return len({(d.get("applied_index"), d.get("digest")) for d in self.digests.values()}) == 1
 
+    @property
+    def differing_nodes(self) -> list[int]:
+        """Nodes whose (applied index, digest) is not the one most nodes have."""
+        votes = Counter((d.get("applied_index"), d.get("digest")) for d in self.digests.values())
+        if len(votes) <= 1:
+            return []
+        best = max(votes.values())
+        ref = next(k for _, d in sorted(self.digests.items())
+                   if votes[(k := (d.get("applied_index"), d.get("digest")))] == best)
+        return sorted(nid for nid, d in self.digests.items() if (d.get("applied_index"), d.get("digest")) != ref)
+
     def __str__(self) -> str:
-        state = "equal" if self else "DIFFER"
-        body = ", ".join(f"node {nid}: {d.get('digest', '?')[:16]}@{d.get('applied_index')}"
+        state = "equal" if self else f"DIFFER (differing: nodes {self.differing_nodes})"
+        body = ", ".join(f"node {nid}: {str(d.get('digest', '?'))[:16]}@{d.get('applied_index')}"
                          for nid, d in sorted(self.digests.items()))
         return f"state digests {state} after barrier at index {self.index}: {body}"
 
