@@ -41,7 +41,7 @@ def write_until_stopped(server, table: str, start: int, acked: list[int], stop: 
             i += 1
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize("seed", [11, 12])
 def test_acknowledged_writes_survive_sigkill(fresh_server, seed):
     rng = random.Random(seed)
     table = create_table(fresh_server, "crash")
@@ -66,7 +66,7 @@ def test_acknowledged_writes_survive_sigkill(fresh_server, seed):
 
 def test_single_write_then_immediate_sigkill(fresh_server):
     table = create_table(fresh_server, "single")
-    for i in range(5):
+    for i in range(3):
         assert fresh_server.sql(f"INSERT INTO {table} (id, v) VALUES ($1, 'x')", [i]).ok
         fresh_server.kill()
         fresh_server.restart()
