@@ -44,12 +44,12 @@ def render(resp: Response, *, as_json: bool) -> int:
     return 0
 
 
-def shell(client: Client, namespace: str | None, as_json: bool) -> None:
+def shell(client: Client, namespace: str | None, as_json: bool, read_line=input) -> None:
     """Read statements ending with ';' and run them; `\\q` or EOF quits, `USE ns` switches namespace."""
     buffer: list[str] = []
     while True:
         try:
-            line = input(f"kalamdb{'/' + namespace if namespace else ''}{'>' if not buffer else '.'} ")
+            line = read_line(f"kalamdb{'/' + namespace if namespace else ''}{'>' if not buffer else '.'} ")
         except (EOFError, KeyboardInterrupt):
             click.echo()
             return

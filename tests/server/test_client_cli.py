@@ -43,3 +43,17 @@ def test_unreachable_server_is_a_clear_error(server):
     done = subprocess.run([sys.executable, "-m", "kalamdb", "sql", "--url", "http://127.0.0.1:1", "SELECT 1"],
                           check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "cannot reach" in done.stderr
+
+
+def test_interactive_shell_runs_statements_across_lines_and_use(server, unique_ns, capsys):
+    from kalamdb.client_cli import shell
+
+    lines = iter([f"CREATE NAMESPACE {unique_ns};", f"USE {unique_ns};",
+                  "CREATE SHARED TABLE t (id INT PRIMARY KEY,", "name TEXT);",
+                  "INSERT INTO t (id, name) VALUES (1, 'from-shell');", "SELECT name FROM t;", "\\q",
+                  "SELECT 'never reached';"])
+    with server.client() as client:
+        shell(client, None, False, read_line=lambda prompt: next(lines))
+    out = capsys.readouterr().out
+    assert "from-shell" in out and "Inserted 1 row(s)" in out
+    assert next(lines) == "SELECT 'never reached';"  # \q stopped the shell
