@@ -41,5 +41,3 @@ def serve_command(config_path, host, port, data_dir, log_level, max_body_bytes, 
         run(cfg, port_file=Path(port_file) if port_file else None, listen_fd=listen_fd, rpc_fd=rpc_fd)
     except (ConfigError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc}") from None

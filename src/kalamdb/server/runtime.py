@@ -123,7 +123,10 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
             site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=listen_fd))
         else:
             site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=2048, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}") from None
         port = runner.addresses[0][1]
         log.info("kalamdb listening on http://%s:%d (data dir %s, applied index %d)",
                  cfg.server.host, port, data_dir, node.applied_index)
