@@ -1,19 +1,11 @@
-"""Every write is replicated: written on any node, read back from every replica's own state."""
+"""Every write is replicated: written on any node, read back from every replica's own state.
+All on the shared cluster: these tests change no membership and stop no node."""
 
 from __future__ import annotations
 
 import pytest
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from kalamdb.testing.cluster import start_cluster_server
-
-    c = start_cluster_server(3)
-    yield c
-    c.shutdown()
 
 
 def test_a_write_on_each_node_is_read_locally_on_every_node(cluster):

@@ -587,6 +587,10 @@ class ClusterOps:
             lines.append(n.log_tail(log_lines))
         return "\n".join(lines)
 
+    def step(self, message: str) -> None:
+        """A progress line for a test step (📝), shown with `pytest -s` only."""
+        progress(f"📝 {message}", self.verbose)
+
     # ---- async twins ------------------------------------------------------------------------------
     async def execute_sql_on_async(self, i: int, sql: str, *args: Any, **kwargs: Any) -> Response:
         return await asyncio.to_thread(self.execute_sql_on, i, sql, *args, **kwargs)
@@ -672,6 +676,11 @@ class ClusterTestServer(ClusterOps):
             n.spawn(peers)
         try:
             self.wait_for_voters({n.node_id for n in self.nodes}, timeout=timeout)
+        except Exception as exc:
+            self.keep = True
+            self.shutdown()
+            raise ClusterError(f"{self.size}-node cluster did not form: {exc}\n"
+                               f"artifacts (data dirs, node logs) kept in {self.root}") from exc
         except BaseException:
             self.shutdown()
             raise
