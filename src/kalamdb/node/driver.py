@@ -201,7 +201,9 @@ class RaftDriver:
 
     def _open_storage(self):
         storage = LogStorage.open(self.raft_dir / "log", failpoints=self.failpoints)
-        return storage, storage.load()
+        state = storage.load()
+        self._synced_term_vote = (state.hard_state.term, state.hard_state.vote)
+        return storage, state
 
     async def stop(self) -> None:
         self._stopping = True
@@ -379,12 +381,19 @@ class RaftDriver:
                 self._leader_changed.set()
 
     def _persist(self, entries: list[Entry], hard_state) -> None:
+        """Entries and term/vote are fsynced before anything is sent. A change of the commit index
+        alone is written but not fsynced (as etcd's MustSync): commit is volatile in Raft, a restart
+        relearns it from the leader, and the core lifts it to the engine's applied index. Skipping
+        that fsync takes one whole disk flush off every write's path on the leader and followers."""
         st = self.storage
         if entries:
             st.append(entries)
         if hard_state is not None:
             st.set_hard_state(hard_state)
-        st.sync()
+        if entries or hard_state is None or (hard_state.term, hard_state.vote) != self._synced_term_vote:
+            st.sync()
+            if hard_state is not None:
+                self._synced_term_vote = (hard_state.term, hard_state.vote)
 
     def _write_chunks(self, chunks) -> None:
         for c in chunks:
