@@ -123,7 +123,7 @@ class _Search:
 def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _Search:
     """One WGL search over ops with ids 0..n-1 in call order; `record` keeps the deepest path.
 
-    The memo key is (base, window, kinds, state): `base` is the lowest determinate operation not
+    A search state is (base, window, kinds, must_observe, state): `base` is the lowest determinate operation not
     yet linearized (all below it are), `window` the linearized determinate operations above it as
     a bitset, `kinds` how many indeterminate operations of each kind are linearized (packed). The bitset
     spans only the operations concurrent with the search front, so keys stay a few words long
@@ -153,15 +153,23 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
         else:
             dense[i] = remaining
             remaining += 1
-    # `kinds` packs every kind's count into one int: kind k's count lives at bit offset
-    # kind_unit[k].bit_length()-1, in a field wide enough for all ops of that kind
+    # `kinds` packs every kind's count into one int, a field per kind wide enough for all its ops
+    # plus a guard bit on top, so "a <= b in every field" is one subtraction (SWAR): no field
+    # borrows iff ((b | guards) - a) keeps every guard bit.
     kind_unit = []
+    guards = 0
     offset = 0
     for count in per_kind:
         kind_unit.append(1 << offset)
         offset += count.bit_length()
+        guards |= 1 << offset
+        offset += 1
     if remaining == 0:
         return _Search(True, -1, [], model.init_state(), 0)
+    # An indeterminate op only matters if the next op linearized looks at the state: one followed
+    # by a blind write (or by nothing) can be dropped from any linearization. So after an
+    # indeterminate op the search allows only an observing op next (`must_observe`).
+    blind = [model.is_blind(op) for op in ops]
     done = bytearray(n)
     # entries: call of op i = 2i, its return = 2i+1; head sentinel = 2n; -1 = end of list
     keyed = []
@@ -187,7 +195,12 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
     base = 0
     window = 0
     kinds = 0
-    cache: set = set()
+    must_observe = False
+    # memo with subsumption: (base, window, state) -> [(kinds, must_observe), ...]. A search
+    # that used no more of each indeterminate kind and is no more restricted has more options, so
+    # if it was already visited a new one is pruned (it has no completion the other lacks).
+    cache: dict = {}
+    n_states = 0
     stack: list[tuple] = []
     best_pos = -1
     best_path: list[int] = []
@@ -203,6 +216,9 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                 if earlier >= 0 and not done[earlier]:
                     entry = nxt[entry]
                     continue
+            if must_observe and blind[op]:
+                entry = nxt[entry]
+                continue
             new = steppers[op](state)
             if new is not FAIL:
                 if k < 0:
@@ -216,11 +232,24 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                 else:
                     nb, nw = base, window
                     nk = kinds + kind_unit[k]
-                key = (nb, nw, nk, new)
-                if key not in cache:
-                    cache.add(key)
-                    stack.append((entry, state, base, window, kinds))
-                    state, base, window, kinds = new, nb, nw, nk
+                key = (nb, nw, new)
+                seen = cache.get(key)
+                observe = k >= 0
+                if seen is None:
+                    cache[key] = [(nk, observe)]
+                    fresh = True
+                else:
+                    fresh = True
+                    for ok_kinds, ok_observe in seen:
+                        if ((nk | guards) - ok_kinds) & guards == guards and (observe or not ok_observe):
+                            fresh = False
+                            break
+                    if fresh:
+                        seen.append((nk, observe))
+                if fresh:
+                    n_states += 1
+                    stack.append((entry, state, base, window, kinds, must_observe))
+                    state, base, window, kinds, must_observe = new, nb, nw, nk, observe
                     done[op] = 1
                     p, q = prv[entry], nxt[entry]
                     nxt[p] = q
@@ -234,20 +263,20 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                     if k < 0:
                         remaining -= 1
                         if remaining == 0:
-                            budget.states += len(cache)
-                            return _Search(True, -1, [], state, len(cache))
+                            budget.states += n_states
+                            return _Search(True, -1, [], state, n_states)
                     entry = nxt[head]
                     ticks += 1
                     if ticks >= _CHECK_EVERY:
                         ticks = 0
-                        if len(cache) >= max_states:
-                            budget.states += len(cache)
+                        if n_states >= max_states:
+                            budget.states += n_states
                             budget.exhausted = f"state budget of {max_states} states exhausted"
-                            return _Search(None, -1, [], state, len(cache))
+                            return _Search(None, -1, [], state, n_states)
                         if deadline is not None and time.monotonic() > deadline:
-                            budget.states += len(cache)
+                            budget.states += n_states
                             budget.exhausted = "time budget exhausted"
-                            return _Search(None, -1, [], state, len(cache))
+                            return _Search(None, -1, [], state, n_states)
                     continue
             entry = nxt[entry]
         else:  # a return whose operation is still open: this path is stuck
@@ -257,9 +286,9 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                     best_path = [frame[0] >> 1 for frame in stack]
                     best_state = state
             if not stack:
-                budget.states += len(cache)
-                return _Search(False, keyed[best_pos][2] >> 1, best_path, best_state, len(cache))
-            entry, state, base, window, kinds = stack.pop()
+                budget.states += n_states
+                return _Search(False, keyed[best_pos][2] >> 1, best_path, best_state, n_states)
+            entry, state, base, window, kinds, must_observe = stack.pop()
             op = entry >> 1
             if kind_of[op] < 0:
                 remaining += 1

@@ -61,8 +61,15 @@ class Model:
             groups[op.key].append(op)
         return sorted(groups.items(), key=lambda kv: (len(kv[1]), str(kv[0])))
 
+    blind_functions: frozenset[str] = frozenset()
+
     def is_read_only(self, op: Operation) -> bool:
         return op.f in self.read_functions
+
+    def is_blind(self, op: Operation) -> bool:
+        """Does `op` set the state without looking at it (so whatever came just before is
+        overwritten unseen)?"""
+        return op.f in self.blind_functions
 
     def removal_closure(self, op: Operation, ops: list[Operation]) -> list[Operation] | None:
         """The operations to drop together with `op` so that what remains of a non-linearizable
@@ -84,6 +91,7 @@ class RegisterModel(Model):
     name = "register"
     functions = frozenset({"read", "write", "cas"})
     read_functions = frozenset({"read"})
+    blind_functions = frozenset({"write"})
 
     def init_state(self) -> Any:
         return None
@@ -151,6 +159,7 @@ class KVModel(Model):
     name = "kv"
     functions = frozenset({"get", "put", "append"})
     read_functions = frozenset({"get"})
+    blind_functions = frozenset({"put"})
 
     def init_state(self) -> Any:
         return ""
