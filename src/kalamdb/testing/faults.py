@@ -298,19 +298,14 @@ class FaultyCluster(ClusterTestServer):
         """Counters per direction: {"rpc": ..., "http": ...} keyed by (src id, dst id)."""
         return {"rpc": self.rpc_net.stats(), "http": self.http_net.stats()}
 
-    def connected_majority(self) -> list[int]:
-        """Indexes of a largest group of running nodes that all reach each other both ways."""
+    def quorum_hubs(self) -> list[int]:
+        """Indexes of running nodes with a two-way link to enough others to form a majority with
+        them: the nodes that could lead now. Empty means Raft cannot make progress (e.g. the
+        3-node majorities ring is a directed cycle in which no two nodes hear each other)."""
         reach = self.reachability()
         up = [n.index for n in self.nodes if n.is_running() and not n.paused]
-        best: list[int] = []
-        for start in up:
-            group = [start]
-            for j in up:
-                if j != start and all(reach[(j, k)] and reach[(k, j)] for k in group):
-                    group.append(j)
-            if len(group) > len(best):
-                best = sorted(group)
-        return best
+        need = len(self.nodes) // 2  # others needed besides the node itself
+        return [i for i in up if sum(1 for j in up if j != i and reach[(i, j)] and reach[(j, i)]) >= need]
 
     # ---- process faults --------------------------------------------------------------------------
     def targets(self, target: Target) -> list[int]:
