@@ -99,3 +99,18 @@ async def test_malformed_authorization_headers_are_clear_errors(db, header):
         await auth.authenticate(header, remote="127.0.0.1")
     assert info.value.status == 401
     assert info.value.code in ("INVALID_CREDENTIALS", "MISSING_AUTHORIZATION")
+
+
+@pytest.mark.parametrize(("sql", "changes_users"), [
+    ("CREATE USER a WITH PASSWORD 'x' ROLE user", True),
+    ("ALTER /* a comment */ USER root SET PASSWORD 'y'", True),
+    ("DROP USER IF EXISTS zz", True),
+    ("CREATE NAMESPACE n", False),
+    ("SELECT 'ALTER USER x' AS s", False),
+    ("CREATE USER TABLE default.t (id INT PRIMARY KEY)", False),
+])
+def test_user_changes_are_recognised_on_the_parsed_statements(db, sql, changes_users):
+    from kalamdb.server.sql_endpoint import touches_users
+
+    prepared = db.prepare(sql, None, None, db.authenticate("root", "root-pw"))
+    assert touches_users(prepared, sql) is changes_users

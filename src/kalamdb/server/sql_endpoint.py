@@ -88,12 +88,24 @@ def parse_sql_request(body: Any) -> SqlRequest:
     return SqlRequest(sql, params, namespace or None, consistency.lower() if consistency else None, min_index)
 
 
+_USER_TAGS = frozenset({"create_user", "alter_user", "drop_user"})
+
+
 def touches_users(prepared: Any, sql: str) -> bool:
-    """Whether a write may have changed users/passwords/roles (cached credentials must go)."""
+    """Whether a write may have changed users/passwords/roles (cached credentials must go).
+    Decided on the parsed statements (EXECUTE AS unwrapped); the SQL text is the fallback."""
     flag = getattr(prepared, "touches_users", None)
     if flag is not None:
         return bool(flag)
-    return _USER_DDL.search(sql) is not None
+    statements = getattr(prepared, "statements", None)
+    if statements is None:
+        return _USER_DDL.search(sql) is not None
+    for statement in statements:
+        while getattr(statement, "inner", None) is not None:
+            statement = statement.inner
+        if getattr(statement, "tag", None) in _USER_TAGS:
+            return True
+    return False
 
 
 class SqlHandler:
