@@ -1,0 +1,59 @@
+"""The nemesis schedule is a pure function of the seed: replaying a seed replays the faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from kalamdb.chaos.nemesis import FAULT_KINDS, FaultStep, make_schedule, resolve_targets
+from kalamdb.chaos.runner import ChaosConfig, schedule_for
+
+
+def test_same_seed_same_schedule_and_another_seed_differs():
+    cfg = ChaosConfig(time=60, seed=1234)
+    first = [s.to_json() for s in schedule_for(cfg)]
+    again = [s.to_json() for s in schedule_for(ChaosConfig(time=60, seed=1234))]
+    other = [s.to_json() for s in schedule_for(ChaosConfig(time=60, seed=1235))]
+    assert first, "a 60 s run with every fault kind must schedule faults"
+    assert first == again
+    assert first != other
+
+
+def test_schedule_stays_inside_the_run_and_uses_only_requested_faults():
+    for seed in range(50):
+        steps = make_schedule(seed, 20.0, ["partition", "pause"], [1, 2, 3])
+        for s in steps:
+            assert s.kind in ("partition", "pause")
+            assert 0 < s.start and s.start + s.duration <= 20.0 - 1.0 + 1e-6, s
+            assert sorted(s.ranking) == [1, 2, 3]
+
+
+def test_every_fault_kind_is_eventually_chosen_and_combined():
+    kinds, combined = set(), False
+    for seed in range(40):
+        steps = make_schedule(seed, 60.0, FAULT_KINDS, [1, 2, 3])
+        kinds |= {s.kind for s in steps}
+        starts = [s.start for s in steps]
+        combined |= len(starts) != len(set(starts))
+    assert kinds == set(FAULT_KINDS)
+    assert combined, "some windows must combine two faults"
+
+
+def test_unknown_fault_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown fault"):
+        make_schedule(1, 10, ["partition", "meteor"], [1, 2, 3])
+    with pytest.raises(ValueError, match="unknown workload"):
+        ChaosConfig(workloads=["register", "queue"]).validate()
+
+
+@pytest.mark.parametrize(("target", "n", "size"), [("one", 3, 1), ("minority", 3, 1), ("majority", 3, 2),
+                                                    ("all", 3, 3), ("minority", 5, 2), ("majority", 5, 3)])
+def test_targets_resolve_to_the_promised_sizes(target, n, size):
+    step = FaultStep(1.0, 1.0, "kill", target, tuple(range(n, 0, -1)))
+    got = resolve_targets(step, leader=None)
+    assert len(got) == size and len(set(got)) == size
+
+
+def test_leader_target_follows_the_leader_and_falls_back_to_the_ranking():
+    step = FaultStep(1.0, 1.0, "pause", "leader", (3, 1, 2))
+    assert resolve_targets(step, leader=2) == [2]
+    assert resolve_targets(step, leader=None) == [3]
