@@ -3,7 +3,7 @@ options come from a `@pytest.mark.chaos(...)` marker on the test (ChaosConfig fi
 overridden per call. The seed is `KALAMDB_TEST_SEED` if set, else random, and is printed, so a
 failing run replays with `KALAMDB_TEST_SEED=<seed>` or `kalamdb chaos --seed <seed>`.
 
-    from kalamdb.chaos.pytest_support import chaos_run  # noqa: F401 (fixture)
+    from kalamdb.chaos.pytest_support import chaos_run_fixture  # noqa: F401 (provides chaos_run)
 
     @pytest.mark.chaos(time=15, workloads=["register"], faults=["partition"])
     def test_partitions(chaos_run):
@@ -40,8 +40,8 @@ def describe_failure(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-@pytest.fixture
-def chaos_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., RunResult]:
+@pytest.fixture(name="chaos_run")
+def chaos_run_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., RunResult]:
     """Call it (with ChaosConfig overrides) to run a scenario; each call gets its own folder."""
     marker = request.node.get_closest_marker("chaos")
     defaults = dict(marker.kwargs) if marker is not None else {}
