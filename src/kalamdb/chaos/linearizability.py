@@ -248,6 +248,10 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                         seen.append((nk, observe))
                 if fresh:
                     n_states += 1
+                    if n_states > max_states:
+                        budget.states += n_states
+                        budget.exhausted = f"state budget of {max_states} states exhausted"
+                        return _Search(None, -1, [], state, n_states)
                     stack.append((entry, state, base, window, kinds, must_observe))
                     state, base, window, kinds, must_observe = new, nb, nw, nk, observe
                     done[op] = 1
@@ -269,10 +273,6 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
                     ticks += 1
                     if ticks >= _CHECK_EVERY:
                         ticks = 0
-                        if n_states >= max_states:
-                            budget.states += n_states
-                            budget.exhausted = f"state budget of {max_states} states exhausted"
-                            return _Search(None, -1, [], state, n_states)
                         if deadline is not None and time.monotonic() > deadline:
                             budget.states += n_states
                             budget.exhausted = "time budget exhausted"
