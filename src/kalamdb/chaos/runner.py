@@ -225,12 +225,13 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         t0 = time.monotonic_ns()
         nemesis = Nemesis(cluster, schedule, t0)
         stop = threading.Event()
-        threads = []
+        threads, contexts = [], []
         n_clients = cfg.nodes * cfg.clients_per_node
         for i in range(n_clients):
             node = cluster.nodes[i % cfg.nodes]
             ctx = ClientContext(i, node.node_id, node.url, cluster.root_password,
                                 random.Random(f"{cfg.seed}:client:{i}"), n_clients, timeout=cfg.client_timeout)
+            contexts.append(ctx)
             t = threading.Thread(target=client_loop, args=(workloads, ctx, rec, stop), name=f"client-{i}",
                                  daemon=True)
             threads.append(t)
@@ -268,6 +269,7 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
             "windows": [asdict(w) for w in nemesis.windows],
             "skipped_faults": nemesis.skipped,
             "nemesis_errors": nemesis.errors,
+            "client_errors": [e for ctx in contexts for e in ctx.unexpected][:100],
             "recovery": recovery,
             "events": len(rec.events),
             "operations": len(ops),

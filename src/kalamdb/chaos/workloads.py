@@ -29,10 +29,16 @@ from kalamdb.client import Client, Response
 
 NAMESPACE = "chaos"
 WORKLOAD_NAMES = ("register", "set", "bank")
+REFUSED_BACKOFF_S = 0.05
 
 
 class Definite(Exception):
-    """The operation certainly did not happen (recorded as `fail`)."""
+    """The operation certainly did not happen (recorded as `fail`). `backoff` asks the client to
+    pause a moment before its next call (nothing listens on the node: do not spin)."""
+
+    def __init__(self, message: str, backoff: float = 0.0):
+        super().__init__(message)
+        self.backoff = backoff
 
 
 class Indefinite(Exception):
@@ -60,7 +66,7 @@ def run_sql(client: Client, sql: str, params: list | None = None) -> Response:
     try:
         resp = client.sql(sql, params)
     except ConnectionRefusedError as exc:  # nothing was sent
-        raise Definite(f"connection refused: {exc}") from None
+        raise Definite(f"connection refused: {exc}", backoff=REFUSED_BACKOFF_S) from None
     except (OSError, http.client.HTTPException) as exc:  # sent (maybe), no answer: unknown
         raise Indefinite(f"{type(exc).__name__}: {exc}") from None
     if not resp.ok:
@@ -85,6 +91,8 @@ class ClientContext:
     timeout: float = 5.0
     process: int = 0
     client: Client | None = None
+    backoff: float = 0.0
+    unexpected: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.process = self.index
@@ -127,10 +135,17 @@ class Workload:
         rec.invoke(proc, f, key, value, node)
         try:
             out = body(ctx.connection())
-        except Definite:
+        except Definite as exc:
             rec.fail(proc, f, key, value, node)
+            ctx.backoff = exc.backoff
             return None
         except Indefinite:
+            rec.info(proc, f, key, value, node)
+            if process is None:
+                ctx.crashed()
+            return None
+        except Exception as exc:  # noqa: BLE001 - a client bug must not lose the op: it stays open
+            ctx.unexpected.append(f"{f}: {type(exc).__name__}: {exc}")
             rec.info(proc, f, key, value, node)
             if process is None:
                 ctx.crashed()
@@ -349,8 +364,10 @@ def client_loop(workloads: Sequence[Workload], ctx: ClientContext, rec: HistoryR
         wl = workloads[ctx.rng.randrange(len(workloads))]
         wl.operation(ctx, rec)
         n += 1
-        if pace_s:
-            stop.wait(pace_s)  # rate limit, not a wait for state
+        pause = max(pace_s, ctx.backoff)
+        ctx.backoff = 0.0
+        if pause:
+            stop.wait(pause)  # rate limit / back off from a dead node, not a wait for state
     if ctx.client is not None:
         ctx.client.close()
     return n
