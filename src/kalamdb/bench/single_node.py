@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import base64
 import itertools
+import os
 import sys
 import time
 
@@ -153,6 +154,38 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+class BareHttpServer:
+    """The bare_http ceiling as a child process (started and always killed by the benchmark)."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import tempfile
+
+        self._dir = tempfile.mkdtemp(prefix="kalamdb-bare-")
+        port_file = os.path.join(self._dir, "port")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kalamdb.bench.bare_http", "--port-file", port_file])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(port_file):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise SystemExit("the bare HTTP baseline server did not start")
+            time.sleep(0.01)  # polling an external process's port file, bounded by the deadline
+        with open(port_file) as fh:
+            self.url = f"http://127.0.0.1:{int(fh.read())}"
+
+    def close(self) -> None:
+        import shutil
+
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+async def run_baseline(url: str, levels: list[int], duration: float, warmup: float) -> list[dict]:
+    ids = itertools.count(1)
+    return [await run_level(url, "none", "bare.items", c, duration, ids, warmup) for c in levels]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", default="1,64", help="comma-separated concurrency levels (default 1,64)")
@@ -161,6 +194,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url", help="benchmark this running server instead of starting one")
     p.add_argument("--user", default="root")
     p.add_argument("--password", default="")
+    p.add_argument("--baseline", action="store_true",
+                   help="also measure a bare aiohttp JSON endpoint in the same run and print the ratio")
     args = p.parse_args(argv)
     try:
         args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
@@ -193,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.close()
+    baseline = None
+    if args.baseline:
+        bare = BareHttpServer()
+        try:
+            import uvloop
+
+            baseline = uvloop.run(run_baseline(bare.url, args.clients, args.duration, args.warmup))
+        finally:
+            bare.close()
     if fsync_ms is not None:
         print(f"fsync p50 on the data dir's disk: {fsync_ms:.3f} ms")
     print(f"{'clients':>8} {'inserts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} "
@@ -204,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['max_ms']:>8.2f} {r['errors']:>7} {cpu:>21} {per_fsync:>13}")
         if r["first_error"]:
             print(f"         first error: {r['first_error']}", file=sys.stderr)
+    if baseline is not None:
+        print("bare aiohttp+uvloop JSON endpoint, same client, same run (no auth, no SQL, no disk):")
+        for r, b in zip(results, baseline, strict=True):
+            ratio = r["inserts_per_s"] / b["inserts_per_s"] if b["inserts_per_s"] else float("nan")
+            print(f"{b['clients']:>8} {b['inserts_per_s']:>10.0f} req/s  p50 {b['p50_ms']:.3f} ms  "
+                  f"-> kalamdb inserts reach {ratio:.0%} of bare HTTP throughput")
     return 1 if any(r["errors"] for r in results) else 0
 
 
