@@ -13,7 +13,7 @@ import time
 import pytest
 from workload import Writers, assert_converged_and_nothing_lost, make_table
 
-from kalamdb.testing.faults import STORAGE_FAILURE_EXIT_CODE
+from kalamdb.testing.faults import CRASH_EXIT_CODE, STORAGE_FAILURE_EXIT_CODE
 
 pytestmark = pytest.mark.cluster
 
@@ -92,3 +92,23 @@ def test_failpoints_at_start_and_admin_call_refuses_bad_input(faulty):
     c.failpoints_at_start(2, "state.apply=delay(1)")
     c.restart_nodes(2)
     assert c.failpoints(2) == {"state.apply": "delay(1)"}
+
+
+def test_apply_failure_and_crash_after_fsync_lose_nothing(faulty, seed):
+    """state.apply EIO on a follower (exit 87), then the leader crashing just after an fsync (exit 86,
+    before it could answer): both restart from disk and nothing acknowledged is lost."""
+    c = faulty(3)
+    ns = make_table(c, "crash")
+    lead = c.leader().index
+    follower = next(i for i in range(3) if i != lead)
+    with Writers(c, ns, clients=3, seed=seed) as w:
+        w.wait_for_acks(10, timeout=10)
+        c.set_failpoints(follower, {"state.apply": "1*eio"})
+        assert c.wait_for_exit(follower, timeout=15) == STORAGE_FAILURE_EXIT_CODE
+        c.restart_crashed()
+        w.wait_for_acks(10, timeout=15)
+        c.set_failpoints(lead, {"log.fsync.after": "1*crash"})
+        assert c.wait_for_exit(lead, timeout=15) == CRASH_EXIT_CODE
+        c.restart_crashed()
+        w.wait_for_acks(10, timeout=20)
+    assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
