@@ -148,3 +148,17 @@ def test_passwords_and_tokens_never_reach_the_log(tmp_path):
     log = server.log_path.read_text()
     assert "login failed" in log  # the log is written at debug level...
     assert secret not in log and token not in log  # ...and still holds no secret
+
+
+def test_configured_root_password_replaces_the_empty_one(tmp_path):
+    from kalamdb.testing.single import start_server
+
+    server = start_server(tmp_path / "data", root_password="r00t-pw", jwt_expiry_hours=1)
+    try:
+        assert_error(post_sql(server, {"sql": "SELECT 1"}), 401, "INVALID_CREDENTIALS")  # root with ""
+        assert post_sql(server, {"sql": "SELECT 1 AS one"}, auth=basic("root", "r00t-pw")).ok
+        with Client(server.url, user=None) as c:
+            login = c.login("root", "r00t-pw")
+            assert login.ok and 3500 < login["expires_in"] <= 3600  # jwt_expiry_hours from config
+    finally:
+        server.kill()
