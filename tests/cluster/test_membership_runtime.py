@@ -7,8 +7,8 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 
-def test_a_new_node_joins_and_serves_local_reads_of_everything_before(make_cluster):
-    c = make_cluster(3)
+def test_a_new_node_joins_and_serves_local_reads_of_everything_before(fresh_cluster):
+    c = fresh_cluster
     ns = c.unique_namespace("join")
     c.execute_sql_on_leader(f"CREATE NAMESPACE {ns}").raise_for_error()
     c.execute_sql_on_leader(f"CREATE SHARED TABLE {ns}.t (id BIGINT PRIMARY KEY, v TEXT)").raise_for_error()
@@ -24,8 +24,8 @@ def test_a_new_node_joins_and_serves_local_reads_of_everything_before(make_clust
     assert c.verify_data_consistency(f"SELECT id, v FROM {ns}.t ORDER BY id")
 
 
-def test_a_node_can_be_removed(make_cluster):
-    c = make_cluster(3)
+def test_a_node_can_be_removed(fresh_cluster):
+    c = fresh_cluster
     c.remove_node(2)
     assert c.leader().health()["voters"] == [1, 2]
     r = c.execute_sql_on_random(f"CREATE NAMESPACE {c.unique_namespace('after_remove')}")
@@ -33,9 +33,9 @@ def test_a_node_can_be_removed(make_cluster):
 
 
 @pytest.mark.parametrize("via_snapshot", [False, True], ids=["from-log", "from-snapshot"])
-def test_a_node_down_during_create_and_inserts_applies_the_create_first(make_cluster, via_snapshot):
+def test_a_node_down_during_create_and_inserts_applies_the_create_first(fresh_cluster, via_snapshot):
     """Upstream bug: a rejoining node could apply a data write before the DDL that created its table."""
-    c = make_cluster(3)
+    c = fresh_cluster
     down = c.followers()[-1]
     c.kill(down.index)
     ns = c.unique_namespace("rejoin")

@@ -31,8 +31,8 @@ def _talk(port: int, payload: bytes) -> bytes:
         return b"".join(chunks)
 
 
-def test_forged_oversized_and_malformed_frames_are_refused(make_cluster):
-    c = make_cluster(3)
+def test_forged_oversized_and_malformed_frames_are_refused(cluster):
+    c = cluster
     target = c.get_node(1)
     garbage = [
         b"\x00\x00\x00\x05hello",  # not msgpack

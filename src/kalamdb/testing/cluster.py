@@ -455,8 +455,9 @@ class ClusterOps:
         return self.wait_for_leader(timeout)
 
     def followers(self, timeout: float = 10.0) -> list[NodeHandle]:
+        """The running, unpaused nodes other than the agreed leader (in node order)."""
         lead = self.leader(timeout)
-        return [n for n in self.nodes if n is not lead]
+        return [n for n in self.running_nodes() if n is not lead]
 
     # ---- SQL ------------------------------------------------------------------------------------
     def execute_sql_on(self, i: int, sql: str, params: list | None = None, namespace_id: str | None = None,
