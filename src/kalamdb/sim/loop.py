@@ -15,10 +15,15 @@ MS = 1_000  # microseconds per simulated millisecond
 SECOND = 1_000_000
 
 
-class EventLoop:
-    __slots__ = ("_heap", "_seq", "events_run", "now")
+class EventBudgetExceeded(RuntimeError):
+    """The run executed more events than its budget: a message storm or a livelock."""
 
-    def __init__(self) -> None:
+
+class EventLoop:
+    __slots__ = ("_heap", "_seq", "events_run", "max_events", "now")
+
+    def __init__(self, max_events: int = 10_000_000) -> None:
+        self.max_events = max_events
         self.now = 0
         self._heap: list[tuple[int, int, Callable[..., Any], tuple]] = []
         self._seq = 0
@@ -39,12 +44,16 @@ class EventLoop:
         event when given), False when the horizon was reached."""
         heap = self._heap
         n = 0
+        budget = self.max_events - self.events_run
         try:
             while heap and heap[0][0] <= end:
                 time, _, fn, args = heappop(heap)
                 self.now = time
                 fn(*args)
                 n += 1
+                if n >= budget:
+                    raise EventBudgetExceeded(
+                        f"more than {self.max_events} events by {time / 1000:.3f} ms simulated: a storm")
                 if stop is not None and stop():
                     return True
             self.now = max(self.now, end)

@@ -14,6 +14,7 @@ import random
 from typing import TYPE_CHECKING
 
 from kalamdb.raft.core import RaftError
+from kalamdb.raft.messages import MsgType
 from kalamdb.sim.params import FAULT_KINDS
 
 if TYPE_CHECKING:
@@ -82,12 +83,28 @@ class Nemesis:
         p = self.sim.params
         for n in nodes:
             n.crash()
-            self.sim.loop.after(self.rng.randint(p.tick, p.down_time_max), self._restart, n.id)
+            self.sim.loop.after(self.rng.randint(p.down_time_min, p.down_time_max), self._restart, n.id)
 
     def _restart(self, node_id: int) -> None:
         node = self.sim.nodes[node_id]
         if not node.up and not node.removed:
             node.start()
+
+    def crash_now(self, node_id: int, incarnation: int, down: int) -> None:
+        node = self.sim.nodes[node_id]
+        if node.up and node.incarnation == incarnation:
+            node.crash()
+            self.sim.loop.after(down, self._restart, node_id)
+
+    def _crash_point(self) -> None:
+        """Arm a node to crash right after it next sends a vote grant or an append ack: the
+        instants where a driver that answers before its fsync would lose what it promised."""
+        live = self._live()
+        if live:
+            node = self.rng.choice(live)
+            mtype = self.rng.choice((MsgType.VOTE_RESP, MsgType.APP_RESP, MsgType.PRE_VOTE_RESP, MsgType.APP))
+            p = self.sim.params
+            node.crash_point = (mtype, self.rng.randint(p.down_time_min, p.down_time_max))
 
     def _crash_one(self) -> None:
         live = self._live()

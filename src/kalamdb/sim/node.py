@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from kalamdb.raft.core import RaftConfig, RaftCore, Ready, Role
+from kalamdb.raft.messages import MsgType
 from kalamdb.raft.types import Membership
 from kalamdb.sim.disk import SimDisk
 from kalamdb.sim.statemachine import KVStateMachine
@@ -21,12 +22,14 @@ if TYPE_CHECKING:
     from kalamdb.sim.simulation import Simulation
 
 _LEADER = Role.LEADER
+_PROMISES = (MsgType.VOTE_RESP, MsgType.APP_RESP)
 
 
 class SimNode:
     __slots__ = (
         "busy",
         "core",
+        "crash_point",
         "disk",
         "id",
         "incarnation",
@@ -34,7 +37,7 @@ class SimNode:
         "reads",
         "removed",
         "rng",
-                "sim",
+        "sim",
         "since_snapshot",
         "slow_disk",
         "sm",
@@ -62,6 +65,7 @@ class SimNode:
         self.slow_disk = False
         self.since_snapshot = 0
         self.last_term_led = 0
+        self.crash_point: tuple[int, int] | None = None  # (message type, down time): crash right after sending
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self, bootstrap: Membership | None = None) -> None:
@@ -88,7 +92,7 @@ class SimNode:
                            f"{state.hard_state.term} vote {state.hard_state.vote} commit {state.hard_state.commit}"
                            f" snapshot {state.snapshot.index if state.snapshot else 0} last {self.disk.last_index()}")
         loop = self.sim.loop
-        loop.after(self.rng.randint(1, p.tick), self._tick, self.incarnation)
+        loop.after(self.rng.randint(1, p.tick_phase), self._tick, self.incarnation)
         self.drain()
 
     def crash(self) -> None:
@@ -184,6 +188,8 @@ class SimNode:
         me = self.id
         for m in rd.messages:
             send(me, m.to, m)
+        if rd.messages and (self.crash_point is not None or sim.params.crash_on_promise):
+            self._check_crash_point(rd.messages)
         if rd.committed:
             self.apply(rd.committed)
         core = self.core
@@ -207,6 +213,25 @@ class SimNode:
         p = sim.params
         if p.snapshot_every and self.since_snapshot >= p.snapshot_every:
             self.take_snapshot()
+
+    def _check_crash_point(self, messages: list) -> None:
+        """Crash right after a message that promises durability (a vote, an append ack) went out:
+        either an armed one-shot crash point or, with probability `crash_on_promise`, any promise."""
+        p = self.sim.params
+        point = self.crash_point
+        for m in messages:
+            if m.reject:
+                continue
+            if point is not None and m.type == point[0]:
+                down = point[1]
+            elif m.type in _PROMISES and p.crash_on_promise and self.rng.random() < p.crash_on_promise:
+                down = self.rng.randint(p.down_time_min, 4 * p.down_time_min)
+            else:
+                continue
+            self.crash_point = None
+            self.sim.trace.add(self.id, "fault", f"crash point: right after sending {m.type.name} to n{m.to}")
+            self.sim.loop.after(0, self.sim.nemesis.crash_now, self.id, self.incarnation, down)
+            return
 
     def apply(self, entries: list) -> None:
         sim = self.sim

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from kalamdb.sim.loop import MS, SECOND
 from kalamdb.sim.network import NetworkConfig
 
-FAULT_KINDS = ("crash_one", "crash_leader", "crash_minority", "crash_all", "partition", "isolate_leader",
+FAULT_KINDS = ("crash_one", "crash_point", "crash_leader", "crash_minority", "crash_all", "partition", "isolate_leader",
                "asymmetric", "clog", "slow_disk", "add_learner", "promote", "remove", "transfer")
 
 
@@ -26,6 +26,7 @@ class SimParams:
     fault_time: int = 10 * SECOND  # simulated time with faults and client load
     liveness_bound: int = 10 * SECOND  # after healing, everything must settle within this
     tick: int = 10 * MS
+    tick_phase: int = 10 * MS  # a node's first tick comes within this: small = clocks in lockstep
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     pre_vote: bool = True
@@ -36,6 +37,8 @@ class SimParams:
     slow_fsync: int = 30 * MS  # a slow disk's fsync time
     fault_interval: int = 400 * MS  # mean time between faults
     fault_weights: dict[str, float] = field(default_factory=lambda: {k: 1.0 for k in FAULT_KINDS})
+    crash_on_promise: float = 0.0  # chance a node crashes right after sending a vote grant or append ack
+    down_time_min: int = 200  # a supervised process can be back almost at once
     down_time_max: int = 1 * SECOND  # how long a crashed node stays down
     fault_duration_max: int = 1 * SECOND  # how long a partition/clog/slow disk lasts
     propose_interval: int = 20 * MS  # mean time between client writes
@@ -78,6 +81,7 @@ class SimParams:
             fault_time=int((seconds if seconds is not None else 10.0) * SECOND),
             liveness_bound=max(5 * SECOND, 40 * timeout),
             tick=tick,
+            tick_phase=tick if r.random() < 0.7 else r.choice((100, 1_000)),
             election_ticks=election,
             heartbeat_ticks=heartbeat,
             net=net,
@@ -86,6 +90,8 @@ class SimParams:
             slow_fsync=r.choice((10, 30, 100)) * MS,
             fault_interval=r.choice((100, 300, 800, 2_000)) * MS,
             fault_weights=weights,
+            crash_on_promise=r.choice((0.0, 0.0, 0.0, 0.01, 0.05)),
+            down_time_min=r.choice((200, tick)),
             down_time_max=r.choice((2, 5, 20)) * timeout,
             fault_duration_max=r.choice((2, 5, 20)) * timeout,
             propose_interval=r.choice((5, 10, 20, 50)) * MS,
@@ -95,7 +101,9 @@ class SimParams:
             retry_after=r.choice((3, 10)) * timeout,
             snapshot_every=r.choice((0, 16, 64, 256)),
             max_inflight=inflight,
-            max_entries_per_msg=r.choice((16, 1024)) if inflight == 1 else r.choice((4, 64, 1024)),
+            max_entries_per_msg=r.choice((16, 1024)) if inflight == 1 else r.choice((1, 4, 64, 1024)),
             snapshot_chunk_bytes=r.choice((64, 512, 1 << 20)),
             grow=r.random() < 0.3,
+            pre_vote=r.random() < 0.8,
+            check_quorum=r.random() < 0.8,
         )

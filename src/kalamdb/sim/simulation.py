@@ -44,7 +44,8 @@ class Simulation:
     def __init__(self, params: SimParams, root: random.Random, echo: Callable[[str], None] | None = None,
                  node_factory: type[SimNode] = SimNode) -> None:
         self.params = params
-        self.loop = EventLoop()
+        # a healthy run needs well under 100k events per simulated second; far beyond that is a storm
+        self.loop = EventLoop(max_events=500_000 + (params.fault_time + params.liveness_bound) // 10)
         self.trace = Trace(self.loop, keep=40, echo=echo)
         self.checker = SafetyChecker()
         self.net = SimNetwork(self.loop, child_rng(root), params.net, self._deliver, self.trace)
@@ -157,7 +158,7 @@ class Simulation:
         """'' when the cluster has settled, else what it is still waiting for."""
         leader = self.leader()
         if leader is None:
-            return "no leader"
+            return self._no_leader_reason()
         core = leader.core
         if core.term_at(core.commit_index) != core.term:
             return f"leader n{leader.id} has not committed in its term {core.term}"
@@ -180,6 +181,20 @@ class Simulation:
             if n.sm.digest != digest:
                 return f"member n{i} state digest differs from the leader's at {commit}"
         return ""
+
+    def _no_leader_reason(self) -> str:
+        up = [n for n in self.node_list if n.up]
+        views = "; ".join(f"n{n.id} {n.core.role.name} t{n.core.term} last {n.core.last_index}/"
+                          f"t{n.core.last_term} {'voter' if n.core.promotable else 'non-voter'}" for n in up)
+        if up:
+            best = max(up, key=lambda n: (n.core.last_term, n.core.last_index))
+            top = [n for n in up if (n.core.last_term, n.core.last_index) ==
+                   (best.core.last_term, best.core.last_index)]
+            if not any(n.core.promotable for n in top):
+                return (f"no leader: the most up-to-date log ({', '.join(f'n{n.id}' for n in top)}) is held "
+                        f"only by nodes that are not voters in their own latest config, so no voter can win "
+                        f"[{views}]")
+        return f"no leader [{views}]"
 
     def _final_checks(self) -> None:
         members = sorted(self.leader().core.membership.members)

@@ -1,0 +1,119 @@
+"""Deliberately broken Raft rules and drivers, to prove the simulator catches each of them.
+
+Each mutation is a context manager that patches the real core (or swaps the simulated driver) for
+the duration of a `with` block, plus the name of the safety rule it is expected to break.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from kalamdb.raft import core as core_mod
+from kalamdb.raft.core import RaftCore, ReadState
+from kalamdb.raft.log import RaftLog
+from kalamdb.raft.types import HardState
+from kalamdb.sim.node import SimNode
+
+
+def _commit_by_counting(self) -> bool:
+    """Figure 8 broken: commit whatever a quorum holds, even an entry of an earlier term."""
+    c = core_mod.quorum.committed_index(self.membership, {n: p.match for n, p in self.prs.items()})
+    if c <= self.commit:
+        return False
+    self.commit = c
+    self._after_commit_config()
+    return True
+
+
+def _read_without_quorum(self, ctx: bytes, frm: int) -> None:
+    """ReadIndex broken: answer at once from the local commit index, no heartbeat round."""
+    if frm == self.id:
+        self._read_states.append(ReadState(ctx, self.commit))
+    else:
+        self._send(core_mod.Message(core_mod.MsgType.READ_INDEX_RESP, frm, self.id, self.term,
+                                    index=self.commit, context=ctx))
+
+
+class VoteNotPersisted(SimNode):
+    """Driver broken: the vote is not written before the vote response goes out."""
+
+    __slots__ = ()
+
+    def persist(self, rd) -> bool:
+        hs = rd.hard_state
+        if hs is not None and hs.vote:
+            on_disk = self.disk.hard_state
+            rd.hard_state = HardState(hs.term, on_disk.vote if on_disk.term == hs.term else 0, hs.commit)
+        return super().persist(rd)
+
+
+class SendBeforePersist(SimNode):
+    """Driver broken: messages (votes, append acks) leave before the fsync that backs them."""
+
+    __slots__ = ()
+
+    def persist(self, rd) -> bool:
+        send = self.sim.net.send
+        for m in rd.messages:
+            send(self.id, m.to, m)
+        rd.messages = []
+        return super().persist(rd)
+
+
+@contextlib.contextmanager
+def _patch(obj, name: str, value) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+# name -> (context manager factory, node factory, rules it may break)
+MUTATIONS = {
+    "figure8": (lambda: _patch(RaftCore, "_maybe_commit", _commit_by_counting), SimNode,
+                {"state-machine-safety", "leader-completeness", "lost-acknowledged-write", "log-matching",
+                 "stale-read"}),
+    "read-without-quorum": (lambda: _patch(RaftCore, "_leader_read", _read_without_quorum), SimNode,
+                            {"stale-read"}),
+    "vote-up-to-date-ignored": (lambda: _patch(RaftLog, "is_up_to_date", lambda self, i, t: True), SimNode,
+                                {"state-machine-safety", "leader-completeness", "lost-acknowledged-write",
+                                 "log-matching", "stale-read"}),
+    "vote-not-persisted": (contextlib.nullcontext, VoteNotPersisted,
+                           {"election-safety", "state-machine-safety", "leader-completeness",
+                            "lost-acknowledged-write", "log-matching"}),
+    "send-before-persist": (contextlib.nullcontext, SendBeforePersist,
+                            {"election-safety", "state-machine-safety", "leader-completeness",
+                             "lost-acknowledged-write", "log-matching", "stale-read"}),
+}
+
+
+def aggressive(params) -> None:
+    """Fault-heavy shape used to hunt a planted bug: frequent crashes (often of the leader or of
+    everyone), small replication batches, slowish disks, short outages."""
+    from kalamdb.sim.loop import MS
+
+    timeout = params.tick * params.election_ticks
+    params.fault_interval = 2 * timeout
+    params.fault_weights = {"crash_point": 3.0, "crash_one": 2.0, "crash_leader": 2.0, "crash_minority": 1.0, "crash_all": 1.0,
+                            "partition": 1.0, "isolate_leader": 1.0, "asymmetric": 0.5, "clog": 0.5,
+                            "slow_disk": 1.0, "transfer": 0.5}
+    params.down_time_max = 3 * timeout
+    params.fault_duration_max = 4 * timeout
+    params.fsync_min, params.fsync_max = 500, 5 * MS
+    params.max_entries_per_msg = 1
+    params.max_inflight = 1
+    params.crash_on_promise = 0.2
+    params.down_time_min = 100
+    params.net.duplicate = 0.1
+    params.net.reorder = 0.2
+    params.net.reorder_delay = 3 * MS
+    params.tick_phase = min(params.tick_phase, 1_000)
+    params.propose_interval = min(params.propose_interval, 10 * MS)
+    params.max_pending = max(params.max_pending, 4)
+    params.down_time_max = max(params.tick, timeout // 2)
+    params.net.loss = max(params.net.loss, 0.05)
+
+MUTATIONS["none"] = (contextlib.nullcontext, SimNode, set())
