@@ -1,0 +1,105 @@
+"""Smoke tests of `kalamdb bench`: tiny real runs (3 real node processes) write a valid report.
+
+They check that each scenario produces its figures and that bad options fail clearly; they do not
+judge speed (the machine is shared; numbers live in the report, not in assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from kalamdb.bench.cli import bench_command
+from kalamdb.bench.load import percentile
+
+SEED = "1234"
+
+
+def run_bench(tmp_path, *args: str) -> dict:
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(bench_command, [*args, "--seed", SEED, "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, f"bench failed (seed {SEED}): {result.output}"
+    return json.loads(out.read_text())
+
+
+def rows(doc: dict, system: str, scenario: str) -> list[dict]:
+    return [r for r in doc["results"] if r["system"] == system and r["scenario"] == scenario]
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 0.5) == 51.0
+    assert percentile(values, 0.99) == 99.0
+    assert math.isnan(percentile([], 0.5))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--clients", "1,x"], "comma-separated integers"),
+    (["--clients", "0"], ">= 1"),
+    (["--scenarios", "insert,nope"], "unknown scenario"),
+    (["--election-ms", "300,150"], "lo <= hi"),
+])
+def test_bad_options_fail_with_a_clear_message(args, message):
+    result = CliRunner().invoke(bench_command, args)
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_insert_lag_and_batch_write_a_valid_report(tmp_path):
+    doc = run_bench(tmp_path, "--scenarios", "insert,batch,lag,mixed", "--clients", "1,4", "--duration", "0.6",
+                    "--warmup", "0.1", "--rows-per-request", "10", "--lag-clients", "4")
+    assert doc["machine"]["cpus"] >= 1
+    inserts = {r["clients"]: r for r in rows(doc, "kalamdb", "insert")}
+    assert set(inserts) == {1, 4}
+    for r in inserts.values():
+        assert r["errors"] == 0, r["first_error"]
+        assert r["ops_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+        assert set(r["rss_mb"]) == {"node1", "node2", "node3"}
+    (batch,) = rows(doc, "kalamdb", "batch")
+    assert batch["rows_per_request"] == 10 and batch["ops_per_s"] >= 10 * batch["requests"] / 0.6 * 0.99
+    (lag,) = rows(doc, "kalamdb", "replication_lag")
+    assert lag["lag"]["samples"] > 0 and lag["lag"]["errors"] == 0
+    assert lag["lag"]["p50_ms"] >= 0
+    assert len(doc["lag_over_time"]) == lag["lag"]["samples"]
+    (mixed,) = rows(doc, "kalamdb", "mixed")
+    assert mixed["errors"] == 0, mixed["first_error"]
+
+
+def test_failover_start_and_catchup_report_times(tmp_path):
+    doc = run_bench(tmp_path, "--scenarios", "start,failover,catchup", "--start-runs", "1",
+                    "--failover-runs", "1", "--catchup-writes", "200")
+    (start,) = rows(doc, "kalamdb", "start")
+    assert start["runs"] == 1 and start["p50_ms"] > 0
+    (failover,) = rows(doc, "kalamdb", "failover")
+    assert failover["runs"] == 1 and 0 < failover["p50_ms"] < 20_000
+    for scenario in ("catchup_log", "catchup_snapshot"):
+        (c,) = rows(doc, "kalamdb", scenario)
+        assert c["index"] > 0 and c["seconds"] > 0
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed (apt-get install etcd-server)")
+def test_compare_etcd_runs_the_same_load_and_prints_ratios(tmp_path):
+    doc = run_bench(tmp_path, "--compare", "etcd", "--scenarios", "insert", "--clients", "2",
+                    "--duration", "0.5", "--warmup", "0.1")
+    (etcd,) = rows(doc, "etcd", "insert")
+    (kdb,) = rows(doc, "kalamdb", "insert")
+    assert etcd["errors"] == 0 and kdb["errors"] == 0
+    assert etcd["ops_per_s"] > 0
+    (ratio,) = doc["ratios"]
+    assert ratio["clients"] == 2
+    assert ratio["throughput_ratio"] == pytest.approx(kdb["ops_per_s"] / etcd["ops_per_s"], rel=1e-2)
+    assert doc["etcd_version"]
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path):
+    try:
+        import matplotlib  # noqa: F401
+        pytest.skip("matplotlib is installed here")
+    except ImportError:
+        pass
+    result = CliRunner().invoke(bench_command, ["--plot", str(tmp_path / "plots")])
+    assert result.exit_code != 0
+    assert "pip install matplotlib" in result.output
