@@ -65,7 +65,7 @@ def test_leadership_moves_by_transfer_campaign_and_stepdown(cluster):
     leader = cluster.leader()
     term = int(leader.health()["current_term"])
     leader.sql("CLUSTER STEPDOWN").raise_for_error()
-    cluster._until("a leader in a newer term",
+    cluster.wait_until("a leader in a newer term",
                    lambda: (int(cluster.leader().health()["current_term"]) > term, f"term still {term}"), 10)
     # whoever leads now, the cluster takes writes through every node and stays consistent
     ns = cluster.unique_namespace("moved")

@@ -417,8 +417,10 @@ class ClusterOps:
 
         return dict(zip([n.node_id for n in nodes], self._pool.map(one, nodes), strict=True))
 
-    def _until(self, what: str, check: Callable[[], tuple[bool, str]], timeout: float) -> None:
-        """Re-check `check` until it holds; on timeout raise with its last explanation and log tails."""
+    def wait_until(self, what: str, check: Callable[[], tuple[bool, str]], timeout: float = 10.0) -> None:
+        """Re-check `check` (returning (holds, why-not)) until it holds: the way to wait for a state
+        without sleeping a fixed time. On timeout raise ClusterError with `what`, the last why-not
+        and every node's log tail."""
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
@@ -448,7 +450,7 @@ class ClusterOps:
             found[:] = [node]
             return True, ""
 
-        self._until("one agreed leader", check, timeout)
+        self.wait_until("one agreed leader", check, timeout)
         return found[0]
 
     def leader(self, timeout: float = 10.0) -> NodeHandle:
@@ -711,7 +713,7 @@ class ClusterTestServer(ClusterOps):
                 return False, f"voters seen by each node: {views}, want {want}"
             return True, ""
 
-        self._until(f"voters {sorted(voters)} and one agreed leader", check, timeout)
+        self.wait_until(f"voters {sorted(voters)} and one agreed leader", check, timeout)
 
     # ---- faults and lifecycle ------------------------------------------------------------------
     def kill(self, i: int) -> None:
@@ -731,7 +733,7 @@ class ClusterTestServer(ClusterOps):
                 if not n.is_running():
                     raise ClusterError(f"node {n.node_id} exited with code {n.proc.returncode}:\n{n.log_tail(30)}")
                 return _answers(n), f"{n!r} not answering"
-            self._until(f"node {n.node_id} to answer", answers, timeout)
+            self.wait_until(f"node {n.node_id} to answer", answers, timeout)
 
     def restart(self, i: int, *, kill: bool = False, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Stop (SIGTERM, or SIGKILL with kill=True) and start node i on the same data dir."""
