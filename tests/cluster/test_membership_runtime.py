@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 pytestmark = pytest.mark.cluster
@@ -22,6 +24,36 @@ def test_a_new_node_joins_and_serves_local_reads_of_everything_before(fresh_clus
     # the new node takes writes too (forwarded) and everyone agrees
     new.sql(f"INSERT INTO {ns}.t (id, v) VALUES (1000, 'via-4')").raise_for_error()
     assert c.verify_data_consistency(f"SELECT id, v FROM {ns}.t ORDER BY id")
+
+
+def test_a_joining_node_is_a_learner_in_system_cluster_until_it_caught_up(fresh_cluster):
+    c = fresh_cluster
+    leader = c.leader()
+    new = c.new_node()
+    c.pause(new.index)  # it cannot catch up, so it stays a learner while we look
+    answer = {}
+
+    def join():
+        with leader.client(timeout=60) as cl:  # JOIN answers once the node is a voter
+            answer["r"] = cl.sql(f"CLUSTER JOIN {new.node_id} '{new.rpc_addr}' '{new.url}'")
+
+    joiner = threading.Thread(target=join)
+    joiner.start()
+    try:
+        def role_of_new() -> tuple[bool, str]:
+            rows = leader.sql("SELECT node_id, role FROM system.cluster ORDER BY node_id").raise_for_error().rows
+            return [str(new.node_id), "learner"] in rows, f"system.cluster: {rows}"
+
+        c.wait_until("the new node listed as a learner", role_of_new, 10)
+        h = leader.health()
+        assert h["voters"] == [1, 2, 3] and h["learners"] == [new.node_id], h
+    finally:
+        c.resume(new.index)
+        joiner.join(60)
+    assert answer["r"].ok and "as a voter" in answer["r"].results[0]["message"], answer
+    c.wait_for_voters({1, 2, 3, 4})
+    rows = leader.sql("SELECT node_id, role FROM system.cluster ORDER BY node_id").raise_for_error().rows
+    assert rows[-1] == [str(new.node_id), "follower"] and [r[1] for r in rows].count("leader") == 1, rows
 
 
 def test_a_node_can_be_removed(fresh_cluster):

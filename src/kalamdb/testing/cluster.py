@@ -771,18 +771,25 @@ class ClusterTestServer(ClusterOps):
             n.spawn(peers)
         self.wait_for_voters({n.node_id for n in self.nodes}, timeout)
 
-    def add_node(self, timeout: float = STARTUP_TIMEOUT_S) -> ClusterNodeProcess:
-        """Start a new node and join it with CLUSTER JOIN (learner, catch up, voter)."""
-        leader = self.leader()  # before the new node runs: it knows no leader until it joins
+    def new_node(self, timeout: float = STARTUP_TIMEOUT_S) -> ClusterNodeProcess:
+        """Start a new node process that is not a member yet (it answers HTTP, knows no leader);
+        `add_node` joins it, or a test drives CLUSTER JOIN itself."""
         nid = max(n.node_id for n in self.nodes) + 1
         n = ClusterNodeProcess(len(self.nodes), nid, self.root, cluster=self)
         self.nodes.append(n)
         n.spawn(self._peers())
-        resp = leader.sql(f"CLUSTER JOIN {nid} '{n.rpc_addr}' '{n.url}'")
+        self.wait_until(f"new node {nid} to answer", lambda: (_answers(n), f"{n!r} not answering"), timeout)
+        return n
+
+    def add_node(self, timeout: float = STARTUP_TIMEOUT_S) -> ClusterNodeProcess:
+        """Start a new node and join it with CLUSTER JOIN (learner, catch up, voter)."""
+        leader = self.leader()  # before the new node runs: it knows no leader until it joins
+        n = self.new_node(timeout)
+        resp = leader.sql(f"CLUSTER JOIN {n.node_id} '{n.rpc_addr}' '{n.url}'")
         if not resp.ok:
-            raise ClusterError(f"CLUSTER JOIN {nid} failed: {resp.error}\n{n.log_tail()}")
+            raise ClusterError(f"CLUSTER JOIN {n.node_id} failed: {resp.error}\n{n.log_tail()}")
         self.wait_for_voters({m.node_id for m in self.nodes if m.is_running()}, timeout)
-        progress(f"✅ node {nid} joined as a voter", self.verbose)
+        progress(f"✅ node {n.node_id} joined as a voter", self.verbose)
         return n
 
     def remove_node(self, i: int, timeout: float = STARTUP_TIMEOUT_S) -> None:
