@@ -110,6 +110,7 @@ def aggressive(params) -> None:
     params.net.duplicate = 0.1
     params.net.reorder = 0.2
     params.net.reorder_delay = 3 * MS
+    params.pre_vote = False  # split votes are where vote durability bugs show
     params.tick_phase = min(params.tick_phase, 1_000)
     params.propose_interval = min(params.propose_interval, 10 * MS)
     params.max_pending = max(params.max_pending, 4)
@@ -117,3 +118,28 @@ def aggressive(params) -> None:
     params.net.loss = max(params.net.loss, 0.05)
 
 MUTATIONS["none"] = (contextlib.nullcontext, SimNode, set())
+
+
+def _become_leader_without_noop(self) -> None:
+    """Leaders do not open their term with a NOOP (alone this only delays commits)."""
+    self._reset(self.term)
+    self.role = core_mod.Role.LEADER
+    self.leader_id = self.id
+    self._sync_progress()
+    me = self.prs[self.id]
+    me.match = self.log.unstable_from - 1
+    me.recent_active = True
+    self.pending_conf_index = self.log.last_index
+    self._bcast_pending = True
+
+
+@contextlib.contextmanager
+def _figure8_without_noop() -> Iterator[None]:
+    with _patch(RaftCore, "_maybe_commit", _commit_by_counting), \
+            _patch(RaftCore, "_become_leader", _become_leader_without_noop):
+        yield
+
+
+MUTATIONS["figure8-no-noop"] = (_figure8_without_noop, SimNode,
+                                {"state-machine-safety", "leader-completeness", "lost-acknowledged-write",
+                                 "log-matching", "stale-read"})

@@ -18,7 +18,7 @@ from kalamdb.raft.core import Role
 from kalamdb.raft.messages import decode_membership
 from kalamdb.raft.types import Membership
 from kalamdb.sim.checker import SafetyChecker, SafetyViolation
-from kalamdb.sim.loop import EventLoop
+from kalamdb.sim.loop import MS, EventBudgetExceeded, EventLoop
 from kalamdb.sim.nemesis import Nemesis
 from kalamdb.sim.network import SimNetwork
 from kalamdb.sim.node import SimNode
@@ -27,6 +27,8 @@ from kalamdb.sim.trace import Trace
 from kalamdb.sim.workload import Client
 
 _LEADER = Role.LEADER
+STORM_WINDOW = 50 * MS
+STORM_EVENTS = 20_000  # ~50x a heavy healthy run's rate
 
 
 @dataclass
@@ -44,8 +46,8 @@ class Simulation:
     def __init__(self, params: SimParams, root: random.Random, echo: Callable[[str], None] | None = None,
                  node_factory: type[SimNode] = SimNode) -> None:
         self.params = params
-        # a healthy run needs well under 100k events per simulated second; far beyond that is a storm
-        self.loop = EventLoop(max_events=500_000 + (params.fault_time + params.liveness_bound) // 10)
+        # a healthy run needs ~10k events per simulated second at most; 3x that plus slack is a storm
+        self.loop = EventLoop(max_events=200_000 + (params.fault_time + params.liveness_bound) // 30)
         self.trace = Trace(self.loop, keep=40, echo=echo)
         self.checker = SafetyChecker()
         self.net = SimNetwork(self.loop, child_rng(root), params.net, self._deliver, self.trace)
@@ -99,6 +101,7 @@ class Simulation:
         self.client.start()
         self.nemesis.start()
         self.loop.after(p.check_every, self._periodic_check)
+        self.loop.after(STORM_WINDOW, self._storm_check, 0)
         try:
             self.loop.run_until(p.fault_time)
             self._heal_all()
@@ -143,6 +146,14 @@ class Simulation:
             n.slow_disk = False
             if not n.up and not n.removed and n.incarnation:
                 n.start()
+
+    def _storm_check(self, last_seq: int) -> None:
+        """Fail fast on a message storm (a livelock that would otherwise burn the event budget)."""
+        seq = self.loop._seq
+        if seq - last_seq > STORM_EVENTS:
+            raise EventBudgetExceeded(f"message storm: {seq - last_seq} events scheduled within "
+                                      f"{STORM_WINDOW // 1000} ms simulated")
+        self.loop.after(STORM_WINDOW, self._storm_check, seq)
 
     def _periodic_check(self) -> None:
         self.checker.check_log_matching({n.id: n.core for n in self.node_list if n.up})

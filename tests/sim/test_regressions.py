@@ -1,0 +1,40 @@
+"""Every seed that ever failed is replayed forever. `open` entries are strict xfails: they must
+still fail with their signature (so a fix is noticed: flip the line to `fixed`)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kalamdb.sim.simulation import run_seed
+
+from .conftest import load_regressions
+
+REGRESSIONS = load_regressions()
+
+
+@pytest.mark.parametrize("reg", REGRESSIONS, ids=[f"seed{r.seed}-{r.status}" for r in REGRESSIONS])
+def test_regression_seed(reg, request):
+    if reg.status == "open":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"open bug: {reg.what}"))
+    result = run_seed(reg.seed, nodes=reg.nodes, seconds=reg.seconds)
+    if reg.status == "open":
+        assert result.ok, "still failing as expected"  # the xfail
+        return
+    assert result.ok, f"{reg.replay}: {result.failure}"
+
+
+@pytest.mark.parametrize("reg", [r for r in REGRESSIONS if r.status == "open"],
+                         ids=lambda r: f"seed{r.seed}")
+def test_open_bug_still_fails_with_its_signature(reg):
+    """An open entry whose seed now fails differently (or passes) needs a human look."""
+    result = run_seed(reg.seed, nodes=reg.nodes, seconds=reg.seconds)
+    if result.ok:
+        pytest.fail(f"seed {reg.seed} passes now: mark it `fixed` in regressions.txt")
+    assert re.search(reg.signature, result.failure), result.failure
+
+
+def test_regression_file_parses():
+    assert REGRESSIONS, "regressions.txt lists at least one seed"
+    assert len({(r.seed, r.nodes, r.seconds) for r in REGRESSIONS}) == len(REGRESSIONS)

@@ -1,0 +1,35 @@
+"""The swarm: 200 seeds, each drawing its own cluster size (3-7), fault mix, timeouts and load.
+Every seed must keep all safety properties and settle after healing. Failures matching an `open`
+bug of regressions.txt are tolerated (reported as xfail) so that one known core bug does not hide
+new ones; anything else fails with the seed and its replay command."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kalamdb.sim.simulation import run_seed
+
+from .conftest import known_open_bug
+
+SEEDS = range(10_000, 10_200)
+SECONDS = 5.0
+
+
+def test_swarm_200_seeds():
+    t0 = time.perf_counter()
+    unknown, known = [], []
+    for seed in SEEDS:
+        result = run_seed(seed, seconds=SECONDS)
+        if not result.ok:
+            (known if known_open_bug(result.failure) else unknown).append(result)
+    elapsed = time.perf_counter() - t0
+    print(f"{len(SEEDS)} seeds in {elapsed:.1f}s ({len(SEEDS) / elapsed * 60:.0f} seeds/min)")
+    if unknown:
+        r = unknown[0]
+        tail = "\n".join(r.trace_tail[-25:])
+        pytest.fail(f"{len(unknown)} seed(s) failed; first: seed {r.seed}: {r.failure}\n"
+                    f"replay: kalamdb sim --seed {r.seed} --time {SECONDS:g} --trace\n{tail}")
+    if known:
+        pytest.xfail(f"known open bugs hit by seeds {[r.seed for r in known]}")
