@@ -75,9 +75,10 @@ def test_failover_start_and_catchup_report_times(tmp_path):
     assert start["runs"] == 1 and start["p50_ms"] > 0
     (failover,) = rows(doc, "kalamdb", "failover")
     assert failover["runs"] == 1 and 0 < failover["p50_ms"] < 20_000
-    for scenario in ("catchup_log", "catchup_snapshot"):
+    for scenario, via_snapshot in (("catchup_log", False), ("catchup_snapshot", True)):
         (c,) = rows(doc, "kalamdb", scenario)
         assert c["index"] > 0 and c["seconds"] > 0
+        assert c["via_snapshot"] is via_snapshot, c
 
 
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed (apt-get install etcd-server)")
@@ -103,3 +104,15 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path):
     result = CliRunner().invoke(bench_command, ["--plot", str(tmp_path / "plots")])
     assert result.exit_code != 0
     assert "pip install matplotlib" in result.output
+
+
+def test_profile_dir_gets_one_cprofile_dump_per_node(tmp_path):
+    import pstats
+
+    prof = tmp_path / "prof"
+    run_bench(tmp_path, "--scenarios", "insert", "--clients", "2", "--duration", "0.3", "--warmup", "0",
+              "--profile-dir", str(prof))
+    dumps = sorted(prof.glob("node*.pstats"))
+    assert [p.name.split("-")[0] for p in dumps] == ["node1", "node2", "node3"]
+    stats = pstats.Stats(str(dumps[0]))
+    assert stats.total_calls > 0

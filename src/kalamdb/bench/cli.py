@@ -98,6 +98,13 @@ class Bench:
             self.console.print(f"[yellow]{system} {scenario}: first error: {row['first_error']}[/]")
         return row
 
+    def node_env(self) -> dict[str, str]:
+        if not self.o["profile_dir"]:
+            return {}
+        from kalamdb.bench.profile_hook import profile_env
+
+        return profile_env(Path(self.o["profile_dir"]))
+
     # ---------------------------------------------------------------- kalamdb
     def run_kalamdb(self) -> None:
         sc = self.o["scenarios"]
@@ -109,7 +116,7 @@ class Bench:
             runs = self.o["start_runs"] if "start" in sc else 1
             for i in range(runs):
                 t0 = time.perf_counter()
-                c = kc.start_kalamdb(heartbeat_ms=self.o["heartbeat_ms"], election_ms=el)
+                c = kc.start_kalamdb(heartbeat_ms=self.o["heartbeat_ms"], election_ms=el, extra_env=self.node_env())
                 starts.append(time.perf_counter() - t0)
                 if i < runs - 1:
                     c.shutdown()
@@ -173,15 +180,10 @@ class Bench:
         rows, rpr = self.o["million_rows"], 500
         leader = cluster.leader()
         self.console.print(f"  filling {rows} rows in batches of {rpr}")
-        sql = f"INSERT INTO {kc.TABLE} (id, body) VALUES " + ", ".join(
-            f"(${2 * i + 1}, ${2 * i + 2})" for i in range(rpr))
         last = 0
         with kc.ResourceSampler(pids) as smp:
             for _ in range(rows // rpr):
-                params: list = []
-                for _ in range(rpr):
-                    params += [next(self.ids), "m" * 32]
-                r = leader.sql(sql, params)
+                r = leader.sql(kc.literal_insert([next(self.ids) for _ in range(rpr)], "m" * 32))
                 if not r.ok:
                     raise click.ClickException(f"fill failed: {r.error}")
                 last = r.raft_index or last
@@ -195,7 +197,8 @@ class Bench:
         self.add("kalamdb", "catchup_log", **by_log)
         # by snapshot: a fresh cluster whose leader compacts its log more often than the follower misses
         c2 = kc.start_kalamdb(heartbeat_ms=self.o["heartbeat_ms"], election_ms=self.o["election_ms"],
-                              snapshot_policy=f"LogsSinceLast({max(10, n // 20)})")
+                              snapshot_policy=f"LogsSinceLast({max(3, n // kc.CATCHUP_ROWS_PER_REQUEST // 4)})",
+                              extra_env=self.node_env(), log_level="info")  # info: the log says "installed snapshot"
         try:
             kc.create_table(c2)
             by_snap = kc.catch_up_once(c2, n, itertools.count(1))
@@ -318,6 +321,8 @@ def _fmt(v: Any) -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None)
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="write PNG charts here (needs matplotlib)")
+@click.option("--profile-dir", type=click.Path(file_okay=False), default=None,
+              help="run the kalamdb nodes under cProfile; one .pstats per node lands here")
 @click.option("--seed", type=int, default=None, help="seed of the clients' random choices (printed)")
 def bench_command(**opts: Any) -> None:
     """Benchmark a 3-node kalamdb cluster (and etcd with --compare etcd) on loopback."""

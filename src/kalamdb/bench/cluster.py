@@ -27,6 +27,7 @@ from kalamdb.bench.load import Request, Target, json_ok, percentile
 SQL_PATH = "/v1/api/sql"
 WAIT_PATH = "/v1/api/cluster/wait"
 TABLE = "bench.items"
+CATCHUP_ROWS_PER_REQUEST = 50
 
 
 def run_async(coro: Any) -> Any:
@@ -39,10 +40,11 @@ def run_async(coro: Any) -> Any:
 
 
 def start_kalamdb(*, heartbeat_ms: int = 50, election_ms: tuple[int, int] = (150, 300), nodes: int = 3,
-                  snapshot_policy: str = "LogsSinceLast(20000)", extra_env: dict | None = None) -> Any:
+                  snapshot_policy: str = "LogsSinceLast(20000)", extra_env: dict | None = None,
+                  log_level: str = "warn") -> Any:
     from kalamdb.testing.cluster import start_cluster_server
 
-    return start_cluster_server(nodes, heartbeat_ms=heartbeat_ms, election_ms=election_ms, log_level="warn",
+    return start_cluster_server(nodes, heartbeat_ms=heartbeat_ms, election_ms=election_ms, log_level=log_level,
                                 snapshot_policy=snapshot_policy, extra_env=dict(extra_env or {}))
 
 
@@ -65,21 +67,28 @@ def node_urls(cluster: Any, target: str) -> list[str]:
     return [n.url for n in cluster.nodes if n.is_running()]
 
 
+def literal_insert(ids: range | list[int], body: str) -> str:
+    """A multi-row INSERT with literal values (the engine lifts them into parameters and caches the
+    statement by shape; bound parameters are capped at 50 per statement)."""
+    quoted = "'" + body.replace("'", "''") + "'"
+    return f"INSERT INTO {TABLE} (id, body) VALUES " + ", ".join(f"({int(i)}, {quoted})" for i in ids)
+
+
 def insert_target(urls: list[str], auth: str, *, rows_per_request: int = 1, body_bytes: int = 32,
                   on_answer: Callable[[bytes, float, float], None] | None = None) -> Target:
     """One INSERT per request of `rows_per_request` rows with fresh ids (params, parsed once per shape)."""
     headers = {"Authorization": auth, "Content-Type": "application/json"}
     value = "x" * body_bytes
-    rows = ", ".join(f"(${2 * i + 1}, ${2 * i + 2})" for i in range(rows_per_request))
-    sql = f"INSERT INTO {TABLE} (id, body) VALUES {rows}"
+    sql = f"INSERT INTO {TABLE} (id, body) VALUES ($1, $2)"
     endpoints = [u + SQL_PATH for u in urls]
 
     def make(n: int, rng: random.Random) -> Request:
-        params: list = []
-        base = n * rows_per_request
-        for i in range(rows_per_request):
-            params += [base + i, value]
-        return Request(rng.choice(endpoints), orjson.dumps({"sql": sql, "params": params}), headers)
+        if rows_per_request == 1:
+            body = {"sql": sql, "params": [n, value]}
+        else:
+            base = n * rows_per_request
+            body = {"sql": literal_insert(range(base, base + rows_per_request), value)}
+        return Request(rng.choice(endpoints), orjson.dumps(body), headers)
 
     return Target("kalamdb", make, json_ok, on_answer)
 
@@ -247,19 +256,14 @@ def failover_once(cluster: Any, ids: Any, deadline_s: float = 20.0) -> float:
     return took
 
 
-def catch_up_once(cluster: Any, writes: int, ids: Any, *, rows_per_request: int = 50) -> dict:
+def catch_up_once(cluster: Any, writes: int, ids: Any, *, rows_per_request: int = CATCHUP_ROWS_PER_REQUEST) -> dict:
     """Stop a follower, write `writes` rows, restart it; seconds from restart to applied >= last write."""
     follower = cluster.followers()[0]
     leader = cluster.leader()
     cluster.stop(follower.index)
     last = 0
-    rows = ", ".join(f"(${2 * i + 1}, ${2 * i + 2})" for i in range(rows_per_request))
-    sql = f"INSERT INTO {TABLE} (id, body) VALUES {rows}"
     for _ in range(max(1, writes // rows_per_request)):
-        params: list = []
-        for _ in range(rows_per_request):
-            params += [next(ids), "c" * 32]
-        r = leader.sql(sql, params)
+        r = leader.sql(literal_insert([next(ids) for _ in range(rows_per_request)], "c" * 32))
         if not r.ok:
             raise RuntimeError(f"write during catch-up failed: {r.error}")
         last = r.raft_index or last
@@ -276,7 +280,10 @@ def catch_up_once(cluster: Any, writes: int, ids: Any, *, rows_per_request: int 
     answering = time.perf_counter() - t0
     follower.wait_applied(last, timeout=max(1.0, deadline - time.perf_counter()))
     took = time.perf_counter() - t0
-    return {"writes": writes, "index": last, "seconds": round(took, 3), "answering_s": round(answering, 3)}
+    log_text = follower.log_path.read_text(errors="replace")  # needs log level info
+    restarted = log_text.rsplit("---- kit: starting node", 1)[-1]
+    return {"writes": writes, "index": last, "seconds": round(took, 3), "answering_s": round(answering, 3),
+            "via_snapshot": "installed snapshot at index" in restarted}
 
 
 def summarize_seconds(values: list[float]) -> dict:
