@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kalamdb.chaos.history import Event
-from kalamdb.chaos.report import quantile, render, spans, write_report
+from kalamdb.chaos.report import quantile, render, sample, spans, write_report
 
 SEED = 424242
 T0 = 1_000_000_000
@@ -91,3 +91,13 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, "a blank page compresses to a few KB"
+
+
+def test_large_histories_are_sampled_but_keep_every_failed_and_indeterminate_op():
+    rng = random.Random(SEED)
+    events = _history(rng, n_ops=3000)
+    ops = spans(events, T0, 4)
+    picked = sample(ops, 500)
+    assert len(picked) <= 500 + sum(o.outcome != "ok" for o in ops)
+    assert [o for o in picked if o.outcome != "ok"] == [o for o in ops if o.outcome != "ok"]
+    assert any(o.outcome == "ok" for o in picked)

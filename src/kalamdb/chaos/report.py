@@ -21,7 +21,8 @@ FAULT_COLORS = {"partition": "#90caf9", "kill": "#ef9a9a", "pause": "#ce93d8", "
 WIDTH = 1100
 LEFT = 90
 RIGHT = 20
-MAX_TIMELINE_OPS = 40_000  # beyond this the timeline samples evenly (the page stays light)
+MAX_TIMELINE_OPS = 20_000  # beyond this the timeline samples `ok` ops evenly (the page stays light)
+MAX_LATENCY_POINTS = 12_000
 
 
 @dataclass
@@ -133,7 +134,7 @@ def timeline_svg(ops: list[OpSpan], windows: list[dict], t_max: float) -> str:
     parts += _time_ticks(axis, top, row * len(lanes))
     for ln, i in idx.items():
         parts.append(f'<text x="{LEFT - 4}" y="{top + i * row + 10}" font-size="10" text-anchor="end">{_esc(ln)}</text>')
-    shown = ops if len(ops) <= MAX_TIMELINE_OPS else ops[:: math.ceil(len(ops) / MAX_TIMELINE_OPS)]
+    shown = sample(ops, MAX_TIMELINE_OPS)
     for o in shown:
         x0 = axis.x(o.start)
         x1 = axis.x(o.end if o.end is not None else t_max)
@@ -143,6 +144,16 @@ def timeline_svg(ops: list[OpSpan], windows: list[dict], t_max: float) -> str:
                      f'height="{row - 4}" fill="{COLORS[o.outcome]}"><title>{_esc(o.f)} {o.outcome} {lat}</title></rect>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def sample(ops: list[OpSpan], limit: int) -> list[OpSpan]:
+    """At most about `limit` ops: every fail and info op (the interesting ones), ok ops evenly."""
+    if len(ops) <= limit:
+        return ops
+    rare = [o for o in ops if o.outcome != "ok"]
+    ok = [o for o in ops if o.outcome == "ok"]
+    room = max(1, limit - len(rare))
+    return sorted(rare + ok[:: math.ceil(len(ok) / room)], key=lambda o: o.start)
 
 
 def _lane_key(lane: str) -> tuple:
@@ -167,7 +178,7 @@ def latency_svg(ops: list[OpSpan], windows: list[dict], t_max: float) -> str:
         if math.log10(ms) <= hi:
             parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(ms):.1f}" y2="{y(ms):.1f}" stroke="#eee"/>'
                          f'<text x="{LEFT - 4}" y="{y(ms) + 3:.1f}" font-size="10" text-anchor="end">{ms} ms</text>')
-    step = max(1, len(pts) // 20_000)
+    step = math.ceil(len(pts) / MAX_LATENCY_POINTS) if len(pts) > MAX_LATENCY_POINTS else 1
     for t, ms, outcome in pts[::step]:
         parts.append(f'<circle cx="{axis.x(t):.1f}" cy="{y(ms):.1f}" r="1.6" fill="{COLORS[outcome]}" opacity="0.6"/>')
     parts.append("</svg>")
@@ -255,7 +266,9 @@ def render(events: Sequence[Event], results: dict) -> str:
     legend = "".join(f"<span><i class='sw' style='background:{col}'></i>{k}</span>" for k, col in COLORS.items())
     legend += "".join(f"<span><i class='sw' style='background:{col};opacity:.6'></i>{k}</span>"
                       for k, col in FAULT_COLORS.items() if any(w.get("kind") == k for w in windows))
-    out.append(f"<h2>Operations per client</h2><div class='legend'>{legend}</div>")
+    note = "" if len(ops) <= MAX_TIMELINE_OPS else (
+        f" (all fail/info operations, ok operations sampled to about {MAX_TIMELINE_OPS} in total)")
+    out.append(f"<h2>Operations per client{note}</h2><div class='legend'>{legend}</div>")
     out.append(timeline_svg(ops, windows, t_max))
     out.append("<h2>Latency over time (log scale)</h2>" + latency_svg(ops, windows, t_max))
     out.append("<h2>Latency quantiles (ms)</h2><table id='quantiles'><tr><th>op</th><th>outcome</th><th>count</th>"
