@@ -114,3 +114,19 @@ def test_user_changes_are_recognised_on_the_parsed_statements(db, sql, changes_u
 
     prepared = db.prepare(sql, None, None, db.authenticate("root", "root-pw"))
     assert touches_users(prepared, sql) is changes_users
+
+
+async def test_a_cached_local_empty_password_is_not_valid_from_a_remote_address(tmp_path):
+    import base64
+
+    open_db = Database(tmp_path / "open")  # root without a password
+    try:
+        auth, check = make(open_db)
+        header = "Basic " + base64.b64encode(b"root:").decode()
+        assert (await auth.authenticate(header, remote="127.0.0.1")).username == "root"
+        with pytest.raises(KalamError) as info:
+            await auth.authenticate(header, remote="192.0.2.7")
+        assert info.value.code == "INVALID_CREDENTIALS" and "localhost" in info.value.message
+        assert check.calls == 1  # refused before any password check
+    finally:
+        open_db.close()
