@@ -11,11 +11,12 @@ from aiohttp import web
 
 from kalamdb.errors import KalamError
 
-_JSON = "application/json"
+# passed as headers (copied by aiohttp) rather than content_type=, which re-parses it on every response
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def json_response(body: dict, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type=_JSON)
+    return web.Response(body=orjson.dumps(body), status=status, headers=_JSON_HEADERS)
 
 
 def success(results: list, took_ms: float, *, raft_index: int | None = None) -> web.Response:
