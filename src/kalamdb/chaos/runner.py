@@ -229,7 +229,10 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         n_clients = cfg.nodes * cfg.clients_per_node
         for i in range(n_clients):
             node = cluster.nodes[i % cfg.nodes]
-            ctx = ClientContext(i, node.node_id, node.url, cluster.root_password,
+            # straight to the node, not via the kit's client proxy: a dead node then refuses the
+            # connection (a definite failure) instead of a proxy hanging up after the request was sent
+            url = getattr(node, "real_url", node.url)
+            ctx = ClientContext(i, node.node_id, url, cluster.root_password,
                                 random.Random(f"{cfg.seed}:client:{i}"), n_clients, timeout=cfg.client_timeout)
             contexts.append(ctx)
             t = threading.Thread(target=client_loop, args=(workloads, ctx, rec, stop), name=f"client-{i}",

@@ -29,7 +29,7 @@ from kalamdb.client import Client, Response
 
 NAMESPACE = "chaos"
 WORKLOAD_NAMES = ("register", "set", "bank")
-REFUSED_BACKOFF_S = 0.05
+TRANSPORT_BACKOFF_S = 0.05
 
 
 class Definite(Exception):
@@ -42,7 +42,11 @@ class Definite(Exception):
 
 
 class Indefinite(Exception):
-    """The operation may have happened (recorded as `info`)."""
+    """The operation may have happened (recorded as `info`); `backoff` as for Definite."""
+
+    def __init__(self, message: str, backoff: float = 0.0):
+        super().__init__(message)
+        self.backoff = backoff
 
 
 def classify_error(resp: Response) -> Exception:
@@ -66,9 +70,9 @@ def run_sql(client: Client, sql: str, params: list | None = None) -> Response:
     try:
         resp = client.sql(sql, params)
     except ConnectionRefusedError as exc:  # nothing was sent
-        raise Definite(f"connection refused: {exc}", backoff=REFUSED_BACKOFF_S) from None
+        raise Definite(f"connection refused: {exc}", backoff=TRANSPORT_BACKOFF_S) from None
     except (OSError, http.client.HTTPException) as exc:  # sent (maybe), no answer: unknown
-        raise Indefinite(f"{type(exc).__name__}: {exc}") from None
+        raise Indefinite(f"{type(exc).__name__}: {exc}", backoff=TRANSPORT_BACKOFF_S) from None
     if not resp.ok:
         raise classify_error(resp)
     return resp
@@ -139,8 +143,9 @@ class Workload:
             rec.fail(proc, f, key, value, node)
             ctx.backoff = exc.backoff
             return None
-        except Indefinite:
+        except Indefinite as exc:
             rec.info(proc, f, key, value, node)
+            ctx.backoff = exc.backoff
             if process is None:
                 ctx.crashed()
             return None
