@@ -178,14 +178,16 @@ class LagProbe:
     """Per write: the leader's acknowledgement (committed and applied there) -> each follower applied.
 
     One probe client writes to the leader while the main load runs; after each acknowledged write it
-    long-polls every follower's /cluster/wait for that write's index on connections kept open. The
-    figure includes one HTTP round trip to the follower, so it is an upper bound of the true lag.
+    long-polls every follower's /cluster/wait for that write's index on connections kept open. That
+    figure includes one HTTP round trip to a busy follower, so it is an upper bound; the round trip
+    of the same long-poll for an already applied index is measured right after and taken off too.
     """
 
     leader_url: str
     follower_urls: list[str]
     auth: str
     samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, lag ms)
+    rtts: list[float] = field(default_factory=list)  # ms: round trip of a wait that returns at once
     errors: int = 0
 
     async def run(self, session: Any, stop_at: float, ids: Any) -> None:
@@ -205,10 +207,16 @@ class LagProbe:
                 self.errors += 1
                 continue
             done = await asyncio.gather(*(self._wait(session, u, index) for u in self.follower_urls))
-            if all(t is not None for t in done):
-                self.samples.append((acked - t_start, (max(done) - acked) * 1000))
-            else:
+            if not all(t is not None for t in done):
                 self.errors += 1
+                continue
+            raw = (max(done) - acked) * 1000
+            # the same long-poll for an index every follower already applied: its round trip alone
+            t_rtt = time.perf_counter()
+            await asyncio.gather(*(self._wait(session, u, 0) for u in self.follower_urls))
+            rtt = (time.perf_counter() - t_rtt) * 1000
+            self.samples.append((acked - t_start, raw))
+            self.rtts.append(rtt)
 
     async def _wait(self, session: Any, url: str, index: int) -> float | None:
         async with session.get(f"{url}{WAIT_PATH}?index={index}&timeout_ms=5000",
@@ -218,9 +226,15 @@ class LagProbe:
         return t if resp.status == 200 and orjson.loads(body).get("reached") else None
 
     def summary(self) -> dict:
+        """Raw lag (ack -> last follower's answer), the bare round trip of the same long-poll, and
+        the lag with that round trip taken off (the replication part)."""
         lags = sorted(lag for _, lag in self.samples)
+        rtts = sorted(self.rtts)
+        net = sorted(max(0.0, lag - rtt) for (_, lag), rtt in zip(self.samples, self.rtts, strict=True))
         return {"samples": len(lags), "p50_ms": round(percentile(lags, 0.5), 3),
                 "p99_ms": round(percentile(lags, 0.99), 3), "max_ms": round(lags[-1], 3) if lags else None,
+                "rtt_p50_ms": round(percentile(rtts, 0.5), 3),
+                "net_p50_ms": round(percentile(net, 0.5), 3), "net_p99_ms": round(percentile(net, 0.99), 3),
                 "errors": self.errors}
 
 

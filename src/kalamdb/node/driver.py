@@ -40,7 +40,7 @@ log = logging.getLogger("kalamdb.raft.driver")
 APPLY_BATCH = 1024
 # Batches at most this big are applied on the event loop (see RaftDriver._apply_inline_ok).
 INLINE_APPLY_MAX_ENTRIES = 64
-INLINE_APPLY_MAX_BYTES = 32 * 1024
+INLINE_APPLY_MAX_BYTES = 16 * 1024
 # Entries that are not engine commands (NOOP, CONFIG, cluster metadata) still advance the engine's
 # applied index, identically on every replica, through this empty command.
 ENGINE_NOOP = Database.noop_command()
