@@ -14,14 +14,17 @@ class Regression:
     seed: int
     nodes: int | None
     seconds: float
+    profile: str
     status: str  # open | fixed
     signature: str
+    mutation: str  # a tests/sim/mutations.py entry that re-introduces the bug ("-": none)
     what: str
 
     @property
     def replay(self) -> str:
         nodes = f" --nodes {self.nodes}" if self.nodes else ""
-        return f"kalamdb sim --seed {self.seed}{nodes} --time {self.seconds:g} --trace"
+        profile = f" --profile {self.profile}" if self.profile != "swarm" else ""
+        return f"kalamdb sim --seed {self.seed}{nodes}{profile} --time {self.seconds:g} --trace"
 
 
 def load_regressions() -> list[Regression]:
@@ -30,11 +33,12 @@ def load_regressions() -> list[Regression]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        seed, nodes, seconds, status, signature, what = (f.strip() for f in line.split("|", 5))
+        seed, nodes, seconds, profile, status, signature, mutation, what = (
+            f.strip() for f in line.split("|", 7))
         if status not in ("open", "fixed"):
             raise ValueError(f"regressions.txt: bad status {status!r} in {raw!r}")
-        out.append(Regression(int(seed), None if nodes == "-" else int(nodes), float(seconds), status,
-                              signature, what))
+        out.append(Regression(int(seed), None if nodes == "-" else int(nodes), float(seconds), profile,
+                              status, signature, mutation, what))
     return out
 
 

@@ -14,6 +14,7 @@ from kalamdb.raft.core import RaftCore, ReadState
 from kalamdb.raft.log import RaftLog
 from kalamdb.raft.types import HardState
 from kalamdb.sim.node import SimNode
+from kalamdb.sim.params import aggressive  # noqa: F401  (re-exported for the hunts)
 
 
 def _commit_by_counting(self) -> bool:
@@ -90,33 +91,6 @@ MUTATIONS = {
 }
 
 
-def aggressive(params) -> None:
-    """Fault-heavy shape used to hunt a planted bug: frequent crashes (often of the leader or of
-    everyone), small replication batches, slowish disks, short outages."""
-    from kalamdb.sim.loop import MS
-
-    timeout = params.tick * params.election_ticks
-    params.fault_interval = 2 * timeout
-    params.fault_weights = {"crash_point": 3.0, "crash_one": 2.0, "crash_leader": 2.0, "crash_minority": 1.0, "crash_all": 1.0,
-                            "partition": 1.0, "isolate_leader": 1.0, "asymmetric": 0.5, "clog": 0.5,
-                            "slow_disk": 1.0, "transfer": 0.5}
-    params.down_time_max = 3 * timeout
-    params.fault_duration_max = 4 * timeout
-    params.fsync_min, params.fsync_max = 500, 5 * MS
-    params.max_entries_per_msg = 1
-    params.max_inflight = 1
-    params.crash_on_promise = 0.2
-    params.down_time_min = 100
-    params.net.duplicate = 0.1
-    params.net.reorder = 0.2
-    params.net.reorder_delay = 3 * MS
-    params.pre_vote = False  # split votes are where vote durability bugs show
-    params.tick_phase = min(params.tick_phase, 1_000)
-    params.propose_interval = min(params.propose_interval, 10 * MS)
-    params.max_pending = max(params.max_pending, 4)
-    params.down_time_max = max(params.tick, timeout // 2)
-    params.net.loss = max(params.net.loss, 0.05)
-
 MUTATIONS["none"] = (contextlib.nullcontext, SimNode, set())
 
 
@@ -143,3 +117,43 @@ def _figure8_without_noop() -> Iterator[None]:
 MUTATIONS["figure8-no-noop"] = (_figure8_without_noop, SimNode,
                                 {"state-machine-safety", "leader-completeness", "lost-acknowledged-write",
                                  "log-matching", "stale-read"})
+
+
+# --- bugs the simulator found in the core, re-introduced to prove their regression seeds still
+# --- reach the scenario (tests/sim/test_regressions.py)
+
+def _promotable_before_2e43133(self) -> bool:
+    m = self.membership
+    return self.id in m.voters or self.id in m.voters_outgoing
+
+
+MUTATIONS["removed-never-campaigns"] = (
+    lambda: _patch(RaftCore, "promotable", property(_promotable_before_2e43133)), SimNode, set())
+
+
+def _before_5756cfb():
+    """The leader's append-response handler as it was before 5756cfb: after a commit whose
+    auto-leave config removed the acking peer, it still sends to that peer (KeyError)."""
+    import inspect
+    import textwrap
+
+    src = textwrap.dedent(inspect.getsource(RaftCore._handle_append_response))
+    fixed = "if self.role is not Role.LEADER or m.frm not in self.prs:"
+    if fixed not in src:
+        raise RuntimeError("core changed: update the bug-A mutation")
+    namespace: dict = {}
+    exec(src.replace(fixed, "if self.role is not Role.LEADER:"), vars(core_mod), namespace)  # noqa: S102
+    old_handler = namespace["_handle_append_response"]
+    current_send = RaftCore._send_append
+
+    def strict_send_append(self, to, send_if_empty=True):
+        self.prs[to]
+        return current_send(self, to, send_if_empty)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(_patch(RaftCore, "_handle_append_response", old_handler))
+    stack.enter_context(_patch(RaftCore, "_send_append", strict_send_append))
+    return stack
+
+
+MUTATIONS["append-to-removed-peer"] = (_before_5756cfb, SimNode, set())

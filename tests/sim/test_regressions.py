@@ -10,6 +10,7 @@ import pytest
 from kalamdb.sim.simulation import run_seed
 
 from .conftest import load_regressions
+from .mutations import MUTATIONS
 
 REGRESSIONS = load_regressions()
 
@@ -18,7 +19,7 @@ REGRESSIONS = load_regressions()
 def test_regression_seed(reg, request):
     if reg.status == "open":
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"open bug: {reg.what}"))
-    result = run_seed(reg.seed, nodes=reg.nodes, seconds=reg.seconds)
+    result = run_seed(reg.seed, nodes=reg.nodes, seconds=reg.seconds, profile=reg.profile)
     if reg.status == "open":
         assert result.ok, "still failing as expected"  # the xfail
         return
@@ -29,12 +30,26 @@ def test_regression_seed(reg, request):
                          ids=lambda r: f"seed{r.seed}")
 def test_open_bug_still_fails_with_its_signature(reg):
     """An open entry whose seed now fails differently (or passes) needs a human look."""
-    result = run_seed(reg.seed, nodes=reg.nodes, seconds=reg.seconds)
+    result = run_seed(reg.seed, nodes=reg.nodes, seconds=reg.seconds, profile=reg.profile)
     if result.ok:
         pytest.fail(f"seed {reg.seed} passes now: mark it `fixed` in regressions.txt")
     assert re.search(reg.signature, result.failure), result.failure
 
 
+@pytest.mark.parametrize("reg", [r for r in REGRESSIONS if r.status == "fixed" and r.mutation != "-"],
+                         ids=lambda r: f"seed{r.seed}-{r.mutation}")
+def test_fixed_seed_still_reaches_its_scenario(reg):
+    """With the old bug put back, the seed fails again with the same signature: the seed still
+    drives the cluster into the scenario, so its passing means the fix holds."""
+    ctx, node_factory, _ = MUTATIONS[reg.mutation]
+    with ctx():
+        result = run_seed(reg.seed, nodes=reg.nodes, seconds=reg.seconds, profile=reg.profile,
+                          node_factory=node_factory)
+    assert not result.ok, f"{reg.replay} no longer reaches the scenario of: {reg.what}"
+    assert re.search(reg.signature, result.failure), result.failure
+
+
 def test_regression_file_parses():
     assert REGRESSIONS, "regressions.txt lists at least one seed"
-    assert len({(r.seed, r.nodes, r.seconds) for r in REGRESSIONS}) == len(REGRESSIONS)
+    assert all(r.mutation == "-" or r.mutation in MUTATIONS for r in REGRESSIONS)
+    assert len({(r.seed, r.nodes, r.seconds, r.profile) for r in REGRESSIONS}) == len(REGRESSIONS)

@@ -107,3 +107,42 @@ class SimParams:
             pre_vote=r.random() < 0.8,
             check_quorum=r.random() < 0.8,
         )
+
+
+def aggressive(params: SimParams) -> None:
+    """Fault-heavy shape for hunting durability and election bugs: frequent crashes (often of the
+    leader or of everyone, often right after a vote grant or append ack, back almost at once),
+    clocks in lockstep and no pre-vote (split votes), one entry per append, slowish disks."""
+    timeout = params.tick * params.election_ticks
+    params.fault_interval = 2 * timeout
+    params.fault_weights = {"crash_point": 3.0, "crash_one": 2.0, "crash_leader": 2.0, "crash_minority": 1.0,
+                            "crash_all": 1.0, "partition": 1.0, "isolate_leader": 1.0, "asymmetric": 0.5,
+                            "clog": 0.5, "slow_disk": 1.0, "transfer": 0.5}
+    params.down_time_max = max(params.tick, timeout // 2)
+    params.fault_duration_max = 4 * timeout
+    params.fsync_min, params.fsync_max = 500, 5 * MS
+    params.max_entries_per_msg = 1
+    params.max_inflight = 1
+    params.crash_on_promise = 0.2
+    params.down_time_min = 100
+    params.tick_phase = min(params.tick_phase, 1_000)
+    params.propose_interval = min(params.propose_interval, 10 * MS)
+    params.max_pending = max(params.max_pending, 4)
+    params.net.loss = max(params.net.loss, 0.05)
+    params.net.duplicate = 0.1
+    params.net.reorder = 0.2
+    params.net.reorder_delay = 3 * MS
+    params.pre_vote = False
+
+
+def membership(params: SimParams) -> None:
+    """Membership churn under whole-cluster crashes: n1 starts alone, the rest join as learners and
+    are promoted, voters get removed (the leader too), spares are added."""
+    params.grow = True
+    params.spares = max(params.spares, 2)
+    params.fault_weights = {"add_learner": 2.0, "promote": 2.0, "remove": 2.0, "crash_all": 1.0,
+                            "crash_leader": 1.0, "crash_one": 1.0, "partition": 0.5, "transfer": 0.5}
+    params.fault_interval = 2 * params.tick * params.election_ticks
+
+
+PROFILES = {"swarm": None, "aggressive": aggressive, "membership": membership}

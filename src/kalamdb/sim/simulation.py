@@ -22,7 +22,7 @@ from kalamdb.sim.loop import MS, EventBudgetExceeded, EventLoop
 from kalamdb.sim.nemesis import Nemesis
 from kalamdb.sim.network import SimNetwork
 from kalamdb.sim.node import SimNode
-from kalamdb.sim.params import SimParams, child_rng
+from kalamdb.sim.params import PROFILES, SimParams, child_rng
 from kalamdb.sim.trace import Trace
 from kalamdb.sim.workload import Client
 
@@ -217,11 +217,14 @@ class Simulation:
 
 def run_seed(seed: int, nodes: int | None = None, seconds: float | None = None,
              echo: Callable[[str], None] | None = None, tweak: Callable[[SimParams], None] | None = None,
-             node_factory: type[SimNode] = SimNode) -> SimResult:
-    """Run one seed: draw its parameters (swarm), build the cluster, simulate, check.
-    `tweak` may adjust the drawn parameters (tests use it to force a scenario)."""
+             node_factory: type[SimNode] = SimNode, profile: str = "swarm") -> SimResult:
+    """Run one seed: draw its parameters (swarm), apply a named profile (params.PROFILES) and
+    `tweak` (tests use it to force a scenario), build the cluster, simulate, check."""
     root = random.Random(seed)
     params = SimParams.draw(seed, nodes=nodes, seconds=seconds, rng=child_rng(root))
+    shape = PROFILES[profile]
+    if shape is not None:
+        shape(params)
     if tweak is not None:
         tweak(params)
     return Simulation(params, root, echo=echo, node_factory=node_factory).run()
