@@ -1,6 +1,9 @@
 """A simulated network between node ids: per-message delay, loss, duplication, reordering,
 symmetric and asymmetric partitions, and clogged links (messages held until the link unclogs).
 
+Links are FIFO like the TCP transport (a message never overtakes an earlier one on its link) unless
+the `reorder` fault strikes: then it is delayed past later ones, as after a reconnect.
+
 Messages are handed over by reference (no copies): the core must treat received messages as
 read-only, like bytes that came off a socket and were decoded once.
 """
@@ -37,6 +40,7 @@ class SimNetwork:
         "loop",
         "rng",
         "sent",
+        "tail",
         "trace",
     )
 
@@ -53,6 +57,7 @@ class SimNetwork:
         self.faulty = True  # False during the liveness phase: no loss, duplication or reordering
         self.sent = 0
         self.dropped = 0
+        self.tail: dict[tuple[int, int], int] = {}  # link -> delivery time of its latest message
 
     def send(self, src: int, dst: int, msg: Any) -> None:
         self.sent += 1
@@ -65,16 +70,21 @@ class SimNetwork:
             return
         cfg = self.cfg
         rng = self.rng
-        delay = rng.randint(cfg.min_delay, cfg.max_delay)
+        at = self.loop.now + rng.randint(cfg.min_delay, cfg.max_delay)
         if self.faulty:
             if cfg.loss and rng.random() < cfg.loss:
                 self.dropped += 1
                 return
             if cfg.reorder and rng.random() < cfg.reorder:
-                delay += rng.randint(0, cfg.reorder_delay)
+                at += rng.randint(0, cfg.reorder_delay)
+                self.loop.at(at, self.deliver, src, dst, msg)  # may be overtaken: not the link's tail
+                return
             if cfg.duplicate and rng.random() < cfg.duplicate:
-                self.loop.after(delay + rng.randint(0, cfg.max_delay), self.deliver, src, dst, msg)
-        self.loop.after(delay, self.deliver, src, dst, msg)
+                self.loop.at(at + rng.randint(0, cfg.max_delay), self.deliver, src, dst, msg)
+        tail = self.tail.get(link, 0)
+        at = max(at, tail)
+        self.tail[link] = at
+        self.loop.at(at, self.deliver, src, dst, msg)
 
     # --- faults -------------------------------------------------------------------------------
     def partition(self, *groups: list[int]) -> None:

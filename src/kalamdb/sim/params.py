@@ -51,6 +51,7 @@ class SimParams:
     max_inflight: int = 256
     max_entries_per_msg: int = 1024
     snapshot_chunk_bytes: int = 1 << 20
+    wire: bool = False  # pass every message through msgpack + Message.from_wire (validation included)
     grow: bool = False  # form the cluster OpenRaft-style: n1 alone, the rest added as learners, promoted
 
     @classmethod
@@ -106,6 +107,7 @@ class SimParams:
             grow=r.random() < 0.3,
             pre_vote=r.random() < 0.8,
             check_quorum=r.random() < 0.8,
+            wire=r.random() < 0.25,  # drawn last: adding it re-mapped no earlier seed
         )
 
 
