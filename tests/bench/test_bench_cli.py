@@ -68,9 +68,11 @@ def test_insert_lag_and_batch_write_a_valid_report(tmp_path):
     assert mixed["errors"] == 0, mixed["first_error"]
 
 
-def test_failover_start_and_catchup_report_times(tmp_path):
-    doc = run_bench(tmp_path, "--scenarios", "start,failover,catchup", "--start-runs", "1",
-                    "--failover-runs", "1", "--catchup-writes", "200")
+def test_failover_start_catchup_and_fill_report_their_figures(tmp_path):
+    doc = run_bench(tmp_path, "--scenarios", "start,failover,catchup,memory", "--start-runs", "1",
+                    "--failover-runs", "1", "--catchup-writes", "200", "--million", "--million-rows", "2000")
+    filled = doc["memory"]["kalamdb_after_rows"]
+    assert filled["rows"] == 2000 and set(filled["rss_mb"]) == {"node1", "node2", "node3"}
     (start,) = rows(doc, "kalamdb", "start")
     assert start["runs"] == 1 and start["p50_ms"] > 0
     (failover,) = rows(doc, "kalamdb", "failover")

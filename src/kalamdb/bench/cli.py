@@ -151,20 +151,30 @@ class Bench:
                 res, smp = self.load(tgt, clients, f"kalamdb mixed x{clients}", sampler_pids=pids)
                 self.add("kalamdb", "mixed", res, read_fraction=self.o["read_fraction"], cpu_percent=smp.cpu_percent)
             if "lag" in sc:
-                self.run_lag(cluster, urls, auth, pids)
+                self.guarded("replication_lag", self.run_lag, cluster, urls, auth, pids)
             if "memory" in sc and self.o["million"]:
-                self.fill_million(cluster, auth, pids)
+                self.guarded("memory_fill", self.fill_million, cluster, auth, pids)
             if "catchup" in sc:
-                self.run_catchup(cluster)
+                self.guarded("catchup", self.run_catchup, cluster)
             if "failover" in sc:
-                runs = []
-                for i in range(self.o["failover_runs"]):
-                    self.console.print(f"  failover run {i + 1}/{self.o['failover_runs']}", end="\r")
-                    runs.append(kc.failover_once(cluster, self.ids))
-                self.add("kalamdb", "failover", election_ms=list(el), **kc.summarize_seconds(runs))
+                self.guarded("failover", self.run_failover, cluster)
         finally:
             if cluster is not None:
                 cluster.shutdown()
+
+    def guarded(self, scenario: str, fn: Any, *args: Any) -> None:
+        """Run one scenario; if it breaks, report it as a row with its error and go on."""
+        try:
+            fn(*args)
+        except (click.ClickException, RuntimeError, AssertionError, OSError) as exc:
+            self.add("kalamdb", scenario, errors=1, first_error=f"{type(exc).__name__}: {exc}"[:500])
+
+    def run_failover(self, cluster: Any) -> None:
+        runs = []
+        for i in range(self.o["failover_runs"]):
+            self.console.print(f"  failover run {i + 1}/{self.o['failover_runs']}", end="\r")
+            runs.append(kc.failover_once(cluster, self.ids))
+        self.add("kalamdb", "failover", election_ms=list(self.o["election_ms"]), **kc.summarize_seconds(runs))
 
     def run_lag(self, cluster: Any, urls: list[str], auth: str, pids: dict[str, int]) -> None:
         clients = self.o["lag_clients"]
@@ -180,16 +190,22 @@ class Bench:
         rows, rpr = self.o["million_rows"], 500
         leader = cluster.leader()
         self.console.print(f"  filling {rows} rows in batches of {rpr}")
-        last = 0
+        last, done, failed = 0, 0, []
         with kc.ResourceSampler(pids) as smp:
-            for _ in range(rows // rpr):
+            while done < rows:
                 r = leader.sql(kc.literal_insert([next(self.ids) for _ in range(rpr)], "m" * 32))
-                if not r.ok:
-                    raise click.ClickException(f"fill failed: {r.error}")
+                if not r.ok:  # e.g. leadership moved: find the leader again, go on with fresh ids
+                    failed.append(r.error)
+                    if len(failed) > 20:
+                        raise click.ClickException(f"fill failed 20 times, last: {r.error}")
+                    leader = cluster.leader()
+                    continue
+                done += rpr
                 last = r.raft_index or last
             cluster.wait_for_replication(last, timeout=120)
         self.extra.setdefault("memory", {})["kalamdb_after_rows"] = {
-            "rows": rows, "rss_mb": kc.rss_mb(pids), "max_rss_mb": smp.max_rss_mb}
+            "rows": done, "rss_mb": kc.rss_mb(pids), "max_rss_mb": smp.max_rss_mb,
+            "failed_batches": len(failed), "first_failure": failed[0] if failed else None}
 
     def run_catchup(self, cluster: Any) -> None:
         n = self.o["catchup_writes"]
