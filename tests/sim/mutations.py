@@ -55,9 +55,9 @@ class SendBeforePersist(SimNode):
     __slots__ = ()
 
     def persist(self, rd) -> bool:
-        send = self.sim.net.send
+        send = self.sim.send
         for m in rd.messages:
-            send(self.id, m.to, m)
+            send(self.id, m)
         rd.messages = []
         return super().persist(rd)
 
@@ -83,10 +83,10 @@ MUTATIONS = {
                                 {"state-machine-safety", "leader-completeness", "lost-acknowledged-write",
                                  "log-matching", "stale-read"}),
     "vote-not-persisted": (contextlib.nullcontext, VoteNotPersisted,
-                           {"election-safety", "state-machine-safety", "leader-completeness",
+                           {"durability-promise", "election-safety", "state-machine-safety", "leader-completeness",
                             "lost-acknowledged-write", "log-matching"}),
     "send-before-persist": (contextlib.nullcontext, SendBeforePersist,
-                            {"election-safety", "state-machine-safety", "leader-completeness",
+                            {"durability-promise", "election-safety", "state-machine-safety", "leader-completeness",
                              "lost-acknowledged-write", "log-matching", "stale-read"}),
 }
 

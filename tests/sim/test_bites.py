@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from kalamdb.sim.checker import SafetyChecker
 from kalamdb.sim.simulation import run_seed
 
 from .mutations import MUTATIONS, aggressive
@@ -49,3 +50,19 @@ def test_unmutated_core_passes_the_same_hunt():
     for seed in range(40):
         result = run_seed(seed, nodes=3, seconds=3, tweak=aggressive)
         assert result.ok, f"seed {seed}: {result.failure}"
+
+
+# Without the direct durability-promise check, the damage itself must still be seen: two leaders in
+# one term, a new leader missing committed entries, lost acknowledged writes (or a replication storm
+# from a leader that believes an ack the follower's disk no longer backs).
+CONSEQUENCE_BOUNDS = {"vote-not-persisted": 250, "send-before-persist": 80}
+
+
+@pytest.mark.parametrize("name", sorted(CONSEQUENCE_BOUNDS))
+def test_consequences_caught_without_the_promise_check(name, monkeypatch):
+    monkeypatch.setattr(SafetyChecker, "on_promise", lambda self, node, msg, disk: None)
+    seed, result, _rules = _hunt(name, CONSEQUENCE_BOUNDS[name])
+    assert result is not None, f"{name!r}: no violation in {CONSEQUENCE_BOUNDS[name]} seeds"
+    print(f"{name} (no promise check): caught at seed {seed}: {result.failure.splitlines()[0]}")
+    assert "durability-promise" not in result.failure
+    assert result.kind == "safety" or "storm" in result.failure, result.failure

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from kalamdb.raft.messages import MsgType
 from kalamdb.raft.types import Entry
 
 
@@ -88,6 +89,19 @@ class SafetyChecker:
         if seen is not None and seen.term != term:
             raise SafetyViolation("state-machine-safety",
                                   f"n{node} restored a snapshot at {index} term {term}; committed term {seen.term}")
+
+    # --- the Ready contract: what a message promises is durable before it leaves -------------------
+    def on_promise(self, node: int, msg, disk) -> None:
+        if msg.type == MsgType.APP_RESP:  # "I hold entries up to msg.index"
+            if disk.last_index() < msg.index:
+                raise SafetyViolation(
+                    "durability-promise",
+                    f"n{node} acked index {msg.index} to n{msg.to} with only {disk.last_index()} synced")
+        elif disk.hard_state.term != msg.term or disk.hard_state.vote != msg.to:  # VOTE_RESP grant
+            hs = disk.hard_state
+            raise SafetyViolation(
+                "durability-promise",
+                f"n{node} granted its term-{msg.term} vote to n{msg.to} with term {hs.term} vote {hs.vote} synced")
 
     # --- client-visible guarantees ------------------------------------------------------------------
     def on_ack(self, op_id: int, key: int, index: int) -> None:

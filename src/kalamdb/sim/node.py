@@ -184,10 +184,10 @@ class SimNode:
     def finish(self, rd: Ready) -> None:
         """Steps 5-10: everything that may only happen once the writes are durable."""
         sim = self.sim
-        send = sim.net.send
+        send = sim.send
         me = self.id
         for m in rd.messages:
-            send(me, m.to, m)
+            send(me, m)
         if rd.messages and (self.crash_point is not None or sim.params.crash_on_promise):
             self._check_crash_point(rd.messages)
         if rd.committed:

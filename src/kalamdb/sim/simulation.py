@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from kalamdb.raft.core import Role
-from kalamdb.raft.messages import Message, decode_membership
+from kalamdb.raft.messages import Message, MsgType, decode_membership
 from kalamdb.raft.types import Membership
 from kalamdb.sim.checker import SafetyChecker, SafetyViolation
 from kalamdb.sim.loop import MS, EventBudgetExceeded, EventLoop
@@ -29,6 +29,8 @@ from kalamdb.sim.trace import Trace
 from kalamdb.sim.workload import Client
 
 _LEADER = Role.LEADER
+_APP_RESP = MsgType.APP_RESP
+_VOTE_RESP = MsgType.VOTE_RESP
 STORM_WINDOW = 50 * MS
 STORM_EVENTS = 100_000  # 2000 events per simulated ms: far above a pipelined catch-up (~500)
 
@@ -70,6 +72,14 @@ class Simulation:
                 msg = Message.from_wire(msgpack.unpackb(msgpack.packb(msg.to_wire()), raw=False))
             self.trace.add(dst, "recv", msg)
             node.receive(msg)
+
+    def send(self, src: int, msg) -> None:
+        """Every message a driver sends: first check that what it promises is on the sender's disk
+        (an append ack covers only synced entries; a vote grant only a synced vote)."""
+        t = msg.type
+        if not msg.reject and (t is _APP_RESP or t is _VOTE_RESP):
+            self.checker.on_promise(src, msg, self.nodes[src].disk)
+        self.net.send(src, msg.to, msg)
 
     def leader(self) -> SimNode | None:
         """The live leader with the highest term (a stale one may linger in a partition)."""
