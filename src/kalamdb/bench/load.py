@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+CDF_QUANTILES = [round(i / 100, 2) for i in range(1, 100)] + [0.995, 0.999]
+
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (NaN when empty)."""
@@ -72,6 +74,8 @@ class LoadResult:
             "max_ms": round(lat[-1] * 1000, 3) if lat else math.nan,
             "errors": self.errors,
             "first_error": self.first_error,
+            # the latency distribution, for CDF plots: [quantile, ms] at 1% steps plus the tail
+            "cdf_ms": [[q, round(percentile(lat, q) * 1000, 3)] for q in CDF_QUANTILES] if lat else [],
         }
 
 
