@@ -8,7 +8,9 @@ event-loop thread is profiled; read the files with `python -m pstats FILE` (sort
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +40,7 @@ def profile_env(out_dir: Path) -> dict[str, str]:
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     hook = Path(tempfile.mkdtemp(prefix="kalamdb-bench-profhook-"))
+    atexit.register(shutil.rmtree, hook, ignore_errors=True)  # the nodes are stopped by then
     (hook / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     return {"PYTHONPATH": path, PROFILE_ENV: str(out_dir)}
