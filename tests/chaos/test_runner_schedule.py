@@ -57,3 +57,20 @@ def test_leader_target_follows_the_leader_and_falls_back_to_the_ranking():
     step = FaultStep(1.0, 1.0, "pause", "leader", (3, 1, 2))
     assert resolve_targets(step, leader=2) == [2]
     assert resolve_targets(step, leader=None) == [3]
+
+
+def test_cli_prints_the_same_schedule_for_the_same_seed_and_refuses_bad_options():
+    from click.testing import CliRunner
+
+    from kalamdb.chaos.cli import chaos_command
+
+    runner = CliRunner()
+    args = ["--seed", "99", "--time", "40", "--print-schedule"]
+    first, again = runner.invoke(chaos_command, args), runner.invoke(chaos_command, args)
+    other = runner.invoke(chaos_command, ["--seed", "100", "--time", "40", "--print-schedule"])
+    assert first.exit_code == 0 and first.output.strip()
+    assert first.output == again.output != other.output
+    bad = runner.invoke(chaos_command, ["--faults", "partition,meteor", "--print-schedule"])
+    assert bad.exit_code == 2 and "unknown fault meteor" in bad.output
+    bad = runner.invoke(chaos_command, ["--workload", "", "--print-schedule"])
+    assert bad.exit_code == 2 and "at least one workload" in bad.output
