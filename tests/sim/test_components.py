@@ -170,3 +170,26 @@ def test_checker_stale_read_and_lost_write():
         c.on_read(1, 3, floor, 9)
     with pytest.raises(SafetyViolation, match="lost-acknowledged-write"):
         c.check_acked_present(2, {}.get)
+
+
+def test_checker_durability_promise():
+    from kalamdb.raft.messages import Message, MsgType
+
+    c = SafetyChecker()
+    disk = SimDisk()
+    disk.write_entries([_e(1, 1)])
+    disk.write_hard_state(HardState(1, 2, 0))
+    ack = Message(MsgType.APP_RESP, 2, 3, 1, index=1)
+    grant = Message(MsgType.VOTE_RESP, 2, 3, 1)
+    with pytest.raises(SafetyViolation, match="durability-promise"):
+        c.on_promise(3, ack, disk)  # written, not synced
+    with pytest.raises(SafetyViolation, match="durability-promise"):
+        c.on_promise(3, grant, disk)
+    disk.sync()
+    c.on_promise(3, ack, disk)
+    c.on_promise(3, grant, disk)
+    with pytest.raises(SafetyViolation, match="durability-promise"):
+        c.on_promise(3, Message(MsgType.VOTE_RESP, 4, 3, 1), disk)  # a second vote in term 1
+    disk.write_hard_state(HardState(2, 4, 0))
+    disk.sync()
+    c.on_promise(3, grant, disk)  # superseded by a later term: that vote can no longer be recast

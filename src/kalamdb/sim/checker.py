@@ -92,13 +92,15 @@ class SafetyChecker:
 
     # --- the Ready contract: what a message promises is durable before it leaves -------------------
     def on_promise(self, node: int, msg, disk) -> None:
-        if msg.type == MsgType.APP_RESP:  # "I hold entries up to msg.index"
-            if disk.last_index() < msg.index:
+        if msg.type == MsgType.APP_RESP:  # "I hold entries up to msg.index" (unless a later term took over)
+            if disk.last_index() < msg.index and disk.hard_state.term <= msg.term:
                 raise SafetyViolation(
                     "durability-promise",
                     f"n{node} acked index {msg.index} to n{msg.to} with only {disk.last_index()} synced")
-        elif disk.hard_state.term != msg.term or disk.hard_state.vote != msg.to:  # VOTE_RESP grant
+        else:  # VOTE_RESP grant: that vote (or a later term, where this one can no longer be recast)
             hs = disk.hard_state
+            if hs.term > msg.term or (hs.term == msg.term and hs.vote == msg.to):
+                return
             raise SafetyViolation(
                 "durability-promise",
                 f"n{node} granted its term-{msg.term} vote to n{msg.to} with term {hs.term} vote {hs.vote} synced")
