@@ -23,5 +23,24 @@ test: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/kalamdb sim --seeds 2000
 
+# 50 consecutive 60 s chaos runs with every fault kind; stops at the first failing seed.
+CHAOS_RUNS ?= 50
+CHAOS_START ?= 1
+chaos: $(STAMP)
+	@mkdir -p chaos-out; for s in $$(seq $(CHAOS_START) $$(($(CHAOS_START) + $(CHAOS_RUNS) - 1))); do \
+	  echo "== chaos seed $$s"; \
+	  $(BIN)/kalamdb chaos --nodes 3 --time 60 --workload register,set,bank \
+	    --faults partition,kill,pause,delay,loss,disk,cpu,memory,clock --seed $$s --out chaos-out/seed-$$s \
+	    || { echo "chaos seed $$s FAILED: see chaos-out/seed-$$s/report.html"; exit 1; }; \
+	done
+
+# kalamdb next to a 3-node etcd on loopback; as root this installs Debian's etcd-server first.
+bench: $(STAMP)
+	@command -v etcd >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq etcd-server; } \
+	  || echo "etcd is not installed: run 'apt-get install etcd-server' to compare against it"
+	$(BIN)/pip install -q -e '.[test,bench]'
+	mkdir -p bench-out
+	$(BIN)/kalamdb bench --compare etcd --clients 1,16,64 --duration 4 --json bench-out/bench.json --plot bench-out
+
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -8,6 +8,7 @@ Fixtures:
                  sets its options. Skipped against an external cluster.
   make_cluster   a factory of fresh clusters (several per test, each shut down at its end).
   server, unique_ns, fresh_server   one real single-node server (see fixtures_single).
+  chaos_run      runs one chaos scenario (`@pytest.mark.chaos(...)`) and returns its result.
 
 `--kalamdb-keep` keeps data dirs and logs. A failed test keeps them too, and its report gets a
 "kalamdb cluster" section with each node's log tail, the seed and where the artifacts are.
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from kalamdb.chaos.pytest_support import chaos_run_fixture  # noqa: F401 - provides `chaos_run`
 from kalamdb.testing.fixtures_single import fresh_server, server, unique_ns  # noqa: F401 - fixtures
 
 _CLUSTERS = pytest.StashKey[list]()
