@@ -135,6 +135,7 @@ def aggressive(params: SimParams) -> None:
     params.net.reorder = 0.2
     params.net.reorder_delay = 3 * MS
     params.pre_vote = False
+    params.grow = False  # one entry per round trip cannot catch up whole learners within the bound
 
 
 def membership(params: SimParams) -> None:
