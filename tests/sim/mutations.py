@@ -157,3 +157,20 @@ def _before_5756cfb():
 
 
 MUTATIONS["append-to-removed-peer"] = (_before_5756cfb, SimNode, set())
+
+
+def _snapshot_resp_before_fix(self, m) -> None:
+    """The leader's SNAPSHOT_RESP handler before the bug-C fix: every answer, duplicated or stale,
+    asks for another chunk, so each duplicate starts a chunk stream of its own."""
+    pr = self.prs.get(m.frm)
+    if pr is None or pr.state != core_mod.ProgressState.SNAPSHOT or m.index != pr.pending_snapshot:
+        return
+    pr.recent_active = True
+    pr.snapshot_idle_ticks = 0
+    pr.snapshot_offset = m.offset
+    self._snap_requests.append(core_mod.SnapshotRequest(m.frm, pr.snapshot_meta, m.offset,
+                                                        self.cfg.snapshot_chunk_bytes))
+
+
+MUTATIONS["snapshot-streams-multiply"] = (
+    lambda: _patch(RaftCore, "_handle_snapshot_response", _snapshot_resp_before_fix), SimNode, set())

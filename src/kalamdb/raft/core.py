@@ -763,6 +763,11 @@ class RaftCore:
             return
         pr.recent_active = True
         pr.snapshot_idle_ticks = 0
+        # One chunk stream per follower: act only on an ack that moves past the chunk in flight,
+        # or on a reject naming another offset than the one in flight. Duplicated or stale answers
+        # would otherwise each start a stream of their own, and the streams multiply (sim seed 452).
+        if m.offset == pr.snapshot_offset or (not m.reject and m.offset < pr.snapshot_offset):
+            return
         pr.snapshot_offset = m.offset
         self._snap_requests.append(SnapshotRequest(m.frm, pr.snapshot_meta, m.offset,
                                                    self.cfg.snapshot_chunk_bytes))
