@@ -135,6 +135,10 @@ class SimNode:
             if core.role is _LEADER and core.term != self.last_term_led:
                 self.last_term_led = core.term
                 self.sim.checker.on_leader(self.id, core.term, core)
+            early = self._leader_sends_early(rd)
+            if early:
+                self._send_all(rd.messages)
+                rd.messages = []  # sent: finish() must not send them again
             if self.persist(rd):
                 self.busy = True
                 p = self.sim.params
@@ -144,6 +148,18 @@ class SimNode:
             self.finish(rd)
             if self.core is not core:
                 return  # decommissioned while applying
+
+    def _leader_sends_early(self, rd: Ready) -> bool:
+        """The real driver's optimisation (node/driver.py): a leader whose term and vote are already
+        durable sends before its own fsync, so its disk write overlaps the followers'."""
+        hs, disk = rd.hard_state, self.disk.hard_state
+        return (self.sim.params.leader_early_send and self.core.role is _LEADER and rd.snapshot is None
+                and not rd.snapshot_chunks and (hs is None or (hs.term, hs.vote) == (disk.term, disk.vote)))
+
+    def _send_all(self, messages) -> None:
+        send, me = self.sim.send, self.id
+        for m in messages:
+            send(me, m)
 
     def _synced(self, incarnation: int, rd: Ready) -> None:
         if incarnation != self.incarnation:

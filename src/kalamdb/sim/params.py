@@ -52,6 +52,7 @@ class SimParams:
     max_entries_per_msg: int = 1024
     snapshot_chunk_bytes: int = 1 << 20
     wire: bool = False  # pass every message through msgpack + Message.from_wire (validation included)
+    leader_early_send: bool = False  # a leader with durable term/vote sends before its own fsync (as the real driver)
     grow: bool = False  # form the cluster OpenRaft-style: n1 alone, the rest added as learners, promoted
 
     @classmethod
@@ -107,7 +108,8 @@ class SimParams:
             grow=r.random() < 0.3,
             pre_vote=r.random() < 0.8,
             check_quorum=r.random() < 0.8,
-            wire=r.random() < 0.25,  # drawn last: adding it re-mapped no earlier seed
+            wire=r.random() < 0.25,  # drawn after the rest: adding it re-mapped no earlier seed
+            leader_early_send=r.random() < 0.5,  # likewise
         )
 
 
