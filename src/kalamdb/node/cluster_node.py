@@ -21,9 +21,9 @@ from typing import Any
 import psutil
 
 from kalamdb.errors import KalamError
-from kalamdb.node.clock import clock
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
 from kalamdb.node.driver import RaftDriver, WriteOutcomeUnknown, definite_not_leader
+from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
 
 log = logging.getLogger("kalamdb.node")
@@ -124,7 +124,9 @@ class ClusterNode:
                          "stale; never use this outside checker tests")
         await self.driver.start()
         self._tasks = [asyncio.create_task(self._reconcile_loop(), name="membership"),
-                       asyncio.create_task(self._expire_streams(), name="stream-expiry")]
+                       asyncio.create_task(expire_streams_forever(
+                           self.db, self.submit, self._expiry_interval_s, lambda: self.driver.is_leader),
+                           name="stream-expiry")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -356,23 +358,6 @@ class ClusterNode:
         if book != self._published_book:
             self._published_book = book
             d.propose_meta({"op": "peers", "peers": [list(b) for b in book]})
-
-    async def _expire_streams(self) -> None:
-        """The leader proposes deletion of expired STREAM rows: its clock decides, all replicas apply."""
-        while True:
-            await asyncio.sleep(self._expiry_interval_s)  # a period, not a wait for state
-            if not self.driver.is_leader:
-                continue
-            try:
-                command = self.db.expiry_command(clock.now_us())
-                if command is not None:
-                    await self.submit(command)
-            except asyncio.CancelledError:
-                raise
-            except KalamError:
-                pass
-            except Exception:
-                log.exception("stream expiry failed")
 
     # ------------------------------------------------------------------ observability
     def _status_of(self, nid: int, progress: dict) -> str:

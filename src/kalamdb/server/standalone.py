@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from kalamdb.errors import KalamError
-from kalamdb.node.clock import clock
+from kalamdb.node.expiry import expire_streams_forever
 
 log = logging.getLogger("kalamdb.node")
 
@@ -171,7 +171,8 @@ class StandaloneNode:
                 "commit_queue_depth": len(self._committer._pending)}
 
     async def start(self) -> None:
-        self._expiry_task = asyncio.create_task(self._expire_streams(), name="stream-expiry")
+        self._expiry_task = asyncio.create_task(
+            expire_streams_forever(self.db, self.submit, self._expiry_interval_s), name="stream-expiry")
 
     async def stop(self) -> None:
         if self._expiry_task is not None:
@@ -204,21 +205,3 @@ class StandaloneNode:
         raise KalamError(
             "INVALID_SQL", f"{type(op).__name__} needs cluster mode; this server runs a single node "
             "(start it with a [cluster] section)")
-
-    async def _expire_streams(self) -> None:
-        """Propose deletion of expired STREAM rows; the proposer's clock decides, every replica
-        applies the same command."""
-        while True:
-            await asyncio.sleep(self._expiry_interval_s)  # a period, not a wait for a state
-            try:
-                command = self.db.expiry_command(clock.now_us())
-                if command is not None:
-                    await self.submit(command)
-            except asyncio.CancelledError:
-                raise
-            except KalamError as exc:
-                if exc.status == 503:
-                    return
-                log.warning("stream expiry failed: %s", exc.message)
-            except Exception:
-                log.exception("stream expiry failed")
