@@ -69,3 +69,24 @@ def test_installed_command_runs_as_a_process():
     proc = subprocess.run([sys.executable, "-m", "kalamdb", "check", str(NOT)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 1 and "NOT_LINEARIZABLE" in proc.stdout
+
+
+def test_a_mixed_chaos_history_is_checked_on_the_models_operations(tmp_path):
+    """A chaos run's history.jsonl holds several workloads; --model register checks its part."""
+    lines = [
+        '{"type":"invoke","process":0,"f":"write","key":1,"value":3,"time":1}',
+        '{"type":"invoke","process":1,"f":"add","key":null,"value":7,"time":2}',
+        '{"type":"ok","process":0,"f":"write","key":1,"value":3,"time":3}',
+        '{"type":"ok","process":1,"f":"add","key":null,"value":7,"time":4}',
+        '{"type":"invoke","process":0,"f":"read","key":1,"time":5}',
+        '{"type":"ok","process":0,"f":"read","key":1,"value":4,"time":6}',
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(check_command, [str(path), "--model", "register"])
+    assert r.exit_code == 1, r.output  # the read of 4 after a write of 3 is caught
+    assert "skipped other workloads' operations (add)" in r.output
+    only_sets = tmp_path / "sets.jsonl"
+    only_sets.write_text("\n".join(lines[1:2] + lines[3:4]) + "\n")
+    r = CliRunner().invoke(check_command, [str(only_sets), "--model", "register"])
+    assert r.exit_code == 2 and "no operation the register model checks" in r.output
