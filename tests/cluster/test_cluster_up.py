@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,34 +12,14 @@ import psutil
 import pytest
 
 from kalamdb.client import Client
+from kalamdb.testing.ports import free_port_block
 
 pytestmark = pytest.mark.cluster
 
 
-def _free_block(n: int, rng: random.Random) -> int:
-    """A base port whose next n ports are free right now (cluster up binds fixed ports itself)."""
-    for _ in range(50):
-        base = rng.randrange(20000, 30000)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
-
-
 def test_cluster_up_serves_one_cluster_with_shared_tokens_and_stops_cleanly(tmp_path):
-    seed = int.from_bytes(os.urandom(4), "big")
-    print(f"port seed {seed}")
-    rng = random.Random(seed)
-    api, rpc = _free_block(3, rng), _free_block(3, rng)
+    base = free_port_block(6)
+    api, rpc = base, base + 3
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALAMDB_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "kalamdb", "cluster", "up", "--nodes", "3", "--data-dir", str(tmp_path),

@@ -18,6 +18,7 @@ import pytest
 
 from kalamdb.testing.cluster import ClusterError, ProcessControlUnavailable, start_cluster_server
 from kalamdb.testing.external import connect_external_cluster, parse_cluster_urls
+from kalamdb.testing.ports import free_port_block
 
 pytestmark = pytest.mark.cluster
 
@@ -123,32 +124,8 @@ def test_the_plugin_fixtures_use_kalamdb_cluster_urls(kit_cluster, tmp_path):
     assert kit_cluster.verify_data_consistency("SHOW NAMESPACES")
 
 
-def _free_port_block(count: int) -> int:
-    """A base port with `count` consecutive free ports (checked by binding; `cluster up` binds
-    fixed ports, so a race with another process remains possible and is retried by the caller)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65000:
-            continue
-        held = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                held.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no block of free ports found")
-
-
 def test_external_mode_against_kalamdb_cluster_up(tmp_path):
-    base = _free_port_block(6)
+    base = free_port_block(6)
     password = "up-root-pw"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALAMDB_")}
     env["KALAMDB_ROOT_PASSWORD"] = password
