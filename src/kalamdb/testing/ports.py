@@ -5,17 +5,16 @@ can still be taken by another process before the tool binds it, so callers retry
 
 from __future__ import annotations
 
+import random
 import socket
 
 
 def free_port_block(count: int, attempts: int = 50) -> int:
-    """A base port such that base .. base+count-1 were all free a moment ago."""
+    """A base port such that base .. base+count-1 were all free a moment ago. Drawn below Linux's
+    ephemeral range (32768+), where outgoing connections would otherwise take ports meanwhile."""
+    rng = random.Random()
     for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65000:
-            continue
+        base = rng.randrange(20000, 32000 - count)
         held = []
         try:
             for p in range(base, base + count):
