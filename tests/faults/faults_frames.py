@@ -6,6 +6,8 @@ import asyncio
 import struct
 import zlib
 
+from kalamdb.testing.waiting import async_wait_for
+
 MAX_FRAME = 1 << 20
 
 
@@ -88,11 +90,4 @@ class FrameServer:
         await self._server.wait_closed()
 
 
-async def until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    """Wait for a condition owned by another thread (the proxy's counters), with a deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.002)
+until = async_wait_for  # (predicate, timeout, what)

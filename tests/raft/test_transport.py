@@ -27,6 +27,7 @@ from kalamdb.raft.frames import (
     handshake_mac,
 )
 from kalamdb.raft.transport import FrameTooLarge, PeerTransport
+from kalamdb.testing.waiting import async_wait_for
 
 SECRET = b"test-cluster-secret-0123456789"
 SEED = int(os.environ.get("KALAMDB_TEST_SEED", random.randrange(1 << 30)))
@@ -34,12 +35,8 @@ LOCAL = "127.0.0.1"
 
 
 async def wait_until(pred: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Wait for a condition with a deadline (short poll: stats have no change notification)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what} (seed {SEED})")
-        await asyncio.sleep(0.002)
+    """Wait for a condition with a deadline (stats have no change notification)."""
+    await async_wait_for(pred, timeout, f"{what} (seed {SEED})")
 
 
 class Inbox:

@@ -9,6 +9,7 @@ import orjson
 
 from kalamdb.client import Response, _decode
 from kalamdb.testing.single import ServerProcess
+from kalamdb.testing.waiting import wait_for  # noqa: F401 - re-exported for the server tests
 
 
 def basic(user: str, password: str) -> str:
@@ -49,12 +50,3 @@ def assert_serving(server: ServerProcess) -> None:
         assert resp.ok, resp
 
 
-def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    """Block until condition() is true; fail after `timeout` seconds (short polling interval)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
