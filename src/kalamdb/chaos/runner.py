@@ -96,7 +96,8 @@ class ChaosCluster(FaultyCluster):
         if kind == "kill":
             self.kill_nodes(ix)
         elif kind == "pause":
-            self.pause_nodes(ix)
+            # a node that an overlapping kill already stopped is down anyway: pause the others
+            self.pause_nodes([i for i in ix if self.get_node(i).is_running()])
         elif kind == "partition":
             if every:
                 self.partition_majorities_ring()
