@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from sqlglot import exp
 
 from kalamdb.errors import KalamError
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
 from kalamdb.node.driver import RaftDriver, WriteOutcomeUnknown, definite_not_leader
 from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
+from kalamdb.sql import statements as st
 
 log = logging.getLogger("kalamdb.node")
 
@@ -447,6 +449,14 @@ def _msg(message: str) -> dict:
 
 
 def _reads_data(prepared: Any) -> bool:
-    """Only data-table reads need ReadIndex; SHOW/DESCRIBE/system tables are always local."""
-    check = getattr(prepared, "reads_data_tables", None)
-    return True if check is None else bool(check)
+    """Only data-table reads need ReadIndex. SHOW/DESCRIBE and queries that touch only `system.*`
+    tables are answered from this node's own state (as upstream does). A table name without the
+    `system` schema (a data table, or a CTE name) counts as data: the safe side."""
+    for s in prepared.statements:
+        if not isinstance(s, st.Query):
+            continue  # SHOW, DESCRIBE, USE: catalog reads
+        if s.ast is None:
+            return True
+        if any((t.db or "").lower() != "system" for t in s.ast.find_all(exp.Table)):
+            return True
+    return False
