@@ -14,6 +14,7 @@ import pytest
 from faults_frames import FrameServer, checked, frame, read_frame, until, verify
 
 from kalamdb.testing.netproxy import NetworkController
+from kalamdb.testing.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -406,10 +407,8 @@ def test_close_leaks_no_sockets_or_threads():
     asyncio.run(scenario())
     assert proc.num_fds() == fds0
     assert threading.active_count() == py_threads0
-    deadline = time.monotonic() + 5  # a joined thread may take a moment to leave the kernel
-    while proc.num_threads() != threads0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.num_threads() == threads0
+    # a joined thread may take a moment to leave the kernel
+    wait_for(lambda: proc.num_threads() == threads0, 5, f"the thread count to return to {threads0}", poll_s=0.01)
 
 
 def test_controller_is_safe_to_drive_from_many_threads(net):

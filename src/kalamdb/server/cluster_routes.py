@@ -8,6 +8,7 @@ otherwise only an authenticated dba/system caller.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -69,26 +70,13 @@ def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
             state = await guard(request)
         except KalamError as err:
             return responses.error(err)
-        db = state.db
         # digest and applied index from one consistent read of the state machine
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        applied, value = await loop.run_in_executor(None, _digest, db)
+        applied, value = await asyncio.get_running_loop().run_in_executor(None, state.db.digest_with_index)
         return responses.json_response({"node_id": state.node.node_id, "applied_index": applied, "digest": value})
 
     app.router.add_get(CLUSTER_HEALTH_PATH, health)
     app.router.add_get(WAIT_PATH, wait)
     app.router.add_get(DIGEST_PATH, digest)
-
-
-def _digest(db: Any) -> tuple[int, str]:
-    with_index = getattr(db, "digest_with_index", None)
-    if with_index is not None:
-        return with_index()
-    before = db.applied_index
-    value = db.digest()
-    return (before if db.applied_index == before else -1), value
 
 
 def _int_param(request: web.Request, name: str, lo: int, hi: int, default: int | None = None) -> int:
