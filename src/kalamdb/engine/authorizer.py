@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable
 
 from kalamdb.engine.catalog import VIEW_SUFFIX
 from kalamdb.sql.types import COERCERS
@@ -68,12 +67,13 @@ class Guard:
     """One connection's authorizer. `allow` is the current statement's allowlist while user SQL is
     prepared; None means the engine's own statements are running (no restriction)."""
 
-    __slots__ = ("allow", "denied", "system_views", "write_target")
+    __slots__ = ("allow", "denied", "view_bases", "write_target")
 
-    def __init__(self, system_views: Iterable[str]):
+    def __init__(self, view_bases: dict[str, frozenset[str]]):
         self.allow: frozenset[str] | None = None
         self.write_target: str | None = None
-        self.system_views = frozenset(system_views)
+        #: our views by name -> the tables a bare COUNT(*) over them may be flattened onto
+        self.view_bases = view_bases
         self.denied: str | None = None  # what the last refusal was about (for the error message)
 
     def __call__(self, action: int, arg1, arg2, db_name, source) -> int:
@@ -85,9 +85,12 @@ class Guard:
         if action == _READ:
             if arg1 in allow or arg1 == self.write_target:
                 return _OK  # declared by the compiled statement (read directly or inside its CTEs)
-            if db_name is None and is_cte_name(arg1):
-                return _OK  # a CTE's own rows; what its body read was authorized as it was read
-            if source is not None and (source == arg1 + VIEW_SUFFIX or source in self.system_views):
+            if db_name is None:
+                if is_cte_name(arg1):
+                    return _OK  # a CTE's own rows; what its body read was authorized as it was read
+                if arg2 == "" and arg1 in self._count_bases(allow):
+                    return _OK  # COUNT(*) over an allowed view SQLite flattened onto its base table
+            if source is not None and (source == arg1 + VIEW_SUFFIX or arg1 in self.view_bases.get(source, ())):
                 return _OK  # the body of one of our own views (user CTE names cannot take these
                 # names: the compiler refuses any CTE name that is not a plain identifier)
             return self._deny(f"table {arg1}")
@@ -98,6 +101,14 @@ class Guard:
         if action in _WRITES and source is None and arg1 is not None and arg1 == self.write_target:
             return _OK
         return self._deny(f"operation {action} on {arg1}")
+
+    def _count_bases(self, allow: frozenset[str]) -> set[str]:
+        """Catalog tables whose COUNT(*) an allowed system view may expose. (Row views never flatten
+        to a bare count: the compiler always reads them with a WHERE.)"""
+        bases: set[str] = set()
+        for name in allow:
+            bases.update(self.view_bases.get(name, ()))
+        return bases
 
     def _deny(self, what: str) -> int:
         self.denied = what
@@ -122,7 +133,8 @@ class UserScope:
         self._guard.write_target = None
 
 
-def install(conn: sqlite3.Connection, system_views: Iterable[str]) -> Guard:
-    guard = Guard(system_views)
+def install(conn: sqlite3.Connection, view_bases: dict[str, frozenset[str]]) -> Guard:
+    """`view_bases`: the system views by name, each with the catalog tables it reads."""
+    guard = Guard(view_bases)
     conn.set_authorizer(guard)
     return guard

@@ -54,6 +54,13 @@ SYSTEM_VIEWS: dict[str, dict[str, str]] = {
               "created_at": "Timestamp", "updated_at": "Timestamp", "deleted_at": "Timestamp"},
 }
 SYSTEM_VIEWS["schemas"] = SYSTEM_VIEWS["tables"]
+# the catalog tables each system view reads (the authorizer lets a view's body read exactly these)
+SYSTEM_VIEW_BASES: dict[str, frozenset[str]] = {
+    "system.namespaces": frozenset({"_kdb_namespaces", "_kdb_tables"}),
+    "system.tables": frozenset({"_kdb_tables"}),
+    "system.schemas": frozenset({"_kdb_tables", "system.tables"}),
+    "system.users": frozenset({"_kdb_users"}),
+}
 
 
 @dataclass(frozen=True)

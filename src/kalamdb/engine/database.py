@@ -38,7 +38,6 @@ MAX_SQL_BYTES = limits.MAX_SQL_BYTES
 MAX_PARAMS = limits.MAX_PARAMS
 ADMIN_ROLES = ("dba", "system")
 COMMAND_VERSION = 1
-_SYSTEM_VIEW_NAMES = [f"system.{name}" for name in cat.SYSTEM_VIEWS]
 # SQLite failures caused by this machine (not by the command): they must not be recorded as the
 # command's deterministic outcome, so they abort the whole batch instead
 _ENVIRONMENTAL = ("disk i/o error", "database or disk is full", "database is locked", "readonly database",
@@ -124,7 +123,7 @@ class Database:
             for sql in cat.BOOTSTRAP_SQL:
                 self._wconn.execute(sql)
             self._wconn.execute("COMMIT")
-        self._wstate.guard = authorizer.install(self._wconn, _SYSTEM_VIEW_NAMES)
+        self._wstate.guard = authorizer.install(self._wconn, cat.SYSTEM_VIEW_BASES)
         self._load_state()
 
     # ------------------------------------------------------------------ connections and state
@@ -149,7 +148,7 @@ class Database:
             conn = self._connect()
             state = FnState(None, self.node_id)
             register(conn, state)
-            state.guard = authorizer.install(conn, _SYSTEM_VIEW_NAMES)
+            state.guard = authorizer.install(conn, cat.SYSTEM_VIEW_BASES)
             self._tls.conn, self._tls.state = conn, state
             with self._readers_lock:
                 self._readers.append(conn)
