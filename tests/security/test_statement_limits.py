@@ -25,8 +25,10 @@ def test_printf_still_formats(world):
         [["00042-x", "3.14"]]
 
 
-@pytest.mark.parametrize("expr", ["zeroblob(50000000)", "replace(printf('%.*c', 90000, 'x'), 'x', "
-                                  "printf('%.*c', 100, 'y'))"])
+BIG_REPLACE = "replace(printf('%.*c', 90000, 'x'), 'x', printf('%.*c', 100, 'y'))"
+
+
+@pytest.mark.parametrize("expr", ["zeroblob(50000000)", BIG_REPLACE])
 def test_oversized_values_are_refused_before_they_are_built(world, expr):
     started = time.monotonic()
     with pytest.raises(KalamError) as info:
