@@ -5,6 +5,7 @@ running 5 s later; and the kit's sweep cleans up after dead runs without touchin
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,7 +149,7 @@ BENCH = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v etcd"], capture_output=True).returncode != 0,
+@pytest.mark.skipif(shutil.which("etcd") is None,
                     reason="etcd is not installed (apt-get install etcd-server)")
 def test_sigkill_of_a_benchmark_leaves_no_kalamdb_node_or_etcd_member():
     p = subprocess.Popen([sys.executable, "-c", BENCH], env=_env(), stdout=subprocess.PIPE, text=True)
