@@ -10,7 +10,6 @@ with state never bootstrap again). Ctrl-C stops every node gracefully.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -24,18 +23,11 @@ from pathlib import Path
 
 import click
 
+from kalamdb import lifeline
+
 READY_TIMEOUT_S = 60.0
 RPC_PORT_OFFSET = 1108  # upstream KalamDB's defaults: HTTP 8080, Raft RPC 9188
 MAX_PORT = 65535
-
-
-def _die_with_parent() -> None:
-    """Linux: a node gets SIGTERM if this supervisor dies, even by SIGKILL (no orphaned nodes)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _health(url: str) -> dict | None:
@@ -143,11 +135,12 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int | N
         log_path = root / f"node{nid}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until it exits
         logs.append(log)
-        procs.append(subprocess.Popen(
+        # a node gets SIGTERM (a graceful stop) if this supervisor dies, even by SIGKILL
+        procs.append(lifeline.spawn(
             [sys.executable, "-m", "kalamdb", "serve", "--data-dir", str(root / f"node{nid}"),
              "--host", host, "--port", str(api_ports[i])],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent))  # noqa: PLW1509 - single-threaded here
+            death_signal=signal.SIGTERM))
     stopping = False
 
     def stop_all(*_: object) -> None:
