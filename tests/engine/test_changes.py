@@ -124,7 +124,7 @@ def test_dropping_a_table_ends_its_log_and_is_published_in_order(node, feed):
     node.sql("DROP USER TABLE m")
     kinds = [type(e).__name__ for e in feed if not (isinstance(e, Applied) and not e.changes)]
     assert kinds == ["Applied", "TableDropped"]
-    assert [e for e in feed if isinstance(e, TableDropped)][0].table == "default.m"
+    assert next(e for e in feed if isinstance(e, TableDropped)).table == "default.m"
     node.sql("CREATE USER TABLE m (id BIGINT PRIMARY KEY, body TEXT, n INT)")
     assert node.db.changes_since("default.m", node.alice.user_id, 0)[1] == []
 
