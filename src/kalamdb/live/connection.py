@@ -119,9 +119,11 @@ class LiveConnection:
         ws = self.ws
         queue = self._queue
         try:
-            while not self.closed:
+            while True:
                 if not queue:
                     self._drained.set()
+                    if self.closed:
+                        return  # closing: everything queued before the close has been written
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -148,24 +150,24 @@ class LiveConnection:
         self.close(p.CLOSE_POLICY, "Slow consumer", final=frame)
 
     def close(self, code: int, reason: str, *, final: p.Frame | None = None) -> None:
-        """Close the connection (idempotent): stop the writer, try to send `final` then a close
-        frame within CLOSE_TIMEOUT_S, and abort the transport if the peer does not cooperate."""
+        """Close the connection (idempotent): nothing more is queued; what was queued is written,
+        then `final` and a close frame, within CLOSE_TIMEOUT_S; a peer that does not cooperate gets
+        its transport aborted."""
         if self.closed:
             return
         self.closed = True
         self._wake.set()
-        self._writer.cancel()
         self._closing_task = asyncio.get_running_loop().create_task(self._close(code, reason, final))
 
     async def _close(self, code: int, reason: str, final: p.Frame | None) -> None:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._writer
+                await asyncio.shield(self._writer)
                 if final is not None and not self.ws.closed:
                     await self.ws.send_frame(final.data, WSMsgType.BINARY if final.binary else WSMsgType.TEXT)
                 await self.ws.close(code=code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())
         except (TimeoutError, ConnectionError, RuntimeError):
+            self._writer.cancel()
             if self.transport is not None:
                 self.transport.abort()
         except Exception:

@@ -159,7 +159,7 @@ def decode_binary(data: bytes) -> ClientMessage:
         except zlib.error:
             raise InvalidMessage("Failed to decompress binary msgpack") from None
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_buffer_size=MAX_MESSAGE_BYTES)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types on hostile input
         raise InvalidMessage(f"Invalid MessagePack: {exc}") from None
     return parse_message(obj)

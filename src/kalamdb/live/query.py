@@ -54,6 +54,10 @@ class SubscriptionQuery:
         return f"{self.namespace}.{self.table}"
 
     @property
+    def where_columns(self) -> list[str]:
+        return [] if self.where is None else sorted({c.name.lower() for c in self.where.find_all(exp.Column)})
+
+    @property
     def where_sql(self) -> str | None:
         return None if self.where is None else self.where.sql(dialect="postgres")
 

@@ -273,7 +273,8 @@ class LiveService:
             if role not in allowed:
                 raise LiveError(p.UNAUTHORIZED, f"Permission denied: Cannot subscribe to shared table '{tid}': "
                                 f"access level '{level}' requires elevated privileges.")
-        unknown = [c for c in (q.projection or ()) if c not in shape.types]
+        referenced = list(q.projection or ()) + (q.where_columns if q.where is not None else [])
+        unknown = [c for c in referenced if c not in shape.types]
         if unknown:
             raise LiveError(p.INVALID_SQL, f"Invalid SQL: Column '{unknown[0]}' does not exist in table {q.table_id}")
         return shape
