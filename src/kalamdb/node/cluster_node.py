@@ -22,8 +22,9 @@ import psutil
 from sqlglot import exp
 
 from kalamdb.errors import KalamError
+from kalamdb.node.cluster_view import AGE_COLUMN, ClusterView
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
-from kalamdb.node.driver import RaftDriver, WriteOutcomeUnknown, definite_not_leader
+from kalamdb.node.driver import ForwardRefused, RaftDriver, WriteOutcomeUnknown, definite_not_leader
 from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
 from kalamdb.sql import statements as st
@@ -40,7 +41,7 @@ CLUSTER_COLUMNS = [
     ("rpc_addr", "TEXT"), ("api_addr", "TEXT"), ("is_self", "BOOLEAN"), ("is_leader", "BOOLEAN"),
     ("current_term", "BIGINT"), ("last_applied_log", "BIGINT"), ("leader_last_log_index", "BIGINT"),
     ("snapshot_index", "BIGINT"), ("replication_lag", "BIGINT"), ("memory_usage_mb", "DOUBLE"),
-    ("cpu_usage_percent", "DOUBLE"), ("uptime_seconds", "BIGINT"),
+    ("cpu_usage_percent", "DOUBLE"), ("uptime_seconds", "BIGINT"), AGE_COLUMN,
 ]
 GROUP_COLUMNS = [
     ("group_id", "TEXT"), ("node_id", "BIGINT"), ("current_term", "BIGINT"), ("vote", "BIGINT"),
@@ -105,6 +106,12 @@ class ClusterNode:
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         self._published_book: tuple | None = None
+        self.cluster_view = ClusterView(  # other nodes' reports fill this node's gaps in system.cluster
+            node_id=cfg.node_id, cluster_id=cfg.cluster_id, secret=cfg.secret,
+            columns=[c for c, _ in CLUSTER_COLUMNS[:-1]], own_rows=self._own_cluster_rows,
+            peers=lambda: {nid: p.api_addr for nid, p in self.book.peers.items()
+                           if nid in self.driver.core.membership.members},
+            term=lambda: self.driver.core.term, is_leader=lambda: self.driver.is_leader)
         db.register_system_table("cluster", CLUSTER_COLUMNS, self._cluster_rows)
         db.register_system_table("cluster_groups", GROUP_COLUMNS, self._group_rows)
 
@@ -128,7 +135,8 @@ class ClusterNode:
         self._tasks = [asyncio.create_task(self._reconcile_loop(), name="membership"),
                        asyncio.create_task(expire_streams_forever(
                            self.db, self.submit, self._expiry_interval_s, lambda: self.driver.is_leader),
-                           name="stream-expiry")]
+                           name="stream-expiry"),
+                       asyncio.create_task(self.cluster_view.run(), name="cluster-view")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -158,20 +166,50 @@ class ClusterNode:
                          "cluster reachable?)", status=503, details="definite: the write was not applied")
 
     async def submit(self, command: bytes) -> tuple[int, Any]:
-        await self._leader_or_raise()
-        try:
-            fut = self.driver.propose(command)
-        except NotLeader:
-            raise definite_not_leader(f"node {self.node_id} lost leadership", self.leader_api()) from None
-        except ProposalRejected as exc:
-            raise KalamError("LEADER_NOT_AVAILABLE", f"leader is not accepting writes now: {exc}", status=503,
-                             details="definite: the write was not applied") from None
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
-        except TimeoutError:
-            raise WriteOutcomeUnknown(
-                f"write {fut.raft_index} was proposed but not committed within {self.cfg.write_timeout_ms} ms "
-                "(no quorum reachable?)") from None
+        """Replicate a command and return (index, engine Outcome) once this node applied it.
+        On the leader it is proposed directly; on a follower it travels to the leader inside the
+        peer transport (node/forwarding.py), and the answer comes from this node's own apply. A
+        refusal is definite (nothing was appended), so it is retried with the next leader while
+        the leader wait lasts."""
+        driver = self.driver
+        wait_s = self.cfg.leader_wait_ms / 1000
+        deadline = time.monotonic() + wait_s
+        leader = driver.leader_id or await driver.wait_for_leader(wait_s)
+        refusal: ForwardRefused | None = None
+        while True:
+            if not leader:
+                raise KalamError("LEADER_NOT_AVAILABLE",
+                                 f"no leader elected within {self.cfg.leader_wait_ms} ms (is a majority of the "
+                                 "cluster reachable?)", status=503, details="definite: the write was not applied")
+            try:
+                if leader == self.node_id:
+                    fut = driver.propose(command)
+                else:
+                    fut = driver.forward(leader, command)
+                return await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
+            except NotLeader:
+                pass  # lost leadership between the check and the proposal: find the new leader
+            except ProposalRejected as exc:
+                raise KalamError("LEADER_NOT_AVAILABLE", f"leader is not accepting writes now: {exc}", status=503,
+                                 details="definite: the write was not applied") from None
+            except ForwardRefused as exc:
+                if exc.code == "FORWARD_FAILED" or time.monotonic() >= deadline:
+                    raise
+                refusal = exc
+                if exc.leader_id and exc.leader_id != leader:
+                    leader = exc.leader_id
+                    continue
+            except TimeoutError:
+                driver.abandon(fut)
+                where = getattr(fut, "raft_index", None)
+                what = f"write {where} was proposed" if where else "the write was sent to the leader"
+                raise WriteOutcomeUnknown(
+                    f"{what} but not committed within {self.cfg.write_timeout_ms} ms (no quorum reachable?)"
+                ) from None
+            left = deadline - time.monotonic()
+            leader = await driver.wait_for_leader_change(leader, left) if left > 0 else 0
+            if not leader and refusal is not None:
+                raise refusal
 
     async def read(self, prepared: Any, *, consistency: str | None = None,
                    min_applied_index: int | None = None) -> list[dict]:
@@ -378,6 +416,10 @@ class ClusterNode:
         return "unknown"
 
     def _cluster_rows(self) -> list[tuple]:
+        return self.cluster_view.merge(self._own_cluster_rows())
+
+    def _own_cluster_rows(self) -> list[tuple]:
+        """system.cluster as this node alone knows it (without the age column)."""
         d = self.driver
         core = d.core
         m = core.membership
