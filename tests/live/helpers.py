@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import msgpack
@@ -109,7 +109,7 @@ class Ws:
         await self.ws.close()
         await self.session.close()
 
-    async def __aenter__(self) -> Ws:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -16,8 +16,8 @@ def test_authenticate_needs_method_token_and_protocol():
     assert msg == p.Authenticate("t", p.Protocol("msgpack", "none"))
     for bad in ('{"type":"authenticate","method":"jwt","token":"t"}',
                 '{"type":"authenticate","method":"basic","token":"t","protocol":{}}',
-                '{"type":"authenticate","method":"jwt","token":1,'
-                '"protocol":{"serialization":"json","compression":"gzip"}}'):
+                ('{"type":"authenticate","method":"jwt","token":1,'
+                '"protocol":{"serialization":"json","compression":"gzip"}}')):
         with pytest.raises(p.InvalidMessage, match="^Invalid message: "):
             p.decode_text(bad)
 

@@ -28,8 +28,8 @@ REFUSED = [
     # ours: what upstream would accept and then deliver wrongly
     ("SELECT * FROM n.t WHERE a IN (SELECT b FROM n.u)", "Subscription query does not support subqueries in WHERE."),
     ("SELECT * FROM n.t WHERE a = $1", "Subscription query cannot use parameters: write the value into the SQL."),
-    ("SELECT COUNT(*) FROM n.t", "Subscription query projections must be column names of the table; "
-                                 "'COUNT(*)' is not"),
+    ("SELECT COUNT(*) FROM n.t", ("Subscription query projections must be column names of the table; "
+                                 "'COUNT(*)' is not")),
 ]
 
 

@@ -24,8 +24,10 @@ from kalamdb.live import protocol as p
 log = logging.getLogger("kalamdb.live")
 
 MAX_QUEUED_FRAMES = 10_000
+slow_consumers_closed = 0  # process-wide count, for /metrics
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 CLOSE_TIMEOUT_S = 2.0
+SLOW_CLOSE_TIMEOUT_S = 10.0  # a slow consumer gets this long to read up to the error before an abort
 
 
 class LiveConnection:
@@ -139,6 +141,8 @@ class LiveConnection:
 
     # ---- closing ---------------------------------------------------------------------------
     def close_slow_consumer(self) -> None:
+        global slow_consumers_closed
+        slow_consumers_closed += 1
         log.warning("closing live connection %s of user %s: it stopped reading (more than %d frames or "
                     "%d bytes queued)", self.id, self.user_id, MAX_QUEUED_FRAMES, MAX_QUEUED_BYTES)
         msg = p.error("connection", p.SLOW_CONSUMER,
@@ -147,9 +151,11 @@ class LiveConnection:
         self._queue.clear()
         self._queued_bytes = 0
         frame = p.encode(msg, p.JSON, compress=False)
-        self.close(p.CLOSE_POLICY, "Slow consumer", final=frame)
+        self._writer.cancel()  # it waits for the socket to drain; what it wrote stays in order
+        self.close(p.CLOSE_POLICY, "Slow consumer", final=frame, timeout=SLOW_CLOSE_TIMEOUT_S)
 
-    def close(self, code: int, reason: str, *, final: p.Frame | None = None) -> None:
+    def close(self, code: int, reason: str, *, final: p.Frame | None = None,
+              timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Close the connection (idempotent): nothing more is queued; what was queued is written,
         then `final` and a close frame, within CLOSE_TIMEOUT_S; a peer that does not cooperate gets
         its transport aborted."""
@@ -157,12 +163,13 @@ class LiveConnection:
             return
         self.closed = True
         self._wake.set()
-        self._closing_task = asyncio.get_running_loop().create_task(self._close(code, reason, final))
+        self._closing_task = asyncio.get_running_loop().create_task(self._close(code, reason, final, timeout))
 
-    async def _close(self, code: int, reason: str, final: p.Frame | None) -> None:
+    async def _close(self, code: int, reason: str, final: p.Frame | None, timeout: float) -> None:
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await asyncio.shield(self._writer)
+            async with asyncio.timeout(timeout):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._writer)
                 if final is not None and not self.ws.closed:
                     await self.ws.send_frame(final.data, WSMsgType.BINARY if final.binary else WSMsgType.TEXT)
                 await self.ws.close(code=code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())

@@ -162,6 +162,16 @@ class LiveEndpoint:
         conn.send(p.encode(p.auth_success(principal.user_id, principal.role, proto), p.JSON, compress=conn.compress))
         return True
 
+    def metrics_text(self) -> str:
+        """Prometheus lines: live connections, subscriptions, notifications, and the event loop's
+        task count (a leak of connections or tasks shows here first)."""
+        stats = {**self.service.stats(), "event_loop_tasks": len(asyncio.all_tasks())}
+        lines = []
+        for name, value in sorted(stats.items()):
+            lines.append(f"# TYPE kalamdb_{name} {'counter' if name.endswith('_total') else 'gauge'}")
+            lines.append(f"kalamdb_{name} {value}")
+        return "\n".join(lines) + "\n"
+
     # ------------------------------------------------------------------ the sweeper
     async def _sweep_forever(self) -> None:
         while True:

@@ -662,8 +662,11 @@ class LiveService:
         return [s.system_row(self.node_id) for s in self.index.all()]
 
     def stats(self) -> dict[str, int]:
+        from kalamdb.live import connection
+
         return {"live_connections": len(self.connections), "live_subscriptions": len(self.index),
-                "live_notifications_total": self.delivered}
+                "live_notifications_total": self.delivered,
+                "live_slow_consumers_closed_total": connection.slow_consumers_closed}
 
 
 def _as_live_error(err: KalamError, q: SubscriptionQuery) -> LiveError:

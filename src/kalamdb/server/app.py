@@ -11,7 +11,7 @@ from aiohttp import web
 
 from kalamdb import __version__
 from kalamdb.errors import KalamError
-from kalamdb.live.endpoint import add_live_routes
+from kalamdb.live.endpoint import LIVE_KEY, add_live_routes
 from kalamdb.node.cluster_view import add_node_report_route
 from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
@@ -67,7 +67,8 @@ async def _metrics(request: web.Request) -> web.Response:
     if not is_local_address(request.remote):
         return responses.error(KalamError("PERMISSION_DENIED", "Metrics are answered only to localhost"))
     state = request.app[STATE_KEY]
-    return web.Response(text=metrics.render(state.sql.metrics, state.node), content_type="text/plain")
+    text = metrics.render(state.sql.metrics, state.node) + request.app[LIVE_KEY].metrics_text()
+    return web.Response(text=text, content_type="text/plain")
 
 
 async def _login(request: web.Request) -> web.Response:
