@@ -176,7 +176,7 @@ def read_all(text: str) -> Iterator[tuple[Any, int]]:
         else:
             yield value, top_start
     if stack:
-        raise EdnError(f"{stack[-1][0]!r} opened on line {stack[-1][2]} is never closed", line)
+        raise EdnError(f"{stack[-1][0]!r} opened here is never closed", stack[-1][2])
 
 
 def loads(text: str) -> Any:

@@ -116,10 +116,12 @@ def _mops(value: Any, *, source: str | None, line: int | None, completed: bool) 
 
 
 def pair_txn_events(events: Iterable[Event], *, source: str | None = None,
-                    labels: dict[int, Any] | None = None) -> tuple[list[Txn], int]:
+                    labels: dict[int, Any] | None = None, allow_unpaired: bool = False) -> tuple[list[Txn], int]:
     """Pair invokes and completions per process, in the given order; returns (txns, skipped) where
     skipped counts events whose f is not `txn`. An invoke never answered, or followed by another
-    invoke of its process, is info. `labels` maps an event's line to its Jepsen :index."""
+    invoke of its process, is info. `labels` maps an event's line to its Jepsen :index. With
+    `allow_unpaired` (EDN: Elle's own tests write histories of completions only) a completion
+    without an invoke is a transaction invoked at that same moment; otherwise it is an error."""
     pending: dict[Any, tuple[int, Event]] = {}
     done: list[tuple[int, Event, Event | None, int | None]] = []
     skipped = 0
@@ -136,6 +138,8 @@ def pair_txn_events(events: Iterable[Event], *, source: str | None = None,
             pending[ev.process] = (t, ev)
             continue
         started = pending.pop(ev.process, None)
+        if started is None and allow_unpaired:
+            started = (t, ev)
         if started is None:
             raise HistoryError(f"{ev.type} for process {ev.process!r} without a pending invoke", source=source,
                                line=ev.line)
@@ -239,7 +243,7 @@ def parse_txn_history(text: str, fmt: str = "auto", source: str = "<history>") -
             raise HistoryError(str(exc), source=source, line=1) from None
     if fmt == "edn":
         events, labels = parse_edn_events(text, source)
-        return pair_txn_events(events, source=source, labels=labels)
+        return pair_txn_events(events, source=source, labels=labels, allow_unpaired=True)
     if fmt == "jsonl":
         events = parse_jsonl(text, source)
         if events and all(e.time is not None for e in events):
