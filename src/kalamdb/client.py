@@ -6,7 +6,8 @@ Example::
     with kalamdb.Client("http://127.0.0.1:8080") as db:
         db.login("root", "")
         db.sql("CREATE NAMESPACE IF NOT EXISTS app")
-        print(db.sql("SELECT * FROM app.items WHERE id = $1", [1]).rows)
+        print(db.sql("SELECT * FROM app.items WHERE id = $1", [1]).rows)          # as on the wire
+        print(db.sql("SELECT * FROM app.items WHERE id = $1", [1]).typed_rows())  # int, datetime, ...
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from kalamdb.cells import typed_rows
 from kalamdb.errors import KalamError
 
 SQL_PATH = "/v1/api/sql"
@@ -31,7 +33,8 @@ IDLE_RECONNECT_S = 15.0
 
 class Response(dict):
     """One API answer. `ok` is True for `"status": "success"`; `rows`/`row_count` are those of the
-    first result (most requests have one statement); `http_status` is the HTTP status code."""
+    first result (most requests have one statement), as the wire encodes them (BigInt as a string,
+    Timestamp as microseconds); `typed_rows()` decodes them. `http_status` is the HTTP status code."""
 
     http_status: int = 0
 
@@ -72,6 +75,20 @@ class Response(dict):
         """The first result's rows as {column: value} dicts."""
         names = self.columns
         return [dict(zip(names, row, strict=False)) for row in self.rows]
+
+    def typed_rows(self) -> list[list]:
+        """The first result's rows with Python values instead of the wire's encoding: int for
+        BigInt (a JSON string on the wire), an aware UTC datetime for Timestamp (microseconds),
+        date, time, Decimal, UUID, bytes, parsed JSON: see `kalamdb.cells`. `rows` stays raw."""
+        results = self.results
+        if not results:
+            return []
+        return typed_rows(results[0].get("schema") or [], results[0].get("rows") or [])
+
+    def typed_dicts(self) -> list[dict]:
+        """`typed_rows()` as {column: value} dicts."""
+        names = self.columns
+        return [dict(zip(names, row, strict=False)) for row in self.typed_rows()]
 
     def raise_for_error(self) -> Response:
         """Return self on success, else raise the API error as a KalamError."""

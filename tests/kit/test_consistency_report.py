@@ -53,3 +53,24 @@ def test_digest_report_names_the_odd_node():
     report = DigestReport(5, {1: same, 2: {"applied_index": 5, "digest": "bb"}, 3: same})
     assert not report and report.differing_nodes == [2] and "DIFFER" in str(report)
     assert DigestReport(5, {1: same, 3: same}) and DigestReport(5, {1: same}).differing_nodes == []
+
+
+def test_the_same_error_on_every_node_is_said_plainly_and_is_not_a_divergence():
+    err = {"status": "error", "error": {"code": "TABLE_NOT_FOUND", "message": "Table 'app.t' not found"}}
+    report = compare_results("SELECT * FROM app.t", 4, {1: err, 2: err, 3: err})
+    assert report.failed_everywhere and not report.diverged and report.differing_nodes == []
+    assert not report  # falsy all the same: no rows were compared
+    assert report.error == "TABLE_NOT_FOUND: Table 'app.t' not found" and report.failed_nodes == [1, 2, 3]
+    text = str(report)
+    assert "failed on every node" in text and "not a divergence" in text and "TABLE_NOT_FOUND" in text
+    assert "DIFFER" not in text
+
+
+def test_different_errors_or_an_error_beside_answers_are_a_divergence():
+    a = {"status": "error", "error": {"code": "TABLE_NOT_FOUND", "message": "no table"}}
+    b = {"status": "error", "error": {"code": "TIMEOUT", "message": "too slow"}}
+    mixed = compare_results("SELECT 1", 2, {1: a, 2: b, 3: a})
+    assert mixed.diverged and not mixed.failed_everywhere and mixed.differing_nodes == [1, 2, 3]
+    assert "replicas DIFFER" in str(mixed) and "different errors" in str(mixed)
+    one_fails = compare_results("SELECT 1", 2, {1: a, 2: ok(("1",)), 3: a})
+    assert one_fails.diverged and one_fails.reference_nodes == [2] and one_fails.differing_nodes == [1, 3]

@@ -34,3 +34,13 @@ def test_cli_rejects_bad_input():
     assert both.exit_code == 2 and "either --seed" in both.output
     assert runner.invoke(sim_command, ["--seed", "1", "--nodes", "9"]).exit_code == 2
     assert runner.invoke(sim_command, ["--seeds", "0"]).exit_code == 2
+
+
+def test_trace_of_one_seed_is_byte_identical_and_timing_goes_to_stderr():
+    runs = [CliRunner().invoke(sim_command, ["--seed", "7", "--time", "1", "--trace"]) for _ in range(2)]
+    for run in runs:
+        assert run.exit_code == 0, run.output
+        assert "seeds/min" not in run.stdout and "seeds/min" in run.stderr
+        assert run.stdout.endswith("all seeds passed\n")
+    assert runs[0].stdout == runs[1].stdout
+    assert runs[0].stdout.count("\n") > 100  # the trace itself is there

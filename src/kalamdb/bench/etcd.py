@@ -25,6 +25,7 @@ from typing import Self
 
 import orjson
 
+from kalamdb import lifeline
 from kalamdb.bench.load import Request, Target
 
 INSTALL_HINT = ("etcd is not installed: on Debian/Ubuntu run `sudo apt-get install -y etcd-server` "
@@ -107,8 +108,8 @@ class EtcdCluster:
                    "--initial-cluster-token", f"bench-{ports[0]}", "--log-level", "error",
                    "--logger", "zap"]
             log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its life
-            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, start_new_session=True))
+            self.procs.append(lifeline.spawn(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True))
             log.close()
         deadline = time.monotonic() + timeout
         while True:  # poll each member's /health until all report a leader (bounded by the deadline)

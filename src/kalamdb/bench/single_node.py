@@ -158,12 +158,13 @@ class BareHttpServer:
     """The bare_http ceiling as a child process (started and always killed by the benchmark)."""
 
     def __init__(self) -> None:
-        import subprocess
         import tempfile
 
         self._dir = tempfile.mkdtemp(prefix="kalamdb-bare-")
         port_file = os.path.join(self._dir, "port")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kalamdb.bench.bare_http", "--port-file", port_file])
+        from kalamdb import lifeline
+
+        self.proc = lifeline.spawn([sys.executable, "-m", "kalamdb.bench.bare_http", "--port-file", port_file])
         deadline = time.monotonic() + 30
         while not os.path.exists(port_file):
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -1,17 +1,19 @@
 """`kalamdb cluster up`: a local N-node cluster of real processes in the foreground.
 
 Node i (1-based) serves HTTP on base_port + i - 1 and Raft RPC on rpc_base_port + i - 1, with its
-data under DATA_DIR/node<i>. Running it again on the same data dir restarts the same cluster (nodes
+data under DATA_DIR/node<i>. Without --rpc-base-port the RPC ports follow the base port
+(base_port + 1108: 8080 gives upstream's 9188), so two local clusters on different base ports never
+collide; when those ports are taken, free ones are picked. Both are printed. Running it again on the same data dir restarts the same cluster (nodes
 with state never bootstrap again). Ctrl-C stops every node gracefully.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,16 +23,11 @@ from pathlib import Path
 
 import click
 
+from kalamdb import lifeline
+
 READY_TIMEOUT_S = 60.0
-
-
-def _die_with_parent() -> None:
-    """Linux: a node gets SIGTERM if this supervisor dies, even by SIGKILL (no orphaned nodes)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+RPC_PORT_OFFSET = 1108  # upstream KalamDB's defaults: HTTP 8080, Raft RPC 9188
+MAX_PORT = 65535
 
 
 def _health(url: str) -> dict | None:
@@ -39,6 +36,40 @@ def _health(url: str) -> dict | None:
             return json.loads(resp.read())
     except (OSError, ValueError):
         return None
+
+
+def _busy_ports(host: str, ports: list[int]) -> list[int]:
+    """The ports of `ports` that cannot be bound on `host` right now."""
+    busy = []
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def choose_rpc_ports(host: str, api_ports: list[int], rpc_base_port: int | None) -> tuple[list[int], str]:
+    """The RPC port of each node and how it was chosen (said to the user). An explicit
+    --rpc-base-port is taken as given; otherwise base_port + RPC_PORT_OFFSET, or a free block when
+    those ports are taken or out of range. A free port can still be taken before the node binds it:
+    the node then exits saying so, and running the command again picks again."""
+    count = len(api_ports)
+    if rpc_base_port is not None:
+        return [rpc_base_port + i for i in range(count)], "from --rpc-base-port"
+    derived = [api_ports[0] + RPC_PORT_OFFSET + i for i in range(count)]
+    if derived[-1] <= MAX_PORT and not set(derived) & set(api_ports) and not _busy_ports(host, derived):
+        return derived, f"base port + {RPC_PORT_OFFSET}"
+    from kalamdb.testing.ports import free_port_block
+
+    for _ in range(20):
+        base = free_port_block(count)
+        ports = [base + i for i in range(count)]
+        if not set(ports) & set(api_ports) and not _busy_ports(host, ports):
+            why = "out of range" if derived[-1] > MAX_PORT else "in use"
+            return ports, f"free ports: {derived[0]}-{derived[-1]} were {why}"
+    raise click.ClickException("no free block of RPC ports found; pass --rpc-base-port")
 
 
 def _cluster_secret(data_dir: Path) -> str:
@@ -62,14 +93,15 @@ def cluster_command() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default="./data", show_default=True)
 @click.option("--base-port", type=click.IntRange(1, 65000), default=8080, show_default=True,
               help="HTTP port of node 1; node i uses base-port + i - 1.")
-@click.option("--rpc-base-port", type=click.IntRange(1, 65000), default=9188, show_default=True,
-              help="Raft RPC port of node 1; node i uses rpc-base-port + i - 1.")
+@click.option("--rpc-base-port", type=click.IntRange(1, 65000), default=None,
+              help=f"Raft RPC port of node 1; node i uses rpc-base-port + i - 1. "
+                   f"[default: base-port + {RPC_PORT_OFFSET}, or free ports when those are taken]")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--heartbeat-ms", type=click.IntRange(1, 60000), default=50, show_default=True)
 @click.option("--election-ms", default="150,300", show_default=True, help="min,max election timeout.")
 @click.option("--log-level", type=click.Choice(["error", "warn", "info", "debug"]), default="info",
               show_default=True)
-def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int, host: str, heartbeat_ms: int,
+def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int | None, host: str, heartbeat_ms: int,
                election_ms: str, log_level: str) -> None:
     """Start COUNT nodes, wait until they form one cluster, and keep them running until Ctrl-C."""
     root = Path(data_dir).resolve()
@@ -78,7 +110,11 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int, ho
     except OSError as exc:
         raise click.ClickException(f"--data-dir {root} cannot be created: {exc}") from None
     api_ports = [base_port + i for i in range(count)]
-    rpc_ports = [rpc_base_port + i for i in range(count)]
+    busy = _busy_ports(host, api_ports)
+    if busy:
+        raise click.ClickException(f"HTTP port(s) {busy} on {host} are in use (another cluster?); "
+                                   "choose another --base-port")
+    rpc_ports, rpc_choice = choose_rpc_ports(host, api_ports, rpc_base_port)
     if set(api_ports) & set(rpc_ports):
         raise click.ClickException("--base-port and --rpc-base-port ranges overlap; choose ports further apart")
     urls = [f"http://{host}:{p}" for p in api_ports]
@@ -99,11 +135,12 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int, ho
         log_path = root / f"node{nid}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until it exits
         logs.append(log)
-        procs.append(subprocess.Popen(
+        # a node gets SIGTERM (a graceful stop) if this supervisor dies, even by SIGKILL
+        procs.append(lifeline.spawn(
             [sys.executable, "-m", "kalamdb", "serve", "--data-dir", str(root / f"node{nid}"),
              "--host", host, "--port", str(api_ports[i])],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent))  # noqa: PLW1509 - single-threaded here
+            death_signal=signal.SIGTERM))
     stopping = False
 
     def stop_all(*_: object) -> None:
@@ -114,7 +151,8 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int, ho
     signal.signal(signal.SIGTERM, stop_all)
     t0 = time.monotonic()
     try:
-        click.echo(f"Starting {count} nodes (data under {root})…")
+        click.echo(f"Starting {count} nodes (data under {root}): HTTP {_span(api_ports)}, "
+                   f"Raft RPC {_span(rpc_ports)} ({rpc_choice})…")
         leader = _wait_ready(urls, procs, root, lambda: stopping)
         if leader is None:
             return
@@ -151,6 +189,10 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int, ho
             with contextlib.suppress(OSError):
                 log.close()
         click.echo("All nodes stopped.")
+
+
+def _span(ports: list[int]) -> str:
+    return str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}"
 
 
 def _wait_ready(urls: list[str], procs: list[subprocess.Popen], root: Path, stopping) -> int | None:

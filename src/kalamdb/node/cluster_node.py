@@ -22,6 +22,7 @@ import psutil
 from sqlglot import exp
 
 from kalamdb.errors import KalamError
+from kalamdb.node.cluster_view import AGE_COLUMN, ClusterView
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
 from kalamdb.node.driver import RaftDriver, WriteOutcomeUnknown, definite_not_leader
 from kalamdb.node.expiry import expire_streams_forever
@@ -40,7 +41,7 @@ CLUSTER_COLUMNS = [
     ("rpc_addr", "TEXT"), ("api_addr", "TEXT"), ("is_self", "BOOLEAN"), ("is_leader", "BOOLEAN"),
     ("current_term", "BIGINT"), ("last_applied_log", "BIGINT"), ("leader_last_log_index", "BIGINT"),
     ("snapshot_index", "BIGINT"), ("replication_lag", "BIGINT"), ("memory_usage_mb", "DOUBLE"),
-    ("cpu_usage_percent", "DOUBLE"), ("uptime_seconds", "BIGINT"),
+    ("cpu_usage_percent", "DOUBLE"), ("uptime_seconds", "BIGINT"), AGE_COLUMN,
 ]
 GROUP_COLUMNS = [
     ("group_id", "TEXT"), ("node_id", "BIGINT"), ("current_term", "BIGINT"), ("vote", "BIGINT"),
@@ -105,6 +106,12 @@ class ClusterNode:
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
         self._published_book: tuple | None = None
+        self.cluster_view = ClusterView(  # other nodes' reports fill this node's gaps in system.cluster
+            node_id=cfg.node_id, cluster_id=cfg.cluster_id, secret=cfg.secret,
+            columns=[c for c, _ in CLUSTER_COLUMNS[:-1]], own_rows=self._own_cluster_rows,
+            peers=lambda: {nid: p.api_addr for nid, p in self.book.peers.items()
+                           if nid in self.driver.core.membership.members},
+            term=lambda: self.driver.core.term, is_leader=lambda: self.driver.is_leader)
         db.register_system_table("cluster", CLUSTER_COLUMNS, self._cluster_rows)
         db.register_system_table("cluster_groups", GROUP_COLUMNS, self._group_rows)
 
@@ -128,7 +135,8 @@ class ClusterNode:
         self._tasks = [asyncio.create_task(self._reconcile_loop(), name="membership"),
                        asyncio.create_task(expire_streams_forever(
                            self.db, self.submit, self._expiry_interval_s, lambda: self.driver.is_leader),
-                           name="stream-expiry")]
+                           name="stream-expiry"),
+                       asyncio.create_task(self.cluster_view.run(), name="cluster-view")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -378,6 +386,10 @@ class ClusterNode:
         return "unknown"
 
     def _cluster_rows(self) -> list[tuple]:
+        return self.cluster_view.merge(self._own_cluster_rows())
+
+    def _own_cluster_rows(self) -> list[tuple]:
+        """system.cluster as this node alone knows it (without the age column)."""
         d = self.driver
         core = d.core
         m = core.membership

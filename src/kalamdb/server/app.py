@@ -11,6 +11,7 @@ from aiohttp import web
 
 from kalamdb import __version__
 from kalamdb.errors import KalamError
+from kalamdb.node.cluster_view import add_node_report_route
 from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
 from kalamdb.server.auth import Authenticator, is_local_address
@@ -49,6 +50,7 @@ def create_app(state: ServerState) -> web.Application:
     app.router.add_get(METRICS_PATH, _metrics)
     add_cluster_routes(app, STATE_KEY)
     add_admin_routes(app, STATE_KEY)
+    add_node_report_route(app, STATE_KEY)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 

@@ -1,6 +1,6 @@
 """`kalamdb sim`: run deterministic cluster simulations, one seed or many.
 
-    kalamdb sim --seed 42 --trace          # replay one run, printing every event
+    kalamdb sim --seed 42 --trace          # replay one run, printing every event (same bytes every run)
     kalamdb sim --seeds 2000 --start 0     # swarm: seeds 0..1999, each drawing its own parameters
 """
 
@@ -91,7 +91,8 @@ def sim_command(seed: int | None, count: int | None, start: int, nodes: int | No
                 pool.join()
     elapsed = time.perf_counter() - t0
     ran = len(seeds) if not failures else seeds.index(failures[0].seed) + 1
-    click.echo(f"{ran} seed(s) in {elapsed:.1f}s: {ran / elapsed * 60:.0f} seeds/min")
+    # wall-clock timing goes to stderr: stdout (the trace) stays byte-identical for one seed
+    click.echo(f"{ran} seed(s) in {elapsed:.1f}s: {ran / elapsed * 60:.0f} seeds/min", err=True)
     if failures:
         result = failures[0]
         click.echo(f"\nFAILED seed {result.seed}: {result.failure}", err=True)

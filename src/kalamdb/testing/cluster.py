@@ -37,9 +37,11 @@ from typing import Any, Self
 
 import psutil
 
+from kalamdb import lifeline
 from kalamdb.client import Client, Response
 from kalamdb.testing.consistency import ConsistencyReport, DigestReport, compare_results
 from kalamdb.testing.progress import progress
+from kalamdb.testing.runs import RunRecord, sweep_stale
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
@@ -282,9 +284,10 @@ class ClusterNodeProcess(NodeHandle):
         with open(self.log_path, "ab") as log:
             log.write(f"---- kit: starting node {self.node_id} at {time.strftime('%H:%M:%S')} ----\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True,
-                                         pass_fds=(self._api_sock.fileno(), self._rpc_sock.fileno()))
+            self.proc = lifeline.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, start_new_session=True,
+                                       pass_fds=(self._api_sock.fileno(), self._rpc_sock.fileno()))
+        c.run_record.add_process(self.proc.pid)
         # The child owns the listening sockets now.
         self._api_sock.close()
         self._rpc_sock.close()
@@ -313,6 +316,7 @@ class ClusterNodeProcess(NodeHandle):
         self.paused = False
         with _live_lock:
             _live.discard(self)
+        self.cluster.run_record.forget_process(self.proc.pid)
         return self.proc.returncode
 
     def pause(self) -> None:
@@ -651,9 +655,11 @@ class ClusterTestServer(ClusterOps):
             raise ValueError(f"a cluster needs at least 1 node, got nodes={self.size!r}")
         if self.log_level not in ("error", "warn", "warning", "info", "debug"):
             raise ValueError(f"log_level must be error|warn|info|debug, got {self.log_level!r}")
+        sweep_stale()  # nodes and network objects of kit runs whose process died
         self._owns_root = self.root is None
         self.root = Path(self.root or tempfile.mkdtemp(prefix="kalamdb-cluster-"))
         self.root.mkdir(parents=True, exist_ok=True)
+        self.run_record = RunRecord(self.root, owns_root=self._owns_root)
         self.start_seconds: float | None = None
         self._init_ops()
 
@@ -822,6 +828,7 @@ class ClusterTestServer(ClusterOps):
         self._pool.shutdown(wait=False)
         if self._owns_root and not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
+        self.run_record.close()
 
     def __enter__(self) -> Self:
         return self

@@ -4,9 +4,13 @@ Values are compared canonically and type-aware: 1, 1.0, "1" and True are four di
 (Python alone would call three of them equal), floats are compared to 9 decimal places, and nested
 JSON compares by content. Row order matters only when the query orders (a top-level ORDER BY).
 
-A report is truthy when every node agrees and otherwise names each differing node with the rows it
-misses, the rows it has extra and the rows whose values differ, so that pytest's assertion message
-says what is wrong without rerunning anything.
+A report is truthy when every node answered and all answers agree. A divergence (`diverged`) is
+nodes disagreeing: different rows, or one node erroring where others answer, or different errors;
+the report then names each differing node with the rows it misses, the rows it has extra and the
+rows whose values differ, so that pytest's assertion message says what is wrong without rerunning
+anything. A query that failed on every node with the same error (a table that does not exist yet)
+is not a divergence: the report says so (`failed_everywhere`, `error`) and is falsy only because
+no rows were compared.
 """
 
 from __future__ import annotations
@@ -92,13 +96,27 @@ class ConsistencyReport:
     reference_nodes: list[int]
     diffs: list[NodeDiff]
     rows: list[tuple] = field(default_factory=list)  # the reference answer
+    # "CODE: message" when every node failed the query with this same error (not a divergence)
+    error: str | None = None
+    failed_nodes: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return not self.diffs
+        return not self.diffs and self.error is None
 
     @property
     def consistent(self) -> bool:
-        return not self.diffs
+        """True when every node answered and all answers agree."""
+        return bool(self)
+
+    @property
+    def diverged(self) -> bool:
+        """True when nodes disagree (rows, or one erroring where others answer, or different errors)."""
+        return bool(self.diffs)
+
+    @property
+    def failed_everywhere(self) -> bool:
+        """Every node failed the query with the same error: nothing was compared, nothing diverged."""
+        return self.error is not None
 
     @property
     def differing_nodes(self) -> list[int]:
@@ -108,11 +126,18 @@ class ConsistencyReport:
         return next((d for d in self.diffs if d.node_id == node_id), None)
 
     def __str__(self) -> str:
+        if self.error is not None:
+            return (f"the query {self.query!r} failed on every node ({len(self.failed_nodes)}: "
+                    f"{self.failed_nodes}) with the same error at applied index {self.index}: {self.error}. "
+                    "That is not a divergence (the replicas agree), but no rows were compared")
         if not self.diffs:
             return (f"all {len(self.row_counts)} nodes agree on {self.query!r} at index {self.index} "
                     f"({next(iter(self.row_counts.values()), 0)} rows)")
-        lines = [(f"replicas DIFFER on {self.query!r} at applied index {self.index} "
-                 f"(reference: nodes {self.reference_nodes}; row counts {self.row_counts}):")]
+        if self.reference_nodes:
+            ref = f"reference: nodes {self.reference_nodes}; row counts {self.row_counts}"
+        else:
+            ref = "every node failed, with different errors"
+        lines = [f"replicas DIFFER on {self.query!r} at applied index {self.index} ({ref}):"]
         lines += [f"  {d}" for d in self.diffs]
         return "\n".join(lines)
 
@@ -121,7 +146,8 @@ class ConsistencyReport:
 
 def compare_results(query: str, index: int, answers: dict[int, dict]) -> ConsistencyReport:
     """Compare each node's answer to the reference: the answer most nodes gave (ties: the one of
-    the lowest node id). Errors count as differences."""
+    the lowest node id). An error where other nodes answer, or errors that differ, are differences;
+    the same error on every node is reported as such (`failed_everywhere`), not as a divergence."""
     ordered = query_orders(query)
     rows: dict[int, list[tuple]] = {}
     errors: dict[int, str] = {}
@@ -136,10 +162,13 @@ def compare_results(query: str, index: int, answers: dict[int, dict]) -> Consist
         keys = [_key(row) for row in r]
         return tuple(keys) if ordered else tuple(sorted(keys, key=repr))
 
+    if errors and not rows and len(set(errors.values())) == 1:
+        return ConsistencyReport(query, index, {}, [], [], error=next(iter(errors.values())),
+                                 failed_nodes=sorted(errors))
     votes = Counter(answer_key(r) for r in rows.values())
     diffs = [NodeDiff(nid, error=msg) for nid, msg in sorted(errors.items())]
     if not votes:
-        return ConsistencyReport(query, index, {}, [], diffs)
+        return ConsistencyReport(query, index, {}, [], diffs, failed_nodes=sorted(errors))
     best = max(votes.values())
     ref_key = next(k for nid, r in sorted(rows.items()) if votes[(k := answer_key(r))] == best)
     ref_nodes = sorted(nid for nid, r in rows.items() if answer_key(r) == ref_key)
@@ -147,7 +176,8 @@ def compare_results(query: str, index: int, answers: dict[int, dict]) -> Consist
     for nid, r in sorted(rows.items()):
         if answer_key(r) != ref_key:
             diffs.append(_diff(nid, r, ref, ordered))
-    return ConsistencyReport(query, index, {nid: len(r) for nid, r in rows.items()}, ref_nodes, diffs, ref)
+    return ConsistencyReport(query, index, {nid: len(r) for nid, r in rows.items()}, ref_nodes, diffs, ref,
+                             failed_nodes=sorted(errors))
 
 
 def _diff(nid: int, got: list[tuple], ref: list[tuple], ordered: bool) -> NodeDiff:

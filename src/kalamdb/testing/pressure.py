@@ -32,6 +32,8 @@ from typing import Self
 
 import psutil
 
+from kalamdb import lifeline
+
 _live: set[PressureHandle] = set()
 _live_lock = threading.Lock()
 
@@ -325,8 +327,8 @@ sys.stdin.read()  # hold until our parent closes stdin or kills us
 
 def memory_hog(nbytes: int, timeout: float = 30.0) -> PressureHandle:
     """A process holding ``nbytes`` of resident memory until released."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOG_MEMORY, str(int(nbytes))],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = lifeline.spawn([sys.executable, "-c", _HOG_MEMORY, str(int(nbytes))],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ready = threading.Event()
     threading.Thread(target=lambda: proc.stdout.readline() and ready.set(), daemon=True).start()
     if not ready.wait(timeout):
@@ -340,7 +342,7 @@ def busy_hogs(n: int) -> PressureHandle:
     """Start ``n`` processes that each spin on a CPU until released."""
     if n < 0:
         raise ValueError("n must be >= 0")
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+    procs = [lifeline.spawn([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
              for _ in range(n)]
     return PressureHandle("processes", [p.pid for p in procs], lambda: _kill(procs), f"{n} busy hogs")
 

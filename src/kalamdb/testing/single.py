@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from kalamdb import lifeline
 from kalamdb.client import Client, Response
 
 STARTUP_TIMEOUT_S = 30.0
@@ -135,8 +136,8 @@ class ServerProcess:
         env.update(self.env)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it after Popen
         try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True)
+            self.proc = lifeline.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, start_new_session=True)
         finally:
             log.close()
         with _live_lock:
