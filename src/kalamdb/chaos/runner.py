@@ -28,6 +28,7 @@ from kalamdb.chaos.history import HistoryRecorder
 from kalamdb.chaos.nemesis import FAULT_KINDS, FaultStep, Nemesis, make_schedule
 from kalamdb.chaos.replicas import check_digests, check_final_states
 from kalamdb.chaos.workloads import ClientContext, Workload, client_loop, make_workloads
+from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
 from kalamdb.testing.faults import FaultyCluster
 
 EXIT_PASS, EXIT_VIOLATION, EXIT_ERROR, EXIT_UNKNOWN = 0, 1, 2, 3
@@ -44,6 +45,7 @@ class ChaosConfig:
     seed: int = 0
     out: str = "chaos-run"
     unsafe_local_reads: bool = False
+    unsafe_txn: str | None = None  # a planted transaction bug (KALAMDB_UNSAFE_TXN), see server/unsafe_txn.py
     clients_per_node: int = 2
     client_timeout: float = 5.0
     check_timeout: float = 60.0
@@ -61,6 +63,8 @@ class ChaosConfig:
         if bad:
             raise ValueError(f"unknown fault(s) {', '.join(bad)}; choose from {', '.join(FAULT_KINDS)}")
         make_workloads(self.workloads)  # raises on unknown names
+        if self.unsafe_txn is not None and self.unsafe_txn not in UNSAFE_TXN_MODES:
+            raise ValueError(f"unknown unsafe_txn {self.unsafe_txn!r}; choose from {', '.join(UNSAFE_TXN_MODES)}")
         if not self.workloads:
             raise ValueError("at least one workload is needed")
 
@@ -210,6 +214,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
     workloads = make_workloads(cfg.workloads)
     root = Path(tempfile.mkdtemp(prefix="kalamdb-chaos-"))
     extra_env = {"KALAMDB_UNSAFE_LOCAL_READS": "1"} if cfg.unsafe_local_reads else {}
+    if cfg.unsafe_txn:
+        extra_env["KALAMDB_UNSAFE_TXN"] = cfg.unsafe_txn
     cluster = ChaosCluster(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
                            seed=cfg.seed)
     results: dict[str, Any] = {"seed": cfg.seed, "config": asdict(cfg), "valid": False}
@@ -266,7 +272,7 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         ops = rec.operations()
         checks = []
         for wl in workloads:
-            checks.extend(wl.check(ops, timeout=cfg.check_timeout))
+            checks.extend(wl.check(ops, timeout=cfg.check_timeout, events=rec.events))
         checks.extend(replica_checks)
         results.update({
             "checkers": checks,
