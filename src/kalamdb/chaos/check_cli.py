@@ -28,8 +28,8 @@ EXIT_USAGE = 2
 # Functions of `kalamdb chaos` workloads that no linearizability model checks (set, bank, txn), and
 # those of the other model.
 OTHER_WORKLOAD_FUNCTIONS = frozenset({"add", "set-read", "transfer", "bank-read", "read", "write", "cas",
-                                      "get", "put", "append", "txn"})
-_TXN_HINT = re.compile(r'"f"\s*:\s*"txn"|:f\s+:txn|:value\s+\[\[:(?:append|r|w)\s')
+                                      "get", "put", "append", "txn", "rw-txn"})
+_TXN_HINT = re.compile(r'"f"\s*:\s*"(?:rw-)?txn"|:f\s+:txn|:value\s+\[\[:(?:append|r|w)\s')
 
 
 def sniff_txn_model(text: str) -> str | None:
@@ -38,7 +38,9 @@ def sniff_txn_model(text: str) -> str | None:
     head = text[:1 << 20]
     if not _TXN_HINT.search(head):
         return None
-    return "list-append" if re.search(r'"append"|:append\b', head) else "rw-register"
+    if re.search(r'"f"\s*:\s*"txn"', head) or ":f :txn" in head or ":value [[:" in head:
+        return "list-append" if re.search(r'"append"|:append\b', head) else "rw-register"
+    return "rw-register"
 
 
 @click.command("check")
@@ -88,7 +90,7 @@ def _check_txns(file: str, text: str, model: str, fmt: str, consistency: str, ti
         click.echo(f"error: {file}: the jepsen log format cannot hold transactions; use edn or jsonl", err=True)
         sys.exit(EXIT_USAGE)
     try:
-        txns, skipped = parse_txn_history(text, fmt, file)
+        txns, skipped = parse_txn_history(text, fmt, file, model)
     except HistoryError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

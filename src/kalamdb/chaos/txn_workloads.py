@@ -12,7 +12,7 @@ Keys follow Elle's generator: a window of `keys` active keys, the first ones mor
 stays short; appended and written values are unique (one counter). Rows for `capacity` keys are
 created up front (no upsert in the dialect); past that the last window stays in use.
 
-History: `f = "txn"`, the invoke's value is the micro-operations with reads nil
+History: `f = "txn"` (Elle's; `rw-txn` for rw-register, so one run can hold both), the invoke's value is the micro-operations with reads nil
 (`[["r", 3, null], ["append", 5, 12]]`), the ok's value the same with what each read returned. After
 the recovery barrier every node reads every key it touched in one read-only transaction, so an
 acknowledged append that was lost shows up as an anomaly against real time.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kalamdb.chaos.elle import check_txns
-from kalamdb.chaos.elle.history import pair_txn_events
+from kalamdb.chaos.elle.history import RW_TXN_F, TXN_F, pair_txn_events
 from kalamdb.chaos.history import Event, HistoryRecorder, Operation
 from kalamdb.chaos.workloads import NAMESPACE, ClientContext, Workload, _create, run_sql
 from kalamdb.client import Client, Response
@@ -82,6 +82,7 @@ class _TxnWorkload(Workload):
 
     model = "list-append"
     write_f = "append"
+    f = TXN_F
     table = ""
     column_type = "TEXT"
     initial = "''"
@@ -130,7 +131,7 @@ class _TxnWorkload(Workload):
 
         def txn(c: Client) -> Any:
             return self._completed(mops, run_sql(c, sql))
-        self._call(ctx, rec, "txn", None, mops, txn)
+        self._call(ctx, rec, self.f, None, mops, txn)
 
     def final_reads(self, clients: dict[int, Client], rec: HistoryRecorder) -> None:
         keys = sorted(self.gen.used)
@@ -147,10 +148,10 @@ class _TxnWorkload(Workload):
             return [["r", k, rows[k]] for k in keys]
         for node_id, client in clients.items():
             ctx = ClientContext(-1, node_id, client.url, "", random.Random(0), 1, client=client)
-            self._call(ctx, rec, "txn", None, mops, read_all, process=f"final-{self.name}-{node_id}")
+            self._call(ctx, rec, self.f, None, mops, read_all, process=f"final-{self.name}-{node_id}")
 
     def check(self, ops: list[Operation], *, timeout: float, events: Sequence[Event] = ()) -> list[dict]:
-        txns, _ = pair_txn_events(events)
+        txns, _ = pair_txn_events(events, functions=frozenset({self.f}))
         res = check_txns(txns, model=self.model, timeout=timeout)
         anomalies = {name: [{k: v for k, v in case.items() if k != "txn"} for case in cases[:MAX_CASES_IN_RESULTS]]
                      for name, cases in res.anomalies.items()}
@@ -183,6 +184,7 @@ class AppendWorkload(_TxnWorkload):
 class RwRegisterWorkload(_TxnWorkload):
     model = "rw-register"
     write_f = "w"
+    f = RW_TXN_F
     table = f"{NAMESPACE}.rw_registers"
     column_type = "BIGINT"
     initial = "NULL"

@@ -157,7 +157,7 @@ class Workload:
             if process is None:
                 ctx.crashed()
             return None
-        rec.ok(proc, f, key, out if f.endswith("read") or f == "txn" else value, node)
+        rec.ok(proc, f, key, out if f.endswith(("read", "txn")) else value, node)
         return out
 
 

@@ -3,7 +3,8 @@
 
 Unlike `kalamdb.chaos.history.pair_events`, failed transactions are kept: a read of what a failed
 transaction wrote is an aborted read (G1a), so the checker must know what failed. Ops with another
-`f` than `txn` (a chaos run records several workloads in one file) are left out and counted.
+`f` than `txn` (a chaos run records several workloads in one file; its rw-register workload
+writes `rw-txn`) are left out and counted.
 
 Formats: our JSON lines (`{"type": "invoke", "process": 0, "f": "txn", "value": [["append", 1, 2]]}`)
 and Jepsen/Elle EDN (`{:type :ok, :f :txn, :value [[:append 1 2] [:r 2 [1 2]]], :process 0,
@@ -24,6 +25,15 @@ from kalamdb.chaos.history import EVENT_TYPES, Event, HistoryError
 from kalamdb.chaos.parsers import parse_jsonl
 
 TXN_F = "txn"
+RW_TXN_F = "rw-txn"  # the rw-register chaos workload's f, so one chaos history can hold both models
+
+
+def txn_functions(model: str, present: set[str]) -> frozenset[str]:
+    """Which `f` values hold the transactions of `model`: Elle's `txn`, or for rw-register our
+    `rw-txn` when the history has it (a chaos run of both transactional workloads)."""
+    if model == "rw-register" and RW_TXN_F in present:
+        return frozenset({RW_TXN_F})
+    return frozenset({TXN_F})
 MOP_FUNCTIONS = ("r", "append", "w")
 
 
@@ -116,9 +126,10 @@ def _mops(value: Any, *, source: str | None, line: int | None, completed: bool) 
 
 
 def pair_txn_events(events: Iterable[Event], *, source: str | None = None,
-                    labels: dict[int, Any] | None = None, allow_unpaired: bool = False) -> tuple[list[Txn], int]:
+                    labels: dict[int, Any] | None = None, allow_unpaired: bool = False,
+                    functions: frozenset[str] = frozenset({TXN_F})) -> tuple[list[Txn], int]:
     """Pair invokes and completions per process, in the given order; returns (txns, skipped) where
-    skipped counts events whose f is not `txn`. An invoke never answered, or followed by another
+    skipped counts events whose f is not one of `functions`. An invoke never answered, or followed by another
     invoke of its process, is info. `labels` maps an event's line to its Jepsen :index. With
     `allow_unpaired` (EDN: Elle's own tests write histories of completions only) a completion
     without an invoke is a transaction invoked at that same moment; otherwise it is an error."""
@@ -126,7 +137,7 @@ def pair_txn_events(events: Iterable[Event], *, source: str | None = None,
     done: list[tuple[int, Event, Event | None, int | None]] = []
     skipped = 0
     for t, ev in enumerate(events):
-        if ev.f != TXN_F:
+        if ev.f not in functions:
             skipped += 1
             continue
         if ev.type not in EVENT_TYPES:
@@ -235,7 +246,8 @@ def detect_txn_format(text: str) -> str:
     raise HistoryError("cannot tell the history format (edn or jsonl) from its first line")
 
 
-def parse_txn_history(text: str, fmt: str = "auto", source: str = "<history>") -> tuple[list[Txn], int]:
+def parse_txn_history(text: str, fmt: str = "auto", source: str = "<history>",
+                      model: str = "list-append") -> tuple[list[Txn], int]:
     if fmt == "auto":
         try:
             fmt = detect_txn_format(text)
@@ -243,15 +255,16 @@ def parse_txn_history(text: str, fmt: str = "auto", source: str = "<history>") -
             raise HistoryError(str(exc), source=source, line=1) from None
     if fmt == "edn":
         events, labels = parse_edn_events(text, source)
-        return pair_txn_events(events, source=source, labels=labels, allow_unpaired=True)
+        return pair_txn_events(events, source=source, labels=labels, allow_unpaired=True,
+                               functions=txn_functions(model, {e.f for e in events}))
     if fmt == "jsonl":
         events = parse_jsonl(text, source)
         if events and all(e.time is not None for e in events):
             events.sort(key=lambda e: e.time)  # stable: ties keep file order
-        return pair_txn_events(events, source=source)
+        return pair_txn_events(events, source=source, functions=txn_functions(model, {e.f for e in events}))
     raise HistoryError(f"format {fmt!r} cannot hold transactions; use edn or jsonl", source=source)
 
 
-def load_txn_history(path: str | Path, fmt: str = "auto") -> tuple[list[Txn], int]:
-    """Read a transactional history file: (txns, count of skipped non-txn events)."""
-    return parse_txn_history(read_text(path), fmt, str(path))
+def load_txn_history(path: str | Path, fmt: str = "auto", model: str = "list-append") -> tuple[list[Txn], int]:
+    """Read a transactional history file: (txns, count of skipped events of other workloads)."""
+    return parse_txn_history(read_text(path), fmt, str(path), model)
