@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +30,13 @@ from typing import Any
 from kalamdb.chaos.elle import check_txns
 from kalamdb.chaos.elle.history import RW_TXN_F, TXN_F, pair_txn_events
 from kalamdb.chaos.history import Event, HistoryRecorder, Operation
-from kalamdb.chaos.workloads import NAMESPACE, ClientContext, Workload, _create, run_sql
+from kalamdb.chaos.workloads import NAMESPACE, ClientContext, Definite, Indefinite, Workload, _create, run_sql
 from kalamdb.client import Client, Response
 
 MAX_CASES_IN_RESULTS = 5  # explained cases per anomaly kept in results.json and the report
+SETUP_BATCH = 200
+SETUP_ATTEMPTS = 20
+SETUP_RETRY_S = 0.25
 
 
 class UnexpectedAnswer(Exception):
@@ -95,9 +99,26 @@ class _TxnWorkload(Workload):
 
     def setup(self, admin: Client) -> None:
         _create(admin, f"CREATE SHARED TABLE IF NOT EXISTS {self.table} (k BIGINT PRIMARY KEY, v {self.column_type})")
-        for start in range(0, self.capacity, 200):
-            rows = ", ".join(f"({k}, {self.initial})" for k in range(start, min(self.capacity, start + 200)))
-            run_sql(admin, f"INSERT INTO {self.table} (k, v) VALUES {rows}")
+        for start in range(0, self.capacity, SETUP_BATCH):
+            end = min(self.capacity, start + SETUP_BATCH)
+            rows = ", ".join(f"({k}, {self.initial})" for k in range(start, end))
+            self._setup_batch(admin, f"INSERT INTO {self.table} (k, v) VALUES {rows}",
+                              f"SELECT COUNT(*) FROM {self.table} WHERE k >= {start} AND k < {end}", end - start)
+
+    @staticmethod
+    def _setup_batch(admin: Client, insert: str, count: str, expected: int) -> None:
+        """One batch of key rows, retried while leadership settles (a new cluster may still elect):
+        a retry first counts the rows, so a batch that did apply is not inserted twice."""
+        for attempt in range(SETUP_ATTEMPTS):
+            try:
+                if attempt and int(run_sql(admin, count).rows[0][0]) == expected:
+                    return
+                run_sql(admin, insert)
+                return
+            except (Definite, Indefinite):
+                if attempt == SETUP_ATTEMPTS - 1:
+                    raise
+                time.sleep(SETUP_RETRY_S)  # a retry after an error, not a wait for replication
 
     def _statement(self, f: str, k: int, v: Any) -> str:
         raise NotImplementedError
