@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Client", "AsyncClient"]
+__all__ = ["AsyncClient", "Client", "__version__"]
 
 
 def __getattr__(name: str):

@@ -99,10 +99,12 @@ def _render_rows(console, schema: list[dict], rows: list[list], expanded: str) -
     names = [c["name"] for c in schema]
     name_width = max(len(n) for n in names)
     value_width = max([len(c) for row in cells for c in row] + [1])
+    total = min(name_width + 3 + value_width, console.width)
     for number, row in enumerate(cells, 1):
         head = f"-[ RECORD {number} ]"
-        head += "-" * max(0, name_width + 1 - len(head))
-        head += "+" + "-" * max(1, min(value_width + 1, console.width - len(head) - 1))
+        if len(head) <= name_width + 1:  # a '+' above the ' | ' separator, as psql draws it
+            head = head.ljust(name_width + 1, "-") + "+"
+        head = head.ljust(max(total, len(head) + 1), "-")
         console.print(head, markup=False, highlight=False, soft_wrap=True)
         for name, value in zip(names, row, strict=False):
             console.print(f"{name.ljust(name_width)} | {value}", markup=False, highlight=False, soft_wrap=True)

@@ -45,7 +45,7 @@ class KalamError(Exception):
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "KalamError":
+    def from_dict(cls, data: dict) -> KalamError:
         return cls(data["code"], data["message"], details=data.get("details"))
 
     def __repr__(self) -> str:

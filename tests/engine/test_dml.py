@@ -225,9 +225,9 @@ def test_insert_select_and_use_namespace(node):
 
 
 def test_runaway_statement_is_stopped_identically(node, monkeypatch):
-    from kalamdb.engine import database
+    from kalamdb.engine import limits
 
-    monkeypatch.setattr(database, "WRITE_STEP_BUDGET", 2_000_000)
+    monkeypatch.setattr(limits, "WRITE_STEP_BUDGET", 2_000_000)
     node.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
     err = node.error("INSERT INTO t (id, v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
                      "SELECT x, x FROM c")
@@ -253,9 +253,9 @@ def test_result_columns_are_named_by_the_users_text(node):
 
 
 def test_runaway_read_is_stopped_by_its_time_budget(node, monkeypatch):
-    from kalamdb.engine import database
+    from kalamdb.engine import limits
 
-    monkeypatch.setattr(database, "READ_SECONDS_BUDGET", 0.2)
+    monkeypatch.setattr(limits, "READ_SECONDS_BUDGET", 0.2)
     err = node.error("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c")
     assert "execution budget" in err.message
     assert node.rows("SELECT 1") == [["1"]]  # the reader connection still works

@@ -15,6 +15,8 @@ GENESIS_US = 1_704_067_200_000_000  # fixed created_at of the objects every repl
 ROOT_USER_ID = "root"
 
 SYSTEM_COLUMN_TYPES = {"_seq": "BigInt", "_deleted": "Boolean"}
+OWNED_TYPES = ("USER", "STREAM")  # table types whose rows belong to the user who wrote them
+VIEW_SUFFIX = "@v"  # a table name never contains '@', so row views cannot collide with tables
 
 BOOTSTRAP_SQL = [
     "CREATE TABLE _kdb_meta (key TEXT PRIMARY KEY, value ANY) STRICT",
@@ -52,6 +54,13 @@ SYSTEM_VIEWS: dict[str, dict[str, str]] = {
               "created_at": "Timestamp", "updated_at": "Timestamp", "deleted_at": "Timestamp"},
 }
 SYSTEM_VIEWS["schemas"] = SYSTEM_VIEWS["tables"]
+# the catalog tables each system view reads (the authorizer lets a view's body read exactly these)
+SYSTEM_VIEW_BASES: dict[str, frozenset[str]] = {
+    "system.namespaces": frozenset({"_kdb_namespaces", "_kdb_tables"}),
+    "system.tables": frozenset({"_kdb_tables"}),
+    "system.schemas": frozenset({"_kdb_tables", "system.tables"}),
+    "system.users": frozenset({"_kdb_users"}),
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,11 @@ class TableInfo:
     def storage(self) -> str:
         """The SQLite table name: `ns.t` (a dot cannot occur in either part, so no collisions)."""
         return f"{self.namespace}.{self.name}"
+
+    @property
+    def row_view(self) -> str:
+        """The view through which user SQL reads this table (see row_view_sql)."""
+        return f"{self.namespace}.{self.name}{VIEW_SUFFIX}"
 
     @property
     def full_name(self) -> str:
@@ -136,18 +150,44 @@ def column_sql(col: ColumnDef, *, for_alter: bool = False) -> str:
 def create_table_sql(info: TableInfo) -> list[str]:
     parts = [column_sql(c) for c in info.columns]
     parts += ["_seq INTEGER NOT NULL", "_deleted INTEGER NOT NULL DEFAULT 0"]
-    if info.table_type == "USER":
+    if info.table_type in OWNED_TYPES:
         parts.append("_owner TEXT NOT NULL")
     if info.table_type == "STREAM":
         parts.append("_ts INTEGER NOT NULL")
     if info.primary_key:
         key = [quote_ident(info.primary_key)]
-        if info.table_type == "USER":
+        if info.table_type in OWNED_TYPES:  # keys are per owner: one user's key never collides with another's
             key.insert(0, "_owner")
         parts.append(f"PRIMARY KEY ({', '.join(key)})")
     out = [f"CREATE TABLE {quote_ident(info.storage)} ({', '.join(parts)}) STRICT"]
-    if info.table_type == "USER" and not info.primary_key:
+    if info.table_type in OWNED_TYPES and not info.primary_key:
         out.append(f"CREATE INDEX {quote_ident(info.storage + '._owner')} ON {quote_ident(info.storage)} (_owner)")
     if info.table_type == "STREAM":
         out.append(f"CREATE INDEX {quote_ident(info.storage + '._ts')} ON {quote_ident(info.storage)} (_ts)")
+    out.append(row_view_sql(info))
     return out
+
+
+def row_view_sql(info: TableInfo) -> str:
+    """The only way user SQL reaches a table's rows (the authorizer enforces it): every stored row
+    of SHARED tables; of USER and STREAM tables only the rows of the statement's owner."""
+    where = " WHERE _owner = kdb_owner()" if info.table_type in OWNED_TYPES else ""
+    return (f"CREATE VIEW {quote_ident(info.row_view)} AS SELECT rowid AS _kdb_rowid, * "
+            f"FROM {quote_ident(info.storage)}{where}")
+
+
+def drop_table_sql(info: TableInfo) -> list[str]:
+    return [f"DROP VIEW IF EXISTS {quote_ident(info.row_view)}", f"DROP TABLE {quote_ident(info.storage)}"]
+
+
+def ensure_row_views(conn: sqlite3.Connection, catalog: Catalog) -> None:
+    """Create the row view of tables made before views existed (data directories of older
+    versions; the same on every replica, since they all hold the same tables)."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
+    for info in catalog.tables.values():
+        if info.row_view in have:
+            continue
+        cols = {r[1] for r in conn.execute(f"PRAGMA table_info({quote_ident(info.storage)})")}
+        if info.table_type in OWNED_TYPES and "_owner" not in cols:
+            conn.execute(f"ALTER TABLE {quote_ident(info.storage)} ADD COLUMN _owner TEXT NOT NULL DEFAULT ''")
+        conn.execute(row_view_sql(info))

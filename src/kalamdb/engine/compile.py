@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from kalamdb.engine.catalog import SYSTEM_VIEWS, Catalog, TableInfo, quote_ident
+from kalamdb.engine.authorizer import RESERVED_PREFIXES, is_cte_name
+from kalamdb.engine.catalog import OWNED_TYPES, SYSTEM_VIEWS, Catalog, TableInfo, quote_ident
 from kalamdb.errors import KalamError
 from kalamdb.sql.types import COERCE_FN
 
@@ -31,6 +32,9 @@ class Compiled:
     row_count: int = 0  # insert: rows in VALUES
     pk_values: list = field(default_factory=list)  # insert: per row ("lit", v) | ("param", n) | None
     uses_owner: bool = False
+    #: the SQLite objects this statement may read directly (row views, system views, node-local
+    #: tables): the authorizer's allowlist, so a reference the rewrite missed fails closed
+    allow: frozenset[str] = frozenset()
 
 
 def _fn(name: str, *args: exp.Expression) -> exp.Expression:
@@ -41,6 +45,59 @@ def _param(name: str) -> exp.Placeholder:
     return exp.Placeholder(this=name)
 
 
+def rewrite_tree(root: exp.Expression, fn) -> exp.Expression:
+    """Apply `fn` to every node (pre-order; a replaced node is not descended into, as with
+    sqlglot's `transform`) and return the new root. Linear in the tree: sqlglot's `transform` re-parents a whole argument list for
+    every replaced element, which made a 10,000-item IN list cost seconds."""
+    new_root = fn(root)
+    if new_root is not root:
+        return new_root
+    stack = [root]
+    lists: dict[tuple[int, str], tuple[exp.Expression, str, dict[int, exp.Expression]]] = {}
+    singles: list[tuple[exp.Expression, str, exp.Expression]] = []
+    while stack:
+        node = stack.pop()
+        for key, value in node.args.items():
+            if isinstance(value, list):
+                for i, child in enumerate(value):
+                    if isinstance(child, exp.Expression):
+                        new = fn(child)
+                        if new is not child:
+                            lists.setdefault((id(node), key), (node, key, {}))[2][i] = new
+                        else:
+                            stack.append(child)
+            elif isinstance(value, exp.Expression):
+                new = fn(value)
+                if new is not value:
+                    singles.append((node, key, new))
+                else:
+                    stack.append(value)
+    for node, key, new in singles:
+        node.set(key, new)
+    for node, key, replaced in lists.values():
+        items = list(node.args[key])
+        for i, new in replaced.items():
+            items[i] = new
+        node.set(key, items)  # one re-parenting pass per list
+    return new_root
+
+
+def cte_in_scope(table: exp.Table) -> bool:
+    """Whether SQLite resolves this table reference to a CTE: an unqualified name defined by the
+    WITH of an enclosing query (lexical scope; a CTE defined in a sibling or inner query does not
+    hide a table of the same name out here)."""
+    if table.db:
+        return False
+    name = table.name.lower()
+    node = table.parent
+    while node is not None:
+        with_ = node.args.get("with_")
+        if with_ is not None and any(cte.alias_or_name.lower() == name for cte in with_.expressions):
+            return True
+        node = node.parent
+    return False
+
+
 class _Compiler:
     def __init__(self, catalog: Catalog, namespace: str, local_tables: dict[str, list[tuple[str, str]]]):
         self.catalog = catalog
@@ -49,6 +106,7 @@ class _Compiler:
         self.out = Compiled(kind="select", sql="")
         self.known: dict[int, TableInfo | dict[str, str]] = {}  # id(new source node) -> columns info
         self.ctes: dict[str, exp.CTE] = {}
+        self.allow: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -68,12 +126,14 @@ class _Compiler:
         return info
 
     def visible_source(self, info: TableInfo, alias: str) -> exp.Subquery:
+        """The rows a statement sees: the table's row view (which applies the owner filter of USER
+        and STREAM tables), without soft-deleted rows and the internal columns."""
         cols = [exp.column(c.name, quoted=True) for c in info.columns] + [exp.column(h) for h in HIDDEN]
         cond: exp.Expression = exp.EQ(this=exp.column("_deleted"), expression=exp.Literal.number(0))
-        if info.table_type == "USER":
-            cond = exp.and_(cond, exp.EQ(this=exp.column("_owner"), expression=_param("_owner")))
+        if info.table_type in OWNED_TYPES:
             self.out.uses_owner = True
-        inner = exp.select(*cols).from_(exp.Table(this=exp.to_identifier(info.storage, quoted=True)))
+        self.allow.add(info.row_view)
+        inner = exp.select(*cols).from_(exp.Table(this=exp.to_identifier(info.row_view, quoted=True)))
         inner = inner.where(cond)
         return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
 
@@ -95,6 +155,8 @@ class _Compiler:
                                  "disagree on: use NOW() or CURRENT_TIMESTAMP")
             if isinstance(node, exp.CurrentUser):
                 return _fn("kdb_current_user")
+            if isinstance(node, exp.Format):  # format(): a printf bounded in width (functions.py)
+                return _fn("kdb_printf", node.this, *node.expressions)
             if isinstance(node, exp.Anonymous):
                 name = str(node.this).upper()
                 mapped = {"NOW": "kdb_now", "SNOWFLAKE_ID": "kdb_snowflake", "UUID_V7": "kdb_uuid7",
@@ -103,6 +165,8 @@ class _Compiler:
                           "LAST_INSERT_ROWID": None, "UNIXEPOCH": None if not node.expressions else ""}.get(name, "")
                 if mapped is None:
                     raise KalamError("INVALID_SQL", f"Function {name}() is not supported")
+                if name in ("PRINTF", "FORMAT"):
+                    mapped = "kdb_printf"
                 if name.startswith(("KDB_", "PRAGMA_", "SQLITE_")) or name in ("LOAD_EXTENSION", "READFILE",
                                                                            "WRITEFILE"):
                     raise KalamError("INVALID_SQL", f"Function {name}() is not supported")
@@ -126,19 +190,22 @@ class _Compiler:
                 return node
             return node
 
-        return root.transform(fix, copy=False)
+        return rewrite_tree(root, fix)
 
     def rewrite_sources(self, root: exp.Expression, skip: exp.Table | None = None) -> None:
         """Replace every table reference (except `skip`, a DML target) by its visible rows."""
         for cte in root.find_all(exp.CTE):
-            self.ctes[cte.alias_or_name.lower()] = cte
-        cte_names = set(self.ctes)
+            name = cte.alias_or_name
+            if not is_cte_name(name):
+                raise KalamError("INVALID_SQL", f"CTE name '{name}' is not allowed: use letters, digits and _ "
+                                 f"(not starting with {' or '.join(RESERVED_PREFIXES)})")
+            self.ctes[name.lower()] = cte
         for table in list(root.find_all(exp.Table)):
             if table is skip or not table.name:
                 continue
             if isinstance(table.parent, (exp.Schema,)) and table.parent.parent is None:
                 continue
-            if not table.db and table.name.lower() in cte_names:
+            if cte_in_scope(table):
                 continue
             ns, name = self.resolve(table)
             alias = table.alias or table.name
@@ -160,6 +227,7 @@ class _Compiler:
         else:
             raise KalamError("TABLE_NOT_FOUND", f"Table 'system.{name}' not found")
         self.out.tables.append((None, f"system.{name}", "r"))
+        self.allow.add(f"system.{name}")
         new = exp.Table(this=exp.to_identifier(f"system.{name}", quoted=True),
                         alias=exp.TableAlias(this=exp.to_identifier(alias)))
         self.known[id(new)] = cols
@@ -267,12 +335,14 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
         c.expand_stars(ast)
         c.out.types = c.output_types(ast)
         c.out.sql = ast.sql("sqlite")
-        return c.out
-    if kind == "insert":
-        return _compile_insert(c, ast)
-    if kind in ("update", "delete"):
-        return _compile_update_delete(c, ast, kind)
-    raise KalamError("INVALID_SQL", f"Unsupported statement kind {kind}")
+    elif kind == "insert":
+        _compile_insert(c, ast)
+    elif kind in ("update", "delete"):
+        _compile_update_delete(c, ast, kind)
+    else:
+        raise KalamError("INVALID_SQL", f"Unsupported statement kind {kind}")
+    c.out.allow = frozenset(c.allow)
+    return c.out
 
 
 def _name_expressions(ast: exp.Expression) -> None:
@@ -356,7 +426,7 @@ def _compile_insert(c: _Compiler, ast: exp.Insert) -> Compiled:
     source = ast.expression
     extra_names = [m.name for m in missing] + ["_seq", "_deleted"]
     extra_vals = [default_expr(m) for m in missing] + [_fn("kdb_seq"), exp.Literal.number(0)]
-    if info.table_type == "USER":
+    if info.table_type in OWNED_TYPES:
         extra_names.append("_owner")
         extra_vals.append(_param("_owner"))
         c.out.uses_owner = True
@@ -381,6 +451,9 @@ def _compile_insert(c: _Compiler, ast: exp.Insert) -> Compiled:
                     c.out.pk_values.append(("lit", -v.this.to_py()))
                 else:
                     c.out.pk_values.append(None)
+            for v in values:
+                c.rewrite_sources(v)  # a subquery in VALUES reads through row views like any other
+            values = tup.expressions if isinstance(tup, exp.Tuple) else [tup]
             new = [_coerce(info, col, v.copy()) for col, v in zip(cols, values)]
             rows.append(exp.Tuple(expressions=new + [e.copy() for e in extra_vals]))
         c.out.row_count = len(rows)
@@ -404,7 +477,7 @@ def _compile_insert(c: _Compiler, ast: exp.Insert) -> Compiled:
     sql = insert.sql("sqlite")
     if info.primary_key:
         key = [quote_ident(info.primary_key)]
-        if info.table_type == "USER":
+        if info.table_type in OWNED_TYPES:
             key.insert(0, "_owner")
         sets = [f"{quote_ident(n)} = excluded.{quote_ident(n)}" for n in all_cols if n not in ("_owner",)]
         # a soft-deleted row with the same key is replaced; a live one makes the row a no-op, which
@@ -444,7 +517,7 @@ def _compile_update_delete(c: _Compiler, ast: exp.Expression, kind: str) -> Comp
     sets.append(exp.EQ(this=exp.column("_seq"), expression=_fn("kdb_seq")))
     guard: exp.Expression = exp.EQ(this=exp.column("_deleted", table=alias),
                                    expression=exp.Literal.number(0))
-    if info.table_type == "USER":
+    if info.table_type in OWNED_TYPES:
         guard = exp.and_(guard, exp.EQ(this=exp.column("_owner", table=alias), expression=_param("_owner")))
         c.out.uses_owner = True
     full = exp.and_(guard, exp.Paren(this=cond)) if cond is not None else guard

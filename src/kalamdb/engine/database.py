@@ -22,9 +22,11 @@ from pathlib import Path
 
 import msgpack
 
+from kalamdb.engine import authorizer, limits
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.compile import Compiled, compile_query
-from kalamdb.engine.ids import next_snowflake, ulid, uuid_v7
+from kalamdb.engine.functions import FnState, register
+from kalamdb.engine.ids import next_snowflake
 from kalamdb.engine.passwords import hash_password, verify_password
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
@@ -32,15 +34,10 @@ from kalamdb.sql.parser import ParseCache, parse_statement
 from kalamdb.sql.splitter import split_statements
 from kalamdb.sql.types import COERCERS, TYPE_ALIASES, encode_cell, infer_type
 
-MAX_SQL_BYTES = 1024 * 1024
-MAX_PARAMS = 50
+MAX_SQL_BYTES = limits.MAX_SQL_BYTES
+MAX_PARAMS = limits.MAX_PARAMS
 ADMIN_ROLES = ("dba", "system")
 COMMAND_VERSION = 1
-# A write statement may run this many SQLite VM steps (counted, so the cut-off is the same on every
-# replica); a read may run this many seconds.
-WRITE_STEP_BUDGET = 200_000_000
-READ_SECONDS_BUDGET = 30.0
-_PROGRESS_EVERY = 10_000
 # SQLite failures caused by this machine (not by the command): they must not be recorded as the
 # command's deterministic outcome, so they abort the whole batch instead
 _ENVIRONMENTAL = ("disk i/o error", "database or disk is full", "database is locked", "readonly database",
@@ -83,78 +80,10 @@ class Outcome:
     error: KalamError | None = None
 
 
-class _FnState:
-    """Inputs of the SQL functions that would otherwise be non-deterministic."""
-
-    def __init__(self, db: Database | None, node_id: int):
-        self.db = db  # set on the writer only: SNOWFLAKE_ID()/_seq advance its persisted counter
-        self.now_us = 0
-        self.node_id = node_id
-        self.seed: int | None = None  # None: a fresh unseeded RNG (reads)
-        self._rng: random.Random | None = None
-        self.username = ""
-        self.last_error: KalamError | None = None
-        self.steps = 0
-        self.deadline = 0.0
-
-    def start_statement(self) -> None:
-        self.steps = 0
-        self.deadline = time.monotonic() + READ_SECONDS_BUDGET
-
-    def over_budget(self) -> int:
-        if self.db is not None:
-            self.steps += _PROGRESS_EVERY
-            return 1 if self.steps > WRITE_STEP_BUDGET else 0
-        # reads are limited only while a user statement runs (deadline 0: digest, login, ...)
-        return 1 if self.deadline and time.monotonic() > self.deadline else 0
-
-    def reset(self, now_us: int, seed: int | None) -> None:
-        self.now_us, self.seed, self._rng = now_us, seed, None
-
-    @property
-    def rng(self) -> random.Random:
-        """Seeded from the command on first use (seeding costs more than most statements)."""
-        if self._rng is None:
-            self._rng = random.Random(self.seed)
-        return self._rng
-
-
-def _register_functions(conn: sqlite3.Connection, state: _FnState) -> None:
-    def guarded(fn):
-        def call(*args):
-            try:
-                return fn(*args)
-            except KalamError as e:
-                state.last_error = e
-                raise
-        return call
-
-    def seq():
-        db = state.db
-        if db is None:
-            raise KalamError("INTERNAL_ERROR", "SNOWFLAKE_ID() is only available when writing")
-        db._last_snowflake = next_snowflake(db._last_snowflake, state.now_us // 1000, state.node_id)
-        return db._last_snowflake
-
-    def snowflake_read():
-        return next_snowflake(0, time.time_ns() // 1_000_000, state.node_id)
-
-    conn.set_progress_handler(state.over_budget, _PROGRESS_EVERY)
-    conn.create_function("kdb_seq", 0, guarded(seq))
-    conn.create_function("kdb_snowflake", 0, guarded(seq if state.db is not None else snowflake_read))
-    conn.create_function("kdb_now", 0, lambda: state.now_us)
-    conn.create_function("kdb_random", 0, lambda: state.rng.random())
-    conn.create_function("kdb_uuid7", 0, lambda: uuid_v7(state.rng, state.now_us // 1000))
-    conn.create_function("kdb_ulid", 0, lambda: ulid(state.rng, state.now_us // 1000))
-    conn.create_function("kdb_current_user", 0, lambda: state.username)
-    for name, fn in COERCERS.items():
-        conn.create_function(name, 1, guarded(fn), deterministic=True)
-
-
 class _ExecContext:
     """One request being executed: which connection, whose rows, which fixed inputs."""
 
-    def __init__(self, conn, state: _FnState, principal: Principal, namespace: str, params: list, writing: bool):
+    def __init__(self, conn, state: FnState, principal: Principal, namespace: str, params: list, writing: bool):
         self.conn = conn
         self.state = state
         self.principal = principal
@@ -185,8 +114,8 @@ class Database:
         self._closed = False
 
         self._wconn = self._connect()
-        self._wstate = _FnState(self, node_id)
-        _register_functions(self._wconn, self._wstate)
+        self._wstate = FnState(self, node_id)
+        register(self._wconn, self._wstate)
         fresh = self._wconn.execute(
             "SELECT COUNT(*) FROM sqlite_master WHERE name = '_kdb_meta'").fetchone()[0] == 0
         if fresh:
@@ -194,25 +123,32 @@ class Database:
             for sql in cat.BOOTSTRAP_SQL:
                 self._wconn.execute(sql)
             self._wconn.execute("COMMIT")
+        self._wstate.guard = authorizer.install(self._wconn, cat.SYSTEM_VIEW_BASES)
         self._load_state()
 
     # ------------------------------------------------------------------ connections and state
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, cached_statements=512)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'OFF'}")
         conn.execute("PRAGMA foreign_keys=OFF")
         return conn
 
-    def _reader(self) -> tuple[sqlite3.Connection, _FnState]:
+    def next_seq(self, now_ms: int, node_id: int) -> int:
+        """The next `_seq` / SNOWFLAKE_ID() value (writer thread only; persisted with the batch)."""
+        self._last_snowflake = next_snowflake(self._last_snowflake, now_ms, node_id)
+        return self._last_snowflake
+
+    def _reader(self) -> tuple[sqlite3.Connection, FnState]:
         if self._closed:
             raise KalamError("INTERNAL_ERROR", "Database is closed")
         conn = getattr(self._tls, "conn", None)
         if conn is None:
             conn = self._connect()
-            state = _FnState(None, self.node_id)
-            _register_functions(conn, state)
+            state = FnState(None, self.node_id)
+            register(conn, state)
+            state.guard = authorizer.install(conn, cat.SYSTEM_VIEW_BASES)
             self._tls.conn, self._tls.state = conn, state
             with self._readers_lock:
                 self._readers.append(conn)
@@ -223,6 +159,11 @@ class Database:
         self._applied_index = int(meta["applied_index"])
         self._last_snowflake = int(meta["last_snowflake"])
         self._reload_catalog()
+        self._wconn.execute("BEGIN IMMEDIATE")
+        try:
+            cat.ensure_row_views(self._wconn, self._catalog)
+        finally:
+            self._wconn.execute("COMMIT")
         self._published = self._catalog
 
     def _reload_catalog(self) -> None:
@@ -597,18 +538,23 @@ class Database:
         who = owner or me
         binds = {f"p{i}": v for i, v in enumerate(params, 1)}
         binds["_owner"] = who.user_id
-        ctx.state.username = who.username
-        ctx.state.last_error = None
+        state = ctx.state
+        state.username = who.username
+        state.owner = who.user_id
+        state.last_error = None
         for name in compiled.local_tables:
             self._materialise_local(ctx.conn, name)
         binds["_seq_before"] = self._last_snowflake
-        ctx.state.start_statement()
+        if ctx.writing:
+            state.start_statement(steps=limits.WRITE_STEP_BUDGET)
+        else:
+            state.start_statement(seconds=limits.READ_SECONDS_BUDGET)
+        target = compiled.target.storage if compiled.target is not None else None
         try:
-            cur = ctx.conn.execute(compiled.sql, binds)
-            rows = cur.fetchall() if q.kind == "select" else None
-            ctx.state.deadline = 0.0
+            with authorizer.UserScope(state.guard, compiled.allow, target):
+                cur = ctx.conn.execute(compiled.sql, binds)
+                rows = cur.fetchall() if q.kind == "select" else None
         except sqlite3.Error as e:
-            ctx.state.deadline = 0.0
             if _environmental(e):
                 raise
             if ctx.writing and not ctx.conn.in_transaction:
@@ -616,6 +562,8 @@ class Database:
             if q.kind == "insert" and isinstance(e, sqlite3.IntegrityError) and "UNIQUE" in str(e):
                 raise self._pk_violation(ctx, compiled, binds, duplicate_in_request=True) from None
             raise self._sql_error(e, ctx, compiled) from None
+        finally:
+            state.end_statement()
         if q.kind == "select":
             return self._select_result(cur, compiled.types, who.username, rows)
         count = cur.rowcount
@@ -648,14 +596,15 @@ class Database:
             seen.add(v)
         if shown is None and pk is not None:
             # the conflicting live row existed before this statement: rows it wrote have a newer _seq
-            owner_clause = " AND _owner = :_owner" if info.table_type == "USER" else ""
+            owned = info.table_type in cat.OWNED_TYPES
+            owner_clause = " AND _owner = ?" if owned else ""
             for v in values:
                 if v is None:
                     continue
+                args = (v, binds["_seq_before"], binds["_owner"]) if owned else (v, binds["_seq_before"])
                 row = ctx.conn.execute(
-                    f"SELECT 1 FROM {cat.quote_ident(info.storage)} WHERE {cat.quote_ident(pk)} = :v "
-                    f"AND _deleted = 0 AND _seq <= :s{owner_clause}",
-                    {"v": v, "_owner": binds["_owner"], "s": binds["_seq_before"]}).fetchone()
+                    f"SELECT 1 FROM {cat.quote_ident(info.storage)} WHERE {cat.quote_ident(pk)} = ? "
+                    f"AND _deleted = 0 AND _seq <= ?{owner_clause}", args).fetchone()
                 if row is not None:
                     shown = v
                     break
@@ -667,6 +616,16 @@ class Database:
         if ctx.state.last_error is not None:
             return ctx.state.last_error
         msg = str(e)
+        if msg.startswith("not authorized") or (msg.startswith("access to ") and msg.endswith(" is prohibited")):
+            what = ctx.state.guard.denied if ctx.state.guard is not None else None
+            if what and what.startswith("function "):
+                return KalamError("INVALID_SQL", f"Function {what[9:]} is not supported")
+            return KalamError("PERMISSION_DENIED", f"Statement may not access {what or 'that object'} "
+                              "directly; query tables by their namespace.table name")
+        if msg in ("string or blob too big", "LIKE or GLOB pattern too complex"):
+            return KalamError("SQL_EXECUTION_ERROR", f"{msg}: a value may be at most "
+                              f"{limits.MAX_INTERMEDIATE_BYTES} bytes and a LIKE pattern "
+                              f"{limits.MAX_LIKE_PATTERN} characters")
         if msg == "interrupted":
             return KalamError("SQL_EXECUTION_ERROR", "Statement exceeded its execution budget and was stopped")
         m = re.match(r"no such column: (.+)", msg)
@@ -756,7 +715,8 @@ class Database:
             raise KalamError("SQL_EXECUTION_ERROR", f"Namespace '{s.name}' is not empty ({len(tables)} "
                              "table(s)); use DROP NAMESPACE ... CASCADE")
         for t in sorted(tables, key=lambda t: t.name):
-            ctx.conn.execute(f"DROP TABLE {cat.quote_ident(t.storage)}")
+            for sql in cat.drop_table_sql(t):
+                ctx.conn.execute(sql)
         ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ?", (s.name,))
         ctx.conn.execute("DELETE FROM _kdb_namespaces WHERE name = ?", (s.name,))
         self._bump_catalog(ctx)
@@ -804,7 +764,8 @@ class Database:
                              f"not {s.table_type}")
         if ctx.principal.role == "user":
             raise KalamError("PERMISSION_DENIED", "Role 'user' may not drop tables")
-        ctx.conn.execute(f"DROP TABLE {cat.quote_ident(info.storage)}")
+        for sql in cat.drop_table_sql(info):
+            ctx.conn.execute(sql)
         ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ? AND name = ?", (ns, s.name))
         self._bump_catalog(ctx)
         return self._message(f"Table {info.full_name} dropped successfully", ctx)

@@ -24,7 +24,7 @@ from sqlglot import exp
 from kalamdb.errors import KalamError
 from kalamdb.node.cluster_view import AGE_COLUMN, ClusterView
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
-from kalamdb.node.driver import RaftDriver, WriteOutcomeUnknown, definite_not_leader
+from kalamdb.node.driver import ForwardRefused, RaftDriver, WriteOutcomeUnknown, definite_not_leader
 from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
 from kalamdb.sql import statements as st
@@ -166,20 +166,50 @@ class ClusterNode:
                          "cluster reachable?)", status=503, details="definite: the write was not applied")
 
     async def submit(self, command: bytes) -> tuple[int, Any]:
-        await self._leader_or_raise()
-        try:
-            fut = self.driver.propose(command)
-        except NotLeader:
-            raise definite_not_leader(f"node {self.node_id} lost leadership", self.leader_api()) from None
-        except ProposalRejected as exc:
-            raise KalamError("LEADER_NOT_AVAILABLE", f"leader is not accepting writes now: {exc}", status=503,
-                             details="definite: the write was not applied") from None
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
-        except TimeoutError:
-            raise WriteOutcomeUnknown(
-                f"write {fut.raft_index} was proposed but not committed within {self.cfg.write_timeout_ms} ms "
-                "(no quorum reachable?)") from None
+        """Replicate a command and return (index, engine Outcome) once this node applied it.
+        On the leader it is proposed directly; on a follower it travels to the leader inside the
+        peer transport (node/forwarding.py), and the answer comes from this node's own apply. A
+        refusal is definite (nothing was appended), so it is retried with the next leader while
+        the leader wait lasts."""
+        driver = self.driver
+        wait_s = self.cfg.leader_wait_ms / 1000
+        deadline = time.monotonic() + wait_s
+        leader = driver.leader_id or await driver.wait_for_leader(wait_s)
+        refusal: ForwardRefused | None = None
+        while True:
+            if not leader:
+                raise KalamError("LEADER_NOT_AVAILABLE",
+                                 f"no leader elected within {self.cfg.leader_wait_ms} ms (is a majority of the "
+                                 "cluster reachable?)", status=503, details="definite: the write was not applied")
+            try:
+                if leader == self.node_id:
+                    fut = driver.propose(command)
+                else:
+                    fut = driver.forward(leader, command)
+                return await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
+            except NotLeader:
+                pass  # lost leadership between the check and the proposal: find the new leader
+            except ProposalRejected as exc:
+                raise KalamError("LEADER_NOT_AVAILABLE", f"leader is not accepting writes now: {exc}", status=503,
+                                 details="definite: the write was not applied") from None
+            except ForwardRefused as exc:
+                if exc.code == "FORWARD_FAILED" or time.monotonic() >= deadline:
+                    raise
+                refusal = exc
+                if exc.leader_id and exc.leader_id != leader:
+                    leader = exc.leader_id
+                    continue
+            except TimeoutError:
+                driver.abandon(fut)
+                where = getattr(fut, "raft_index", None)
+                what = f"write {where} was proposed" if where else "the write was sent to the leader"
+                raise WriteOutcomeUnknown(
+                    f"{what} but not committed within {self.cfg.write_timeout_ms} ms (no quorum reachable?)"
+                ) from None
+            left = deadline - time.monotonic()
+            leader = await driver.wait_for_leader_change(leader, left) if left > 0 else 0
+            if not leader and refusal is not None:
+                raise refusal
 
     async def read(self, prepared: Any, *, consistency: str | None = None,
                    min_applied_index: int | None = None) -> list[dict]:

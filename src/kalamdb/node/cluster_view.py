@@ -123,10 +123,13 @@ class ClusterView:
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout, headers={AUTH_HEADER: self._token}) as session:
             while True:
+                started = time.monotonic()
                 peers = {nid: url for nid, url in self._peers().items() if nid != self.node_id}
                 await asyncio.gather(*(self._fetch(session, nid, url) for nid, url in peers.items()))
                 self.reports = {nid: r for nid, r in self.reports.items() if nid in peers}
-                await asyncio.sleep(self._refresh_s)  # the refresh period, not a wait for a condition
+                # the refresh period (a slow peer does not stretch it for the others), not a wait
+                # for a condition
+                await asyncio.sleep(max(0.0, self._refresh_s - (time.monotonic() - started)))
 
     async def _fetch(self, session: Any, nid: int, url: str) -> None:
         import aiohttp

@@ -27,12 +27,13 @@ import msgpack
 
 from kalamdb.engine import Database
 from kalamdb.errors import KalamError
+from kalamdb.node import forwarding as fw
 from kalamdb.node.clock import clock
 from kalamdb.node.failpoints import NodeFailpoints, die, exit_on_storage_failure
 from kalamdb.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftCore, Ready, Role
 from kalamdb.raft.messages import Message
 from kalamdb.raft.storage import LogStorage
-from kalamdb.raft.transport import PeerTransport
+from kalamdb.raft.transport import FrameTooLarge, PeerTransport
 from kalamdb.raft.types import Entry, EntryKind, Membership, SnapshotMeta
 
 log = logging.getLogger("kalamdb.raft.driver")
@@ -61,9 +62,26 @@ def definite_not_leader(message: str, leader_api: str | None = None) -> KalamErr
     return err
 
 
-@dataclass
+class ForwardRefused(KalamError):
+    """The leader (or the link to it) refused a forwarded proposal: nothing was appended (definite).
+    `leader_id` is who the refusing node believes leads (0: unknown)."""
+
+    def __init__(self, code: str, message: str, leader_id: int = 0):
+        super().__init__(code, message, status=503, details="definite: the write was not applied")
+        self.leader_id = leader_id
+
+
+@dataclass(slots=True)
 class _Proposal:
     term: int
+    future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Forwarded:
+    """A proposal sent to the leader that has not yet said where it appended it."""
+
+    leader: int
     future: asyncio.Future
 
 
@@ -157,7 +175,11 @@ class RaftDriver:
         self._apply_idle = asyncio.Event()
         self._apply_idle.set()
         self._apply_q: list[Entry] = []
-        self._proposals: dict[int, _Proposal] = {}
+        # index -> proposals waiting for that index to apply. Usually one; more when this node
+        # proposed at an index as a deposed leader and a later leader placed a forwarded one there.
+        self._proposals: dict[int, list[_Proposal]] = {}
+        self._forwarded: dict[int, _Forwarded] = {}  # ctx -> proposal sent to the leader, not yet placed
+        self._forward_ids = itertools.count(1)
         self._reads: dict[bytes, asyncio.Future] = {}
         self._read_ids = itertools.count(1)
         self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []
@@ -221,9 +243,7 @@ class RaftDriver:
         await self.transport.stop()
         err = KalamError("CLUSTER_UNAVAILABLE", "node is shutting down", status=503,
                          details="indefinite: the write may or may not have been applied")
-        for p in self._proposals.values():
-            if not p.future.done():
-                p.future.set_exception(err)
+        self._fail_all_proposals(err)
         for f in self._reads.values():
             if not f.done():
                 f.set_exception(KalamError("CLUSTER_UNAVAILABLE", "node is shutting down", status=503))
@@ -281,10 +301,65 @@ class RaftDriver:
         core = self.core
         index = core.propose(data)  # NotLeader / ProposalRejected propagate
         fut = asyncio.get_running_loop().create_future()
-        self._proposals[index] = _Proposal(core.term, fut)
-        fut.raft_index = index  # type: ignore[attr-defined]
+        self._track(index, core.term, fut)
         self._wake.set()
         return fut
+
+    def forward(self, leader_id: int, data: bytes) -> asyncio.Future:
+        """Send a proposal to the leader over the peer transport (node/forwarding.py); the future
+        gives (index, engine Outcome) once this node applied it, like `propose`. Raises
+        ForwardRefused (definite) when it cannot even be sent."""
+        self._check_alive()
+        ctx = next(self._forward_ids)
+        try:
+            queued = self.transport.send(leader_id, fw.propose(ctx, data))
+        except FrameTooLarge as exc:
+            raise KalamError("PAYLOAD_TOO_LARGE", f"the write is too large to replicate: {exc}",
+                             details="definite: the write was not applied") from None
+        if not queued:
+            raise ForwardRefused("FORWARD_FAILED", f"node {self.node_id} cannot reach the leader (node "
+                                 f"{leader_id}) right now", leader_id)
+        fut = asyncio.get_running_loop().create_future()
+        fut.forward_ctx = ctx  # type: ignore[attr-defined]
+        self._forwarded[ctx] = _Forwarded(leader_id, fut)
+        return fut
+
+    def abandon(self, fut: asyncio.Future) -> None:
+        """The caller stopped waiting for a forwarded proposal (timeout): forget it if unplaced."""
+        ctx = getattr(fut, "forward_ctx", None)
+        if ctx is not None:
+            self._forwarded.pop(ctx, None)
+
+    async def wait_for_leader_change(self, old: int, timeout: float) -> int:
+        """The leader id once it is neither `old` nor unknown; 0 at the deadline."""
+        deadline = time.monotonic() + timeout
+        while self.leader_id in (0, old):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return 0
+            self._leader_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_changed.wait(), left)
+        return self.leader_id
+
+    def _track(self, index: int, term: int, fut: asyncio.Future) -> None:
+        fut.raft_index = index  # type: ignore[attr-defined]
+        waiting = self._proposals.get(index)
+        if waiting is None:
+            self._proposals[index] = [_Proposal(term, fut)]
+        else:
+            waiting.append(_Proposal(term, fut))
+
+    def _fail_all_proposals(self, err: BaseException) -> None:
+        for waiting in self._proposals.values():
+            for p in waiting:
+                if not p.future.done():
+                    p.future.set_exception(err)
+        self._proposals.clear()
+        for f in self._forwarded.values():
+            if not f.future.done():
+                f.future.set_exception(err)
+        self._forwarded.clear()
 
     def propose_meta(self, meta: dict) -> asyncio.Future:
         return self.propose(META_PREFIX + msgpack.packb(meta))
@@ -319,6 +394,9 @@ class RaftDriver:
 
     # ------------------------------------------------------------------ the loops
     def _on_message(self, src: int, payload: Any) -> None:
+        if fw.is_proposal_payload(payload):
+            self._on_proposal_message(src, payload)
+            return
         try:
             msg = Message.from_wire(payload)
         except (ValueError, TypeError, KeyError) as exc:
@@ -333,6 +411,66 @@ class RaftDriver:
             return
         self.core.step(msg)
         self._wake.set()
+
+    def _on_proposal_message(self, src: int, payload: list) -> None:
+        try:
+            m = fw.decode(payload)
+        except ValueError as exc:
+            self.bad_frames += 1
+            log.warning("refused malformed proposal message from node %d: %s", src, exc)
+            return
+        if self.core is None:
+            return
+        if isinstance(m, fw.Propose):
+            self._on_propose(src, m)
+            return
+        f = self._forwarded.get(m.ctx)
+        if f is None or f.leader != src:
+            return  # given up on (timeout, leader change) or not asked of this node: nothing to do
+        del self._forwarded[m.ctx]
+        if f.future.done():
+            return
+        if isinstance(m, fw.Refused):
+            f.future.set_exception(ForwardRefused(
+                m.code, f"node {src} did not take the write: "
+                + ("it is not the leader" if m.code == fw.NOT_LEADER else "it is not accepting writes now"),
+                m.leader_id))
+        elif m.index <= self.applied_index:
+            # Cannot happen with in-order delivery (the answer precedes the entry); if it did, this
+            # node can no longer see which entry it applied there.
+            f.future.set_exception(WriteOutcomeUnknown(
+                f"write {m.index} was appended by node {src} but already applied here before the "
+                "answer arrived"))
+        else:
+            self._track(m.index, m.term, f.future)
+
+    def _on_propose(self, src: int, m: fw.Propose) -> None:
+        """A follower's proposal: append it (only that) and say where; the follower learns the
+        outcome by applying its own log. Any refusal means nothing was appended."""
+        core = self.core
+        if self.fatal is not None or self._stopping:
+            self.transport.send(src, fw.refused(m.ctx, fw.NOT_ACCEPTING, 0))
+            return
+        try:
+            index = core.propose(m.command)
+        except NotLeader:
+            self.transport.send(src, fw.refused(m.ctx, fw.NOT_LEADER, core.leader_id))
+            return
+        except ProposalRejected:
+            self.transport.send(src, fw.refused(m.ctx, fw.NOT_ACCEPTING, core.leader_id))
+            return
+        # Queued before the Ready that carries the entry, so it reaches the follower first.
+        self.transport.send(src, fw.accepted(m.ctx, index, core.term))
+        self._wake.set()
+
+    def _fail_unplaced_forwards(self, leader: int) -> None:
+        """The leader changed while proposals sent to the old one were unanswered: the old leader
+        may or may not have appended them, so their fate is unknown."""
+        for ctx in [c for c, f in self._forwarded.items() if f.leader != leader]:
+            f = self._forwarded.pop(ctx)
+            if not f.future.done():
+                f.future.set_exception(WriteOutcomeUnknown(
+                    f"the leader (node {f.leader}) changed before it confirmed the write"))
 
     async def _tick_loop(self) -> None:
         core = self.core
@@ -392,6 +530,8 @@ class RaftDriver:
                 log.info("node %d: leader is now %s (term %d, role %s)", self.node_id, leader or "unknown",
                          core.term, core.role.name.lower())
                 self._leader_changed.set()
+                if self._forwarded:
+                    self._fail_unplaced_forwards(leader)
 
     def _leader_sends_early(self, rd: Ready) -> bool:
         """A leader whose term and vote are already durable may send before its own fsync, so its
@@ -459,6 +599,7 @@ class RaftDriver:
         await loop.run_in_executor(self._apply_pool, self.db.restore_from, path)
         self.last_snapshot_index = meta.index
         self._set_applied(self.db.applied_index)
+        self._fail_covered_proposals(meta.index)
         log.info("node %d installed snapshot at index %d (term %d)", self.node_id, meta.index, meta.term)
 
     async def _apply_loop(self) -> None:
@@ -491,16 +632,28 @@ class RaftDriver:
             for e, outcome in zip(batch, outcomes, strict=True):
                 if e.kind == EntryKind.NORMAL and e.data.startswith(META_PREFIX):
                     self._apply_meta(e)
-                p = self._proposals.pop(e.index, None)
-                if p is None or p.future.done():
+                waiting = self._proposals.pop(e.index, None)
+                if waiting is None:
                     continue
-                if p.term == e.term:
-                    p.future.set_result((e.index, outcome))
-                else:
-                    p.future.set_exception(definite_not_leader(
-                        f"leadership changed before write {e.index} committed; it was not applied"))
+                for p in waiting:
+                    if p.future.done():
+                        continue
+                    if p.term == e.term:
+                        p.future.set_result((e.index, outcome))
+                    else:
+                        p.future.set_exception(definite_not_leader(
+                            f"leadership changed before write {e.index} committed; it was not applied"))
             self._set_applied(batch[-1].index)
             self._maybe_snapshot()
+
+    def _fail_covered_proposals(self, index: int) -> None:
+        """A snapshot replaced the state up to `index`: proposals waiting there will never see
+        their entry applied one by one, so nobody can say whether they are in it."""
+        for i in [i for i in self._proposals if i <= index]:
+            for p in self._proposals.pop(i):
+                if not p.future.done():
+                    p.future.set_exception(WriteOutcomeUnknown(
+                        f"write {i} was overtaken by a snapshot installed at index {index}"))
 
     def _apply_inline_ok(self, items: list) -> bool:
         """Whether this batch is small enough to apply on the event loop itself. Small batches cost
@@ -547,10 +700,7 @@ class RaftDriver:
         log.critical("node %d: storage failure, refusing all further work until restarted: %r", self.node_id, exc)
         err = KalamError("CLUSTER_UNAVAILABLE", f"storage failure on node {self.node_id}: {exc}", status=503,
                          details="indefinite: the write may or may not have been applied")
-        for p in self._proposals.values():
-            if not p.future.done():
-                p.future.set_exception(err)
-        self._proposals.clear()
+        self._fail_all_proposals(err)
         self.transport.send = lambda *a, **k: False  # type: ignore[method-assign]
         self.transport.send_many = lambda *a, **k: False  # type: ignore[method-assign]
 
@@ -625,6 +775,7 @@ class RaftDriver:
 __all__ = [
     "ENGINE_NOOP",
     "META_PREFIX",
+    "ForwardRefused",
     "NotLeader",
     "ProposalRejected",
     "RaftDriver",

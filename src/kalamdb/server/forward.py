@@ -1,13 +1,14 @@
-"""Forwarding a request from a follower to the leader, with the caller's credentials.
+"""Forwarding a request from a follower to the leader over HTTP, with the caller's credentials.
+
+Writes do not come here: they reach the leader inside the Raft transport (node/forwarding.py).
+What does is a request only the leader can serve (CLUSTER STEPDOWN, TRANSFER LEADER, JOIN, LEAVE).
 
 The leader's status and body are passed back unchanged. A forwarded request carries a header
 naming the node that forwarded it; a node never forwards such a request again, so forwarding
 cannot loop even while two nodes briefly disagree about who leads.
 
-Two of every three writes sent to random nodes pass through here, so this is a hot path: it speaks
-HTTP/1.1 itself over a small pool of keep-alive connections per leader (the request is one buffer,
-the answer is read by Content-Length). That costs about a fifth of the CPU of a general HTTP client
-per forwarded request. Idle connections are replaced before the leader's keep-alive limit could
+It speaks HTTP/1.1 itself over a small pool of keep-alive connections per leader (the request is one
+buffer, the answer is read by Content-Length), about a fifth of the CPU of a general HTTP client. Idle connections are replaced before the leader's keep-alive limit could
 close them, so a request never lands on a connection the server is closing.
 """
 
