@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Self
 
-from kalamdb.testing.netproxy import Partitions
+from kalamdb.testing.partitions import Partitions
 
 _PREFIX = "kdb"
 _live: set[NetnsNetwork] = set()
