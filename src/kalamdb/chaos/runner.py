@@ -29,6 +29,7 @@ from kalamdb.chaos.history import HistoryRecorder
 from kalamdb.chaos.nemesis import FAULT_KINDS, FaultStep, Nemesis, make_schedule
 from kalamdb.chaos.replicas import check_digests, check_final_states
 from kalamdb.chaos.workloads import ClientContext, Workload, client_loop, make_workloads
+from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
 from kalamdb.testing.cluster import NETWORK_MODES, ClusterTestServer
 
 EXIT_PASS, EXIT_VIOLATION, EXIT_ERROR, EXIT_UNKNOWN = 0, 1, 2, 3
@@ -45,6 +46,7 @@ class ChaosConfig:
     seed: int = 0
     out: str = "chaos-run"
     unsafe_local_reads: bool = False
+    unsafe_txn: str | None = None  # a planted transaction bug (KALAMDB_UNSAFE_TXN), see server/unsafe_txn.py
     clients_per_node: int = 2
     client_timeout: float = 5.0
     check_timeout: float = 60.0
@@ -65,6 +67,8 @@ class ChaosConfig:
         if self.network not in NETWORK_MODES:
             raise ValueError(f"--network must be one of {', '.join(NETWORK_MODES)}, got {self.network!r}")
         make_workloads(self.workloads)  # raises on unknown names
+        if self.unsafe_txn is not None and self.unsafe_txn not in UNSAFE_TXN_MODES:
+            raise ValueError(f"unknown unsafe_txn {self.unsafe_txn!r}; choose from {', '.join(UNSAFE_TXN_MODES)}")
         if not self.workloads:
             raise ValueError("at least one workload is needed")
 
@@ -103,6 +107,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
     workloads = make_workloads(cfg.workloads)
     root = Path(tempfile.mkdtemp(prefix="kalamdb-chaos-"))
     extra_env = {"KALAMDB_UNSAFE_LOCAL_READS": "1"} if cfg.unsafe_local_reads else {}
+    if cfg.unsafe_txn:
+        extra_env["KALAMDB_UNSAFE_TXN"] = cfg.unsafe_txn
     cluster = ClusterTestServer(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
                                 seed=cfg.seed, network=cfg.network)
     results: dict[str, Any] = {"seed": cfg.seed, "config": asdict(cfg), "valid": False}
@@ -161,7 +167,7 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         ops = rec.operations()
         checks = []
         for wl in workloads:
-            checks.extend(wl.check(ops, timeout=cfg.check_timeout))
+            checks.extend(wl.check(ops, timeout=cfg.check_timeout, events=rec.events))
         checks.extend(replica_checks)
         results.update({
             "checkers": checks,

@@ -40,6 +40,8 @@ class Compiled:
     columns: list[str] = field(default_factory=list)
     #: insert: VALUES rows of ("v", value) / ("p", parameter number) cells, evaluated without SQL
     pure_rows: list[list[tuple[str, object]]] | None = None
+    #: the executor's per-statement plan, built on first use (engine/writes.py)
+    plan: object = None
     #: the SQLite objects this statement may read directly (row views, system views, node-local
     #: tables): the authorizer's allowlist, so a reference the rewrite missed fails closed
     allow: frozenset[str] = frozenset()

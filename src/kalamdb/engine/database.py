@@ -346,7 +346,8 @@ class Database:
         conn = self._wconn
         outcomes: list[Outcome] = []
         events: list[FeedEvent] = []
-        pending: list[Change] = []
+        pending: list[Change] = []  # changes not yet in a published Applied event
+        logged: list[Change] = []  # changes not yet written to the change log (one write per batch)
         first = 0
         start_index, start_seq = self._applied_index, self._last_snowflake
         conn.execute("BEGIN IMMEDIATE")
@@ -362,10 +363,6 @@ class Database:
                     conn.execute("SAVEPOINT kdb_cmd")
                     try:
                         outcome, ctx = self._apply_one(index, command)
-                        if ctx is not None and ctx.changes:
-                            conn.executemany("INSERT INTO _kdb_changes VALUES (?, ?, ?, ?, ?, ?)",
-                                             [(c.seq, c.index, c.table, c.owner or "", c.op, c.encode())
-                                              for c in ctx.changes])
                         conn.execute("RELEASE kdb_cmd")
                     except Exception as e:
                         if executor.environmental(e) or not conn.in_transaction:
@@ -378,14 +375,17 @@ class Database:
                         outcome, ctx = Outcome([], err), None
                 if ctx is not None:
                     pending.extend(ctx.changes)
+                    logged.extend(ctx.changes)
                     if ctx.events:
                         events.append(Applied(first, index, tuple(pending)))
                         pending, first = [], 0
                         events.extend(ctx.events)
                 if index % PRUNE_EVERY == 0:
+                    self._log_changes(logged)
                     self._prune_changes()
                 self._applied_index = index
                 outcomes.append(outcome)
+            self._log_changes(logged)
             conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'applied_index'", (self._applied_index,))
             conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'last_snowflake'", (self._last_snowflake,))
             conn.execute("COMMIT")
@@ -441,6 +441,13 @@ class Database:
                 cur = self._wconn.execute(f"DELETE FROM {cat.quote_ident(info.storage)} WHERE _ts < ?", (cutoff,))
                 total += cur.rowcount
         return Outcome([{"row_count": total, "message": f"Expired {total} row(s)"}], None)
+
+    def _log_changes(self, changes: list[Change]) -> None:
+        """Write the batch's changes to the change log (in the batch's transaction) and clear them."""
+        if changes:
+            self._wconn.executemany("INSERT INTO _kdb_changes VALUES (?, ?, ?, ?, ?, ?)",
+                                    [(c.seq, c.index, c.table, c.owner or "", c.op, c.encode()) for c in changes])
+            changes.clear()
 
     def _prune_changes(self) -> None:
         """Drop changes past the retention (by the newest change's time, and by count): depends

@@ -179,7 +179,7 @@ def execute_query(db: Database, ctx: ExecContext, q: st.Query, owner: Principal 
         raise KalamError("INVALID_PARAMETER", f"Statement uses ${compiled.max_param} but "
                          f"{len(params)} parameter(s) were given")
     who = owner or me
-    binds = {f"p{i}": v for i, v in enumerate(params, 1)}
+    binds = {f"p{i}": v for i, v in enumerate(params, 1)} if compiled.sql else {}
     state = ctx.state
     state.username = who.username
     state.owner = who.user_id

@@ -21,15 +21,16 @@ from kalamdb.engine.changes import Change
 from kalamdb.engine.compile import Compiled
 from kalamdb.engine.ids import ulid, uuid_v7
 from kalamdb.engine.types import ExecContext, Principal
-from kalamdb.engine.values import coerce_column
+from kalamdb.engine.values import coerce_column, coercer
 from kalamdb.errors import KalamError
+from kalamdb.sql.statements import ColumnDef
 
 if TYPE_CHECKING:
     from kalamdb.engine.database import Database
 
 
 class TemplateCache:
-    """The phase-2 statements of each table, by (storage, schema version, kind, columns)."""
+    """The phase-2 statements of UPDATE and DELETE, by (storage, schema version, kind, columns)."""
 
     def __init__(self) -> None:
         self._items: dict[tuple, str] = {}
@@ -106,9 +107,37 @@ def _default(db: Database, ctx: ExecContext, col) -> object:
     raise KalamError("INTERNAL_ERROR", f"Unknown DEFAULT function {fn}")
 
 
+class _InsertPlan:
+    """What an INSERT does per row, worked out once per compiled statement: for each table column,
+    where its value comes from and how it is coerced; and the phase-2 template."""
+
+    __slots__ = ("columns", "owned", "sql", "stream", "table", "table_type")
+
+    def __init__(self, compiled: Compiled):
+        info = compiled.target
+        given = {name: i for i, name in enumerate(compiled.columns)}
+        self.columns = []
+        for col in info.columns:
+            i = given.get(col.name)
+            if i is not None:
+                self.columns.append((col.name, i, coercer(col), None))
+            elif col.default is not None and "fn" in col.default:
+                self.columns.append((col.name, -1, None, col))  # generated to fit (a snowflake in INT AUTO_INCREMENT)
+            else:
+                value = coerce_column(col, col.default["lit"] if col.default is not None else None)
+                self.columns.append((col.name, -1, None, value))
+        self.owned = info.table_type in cat.OWNED_TYPES
+        self.stream = info.table_type == "STREAM"
+        self.table, self.table_type = info.full_name, info.table_type
+        self.sql = _insert_template(info)
+
+
 def insert(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, params: list, who: Principal,
            sql_error) -> int:
     info = compiled.target
+    plan = compiled.plan
+    if plan is None:
+        plan = compiled.plan = _InsertPlan(compiled)
     if compiled.pure_rows is not None:
         raw = [[v if kind == "v" else params[v - 1] for kind, v in row] for row in compiled.pure_rows]
     else:
@@ -119,46 +148,46 @@ def insert(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, para
                              f"{len(raw[0])}")
     if len(raw) > limits.MAX_WRITE_ROWS:
         raise too_many_rows(compiled)
-    given = {name: i for i, name in enumerate(compiled.columns)}
     state = ctx.state
-    owned = info.table_type in cat.OWNED_TYPES
-    stream = info.table_type == "STREAM"
     now_ms = state.now_us // 1000
     tuples = []
     rows = []
     for values in raw:
         row = {}
-        for col in info.columns:
-            i = given.get(col.name)
-            if i is not None:
-                row[col.name] = coerce_column(col, values[i])
-            elif col.default is not None and "fn" in col.default:
-                row[col.name] = _default(db, ctx, col)  # generated to fit (a snowflake in an INT AUTO_INCREMENT)
+        for name, i, coerce, default in plan.columns:
+            if i >= 0:
+                row[name] = coerce(values[i])
+            elif isinstance(default, ColumnDef):
+                row[name] = _default(db, ctx, default)
             else:
-                row[col.name] = coerce_column(col, _default(db, ctx, col))
+                row[name] = default
         seq = db.next_seq(now_ms, state.node_id)
         t = [*row.values(), seq, 0]
-        if owned:
+        if plan.owned:
             t.append(who.user_id)
-        if stream:
+        if plan.stream:
             t.append(state.now_us)
         tuples.append(t)
         rows.append((seq, row))
     if not tuples:
         return 0
-    sql = db.templates.get((info.storage, info.schema_version, "insert"), lambda: _insert_template(info))
     try:
-        written = ctx.conn.executemany(sql, tuples).rowcount
+        if len(tuples) == 1:
+            written = ctx.conn.execute(plan.sql, tuples[0]).rowcount
+        else:
+            written = ctx.conn.executemany(plan.sql, tuples).rowcount
     except sqlite3.IntegrityError as e:
         if "UNIQUE" in str(e):
             raise pk_violation(ctx, info, [r for _, r in rows], who, rows[0][0]) from None
         raise sql_error(e, ctx, compiled) from None
     if written < len(tuples):
         raise pk_violation(ctx, info, [r for _, r in rows], who, rows[0][0])
-    owner = who.user_id if owned else None
+    owner = who.user_id if plan.owned else None
+    changes, index, table, table_type = ctx.changes, ctx.index, plan.table, plan.table_type
     for seq, row in rows:
-        ctx.changes.append(Change(ctx.index, seq, info.full_name, info.table_type, "insert", owner,
-                                  {**row, "_seq": seq, "_deleted": False}, None))
+        row["_seq"] = seq
+        row["_deleted"] = False
+        changes.append(Change(index, seq, table, table_type, "insert", owner, row, None))
     return len(tuples)
 
 

@@ -21,6 +21,7 @@ from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
 from kalamdb.server import responses
 from kalamdb.server.metrics import SqlMetrics
+from kalamdb.server.unsafe_txn import UnsafeTxn
 from kalamdb.sql.statements import KillLiveQuery
 
 log = logging.getLogger("kalamdb.sql")
@@ -120,6 +121,7 @@ class SqlHandler:
         self.forwarder: Any = None  # set in cluster mode: sends NOT_LEADER requests to the leader
         self.live: Any = None  # the node's LiveService (kalamdb.live): executes KILL LIVE QUERY here
         self.metrics = SqlMetrics()
+        self.unsafe_txn = UnsafeTxn.from_env()  # None unless a checker test plants a transaction bug
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -153,6 +155,8 @@ class SqlHandler:
         cluster_op = getattr(prepared, "cluster_op", None)
         if cluster_op is not None:
             return await self.node.cluster(cluster_op, principal), None
+        if self.unsafe_txn is not None and self.unsafe_txn.applies(prepared):
+            return await self.unsafe_txn.run(self.db, self.node, prepared)
         if not prepared.is_write:
             results = await self.node.read(
                 prepared, consistency=req.consistency, min_applied_index=req.min_applied_index)
