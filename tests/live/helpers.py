@@ -97,8 +97,14 @@ class Ws:
         await self.subscribe(sid, sql, options if options is not None else {})
         ack = await self.recv_type("subscription_ack")
         rows: list[dict] = []
+        control: dict = ack["batch_control"]
         while True:
-            batch = await self.recv_type("initial_data_batch")
+            batch = await self.recv()
+            if batch.get("code") == "RATE_LIMIT_EXCEEDED":  # 50 messages/s per connection: ask again
+                await asyncio.sleep(0.1)
+                await self.send({"type": "next_batch", "subscription_id": sid, "last_seq_id": control["last_seq_id"]})
+                continue
+            assert batch.get("type") == "initial_data_batch", batch
             rows += batch["rows"]
             control = batch["batch_control"]
             if not control["has_more"]:

@@ -178,7 +178,7 @@ async def test_resume_older_than_the_change_log_is_a_clear_error_then_a_full_rel
         assert srv.sql("INSERT INTO n.t (id, v) VALUES (1, 1)").ok
         ws = await Ws.connect(srv.url, await login(srv.url))
         await ws.recv_type("auth_success")
-        _, rows, control = await ws.load("s", "SELECT * FROM n.t")
+        _, _, control = await ws.load("s", "SELECT * FROM n.t")
         old_point = control["last_seq_id"]
         await ws.close()
         assert srv.sql("INSERT INTO n.t (id, v) VALUES (2, 2)").ok  # missed by the subscriber, then pruned

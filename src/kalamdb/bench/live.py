@@ -67,6 +67,7 @@ class _WsReader(asyncio.Protocol):
             self.closed.set_result(exc)
 
     def data_received(self, data: bytes) -> None:
+        self.stats["reads"] = self.stats.get("reads", 0) + 1
         buf = self.buf
         buf += data
         if not self.handshake_done.done():
@@ -144,6 +145,15 @@ async def subscribers_main(spec: dict) -> None:
     says `stop`, then print the counts and latencies as JSON."""
     stats = {"frames": 0, "lat": []}
     conns: list[_WsReader] = []
+
+    async def ping() -> None:  # from the start: the server closes a connection silent for 10 s
+        while True:
+            await asyncio.sleep(3)
+            for c in conns:
+                if not c.transport.is_closing():
+                    c.send_text('{"type":"ping"}')
+
+    pinger = asyncio.create_task(ping())
     for url in spec["urls"]:
         for token in spec["tokens"]:
             c = await _open(url, token, stats)
@@ -156,22 +166,17 @@ async def subscribers_main(spec: dict) -> None:
         await asyncio.sleep(0.05)  # acks arrive through the protocol callbacks; bounded by the parent
     print(json.dumps({"ready": len(conns), "subscriptions": want}), flush=True)
 
-    async def ping() -> None:
-        while True:
-            await asyncio.sleep(3)
-            for c in conns:
-                c.send_text('{"type":"ping"}')
-
-    pinger = asyncio.create_task(ping())
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = (await reader.readline()).decode().strip()
-        if line == "stats":
+        if line == "count":  # cheap: polled while waiting for the last notifications
+            print(json.dumps({"frames": stats["frames"], "reads": stats.get("reads", 0)}), flush=True)
+        elif line == "stats":
             lat = stats["lat"]
-            print(json.dumps({"frames": stats["frames"], "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
-                              "max_ms": max(lat) if lat else None}), flush=True)
+            print(json.dumps({"frames": stats["frames"], "reads": stats.get("reads", 0), "p50_ms": _pct(lat, 0.5),
+                              "p99_ms": _pct(lat, 0.99), "max_ms": max(lat) if lat else None}), flush=True)
         elif line == "reset":
             stats["frames"], stats["lat"] = 0, []
             print(json.dumps({"reset": True}), flush=True)
@@ -321,13 +326,15 @@ def fanout(subs_per_node: int, rate: float, duration: float, write_clients: int,
         deadline = time.monotonic() + 60
         frames = 0
         while time.monotonic() < deadline:
-            proc.stdin.write("stats\n")
+            proc.stdin.write("count\n")
             proc.stdin.flush()
-            final = json.loads(proc.stdout.readline())
-            frames = final["frames"]
+            frames = json.loads(proc.stdout.readline())["frames"]
             if frames >= expected:
                 break
             time.sleep(0.5)  # polling the subscriber process's counter, bounded by the deadline
+        proc.stdin.write("stats\n")
+        proc.stdin.flush()
+        final = json.loads(proc.stdout.readline())
         rss_after = rss_mb(pids)
         proc.stdin.write("reset\n")
         proc.stdin.flush()
