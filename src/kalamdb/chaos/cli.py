@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from kalamdb.chaos.nemesis import FAULT_KINDS
+from kalamdb.chaos.nemesis import DEFAULT_FAULTS, FAULT_KINDS
 from kalamdb.chaos.runner import EXIT_ERROR, ChaosConfig, run_chaos, schedule_for
 from kalamdb.chaos.workloads import WORKLOAD_NAMES
 from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
@@ -34,8 +34,8 @@ def _csv(kinds: tuple[str, ...], what: str):
               help="seconds of workload under faults")
 @click.option("--workload", default="register,set,bank", show_default=True,
               callback=_csv(WORKLOAD_NAMES, "workload"), help="comma-separated workloads")
-@click.option("--faults", default=",".join(FAULT_KINDS), show_default=True, callback=_csv(FAULT_KINDS, "fault"),
-              help="comma-separated fault kinds (empty: none)")
+@click.option("--faults", default=",".join(DEFAULT_FAULTS), show_default=True, callback=_csv(FAULT_KINDS, "fault"),
+              help=f"comma-separated fault kinds (empty: none); all kinds: {','.join(FAULT_KINDS)}")
 @click.option("--seed", type=int, default=None, help="seed of every random choice (default: random, printed)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="run folder (default: chaos-runs/seed-<seed>)")
