@@ -44,6 +44,9 @@ def _csv(kinds: tuple[str, ...], what: str):
 @click.option("--unsafe-txn", type=click.Choice(UNSAFE_TXN_MODES), default=None,
               help="start nodes with a planted transaction bug (KALAMDB_UNSAFE_TXN; proves the append and "
               "rw-register checkers bite)")
+@click.option("--unsafe-removed-votes", is_flag=True,
+              help="planted bug (KALAMDB_UNSAFE_REMOVED_VOTES=1): removed voters keep running and the leader keeps "
+                   "counting their acks toward commits; with membership faults the checkers must catch it")
 @click.option("--clients-per-node", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--check-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="linearizability search budget in seconds (then the verdict is unknown)")
@@ -52,7 +55,8 @@ def _csv(kinds: tuple[str, ...], what: str):
                    "namespace with its own IP, faults as kernel rules (root; falls back to proxy with a warning)")
 @click.option("--print-schedule", is_flag=True, help="print the nemesis schedule for the seed and exit")
 def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[str], seed: int | None,
-                  out: str | None, unsafe_local_reads: bool, unsafe_txn: str | None, clients_per_node: int,
+                  out: str | None, unsafe_local_reads: bool, unsafe_removed_votes: bool, unsafe_txn: str | None,
+                  clients_per_node: int,
                   check_timeout: float, network: str, print_schedule: bool) -> None:
     """Run workloads against a real local cluster while a seeded nemesis injects faults, then check
     the history (linearizability, set-full, bank, replicas) and write a run folder with report.html."""
@@ -60,8 +64,8 @@ def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[s
         seed = random.SystemRandom().randrange(1 << 31)
     cfg = ChaosConfig(nodes=nodes, time=time_s, workloads=workload, faults=faults, seed=seed,
                       out=out or f"chaos-runs/seed-{seed}", unsafe_local_reads=unsafe_local_reads,
-                      unsafe_txn=unsafe_txn, clients_per_node=clients_per_node, check_timeout=check_timeout,
-                      network=network)
+                      unsafe_txn=unsafe_txn, unsafe_removed_votes=unsafe_removed_votes,
+                      clients_per_node=clients_per_node, check_timeout=check_timeout, network=network)
     if print_schedule:
         for step in schedule_for(cfg):
             click.echo(f"{step.start:7.2f}s +{step.duration:5.2f}s {step.kind:9} {step.target:8} "
@@ -70,7 +74,8 @@ def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[s
     click.echo(f"chaos seed={seed} nodes={nodes} time={time_s}s workloads={','.join(workload)} "
                f"faults={','.join(faults) or '-'} network={network}"
                f"{' UNSAFE-LOCAL-READS' if unsafe_local_reads else ''}"
-               f"{' UNSAFE-TXN=' + unsafe_txn if unsafe_txn else ''} "
+               f"{' UNSAFE-TXN=' + unsafe_txn if unsafe_txn else ''}"
+               f"{' UNSAFE-REMOVED-VOTES' if unsafe_removed_votes else ''} "
                f"-> {cfg.out}")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

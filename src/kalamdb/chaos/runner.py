@@ -26,10 +26,17 @@ import orjson
 
 from kalamdb.chaos.cluster_faults import KitFaultBackend, MemberView
 from kalamdb.chaos.history import HistoryRecorder
-from kalamdb.chaos.nemesis import DEFAULT_FAULTS, FAULT_KINDS, FaultStep, Nemesis, make_schedule
+from kalamdb.chaos.nemesis import (
+    DEFAULT_FAULTS,
+    FAULT_KINDS,
+    MEMBERSHIP_KINDS,
+    FaultStep,
+    Nemesis,
+    make_schedule,
+)
 from kalamdb.chaos.replicas import check_digests, check_final_states
 from kalamdb.chaos.workloads import ClientContext, Workload, client_loop, make_workloads
-from kalamdb.client import Client
+from kalamdb.client import Client, Response
 from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
 from kalamdb.testing.cluster import NETWORK_MODES, ClusterTestServer
 
@@ -47,6 +54,7 @@ class ChaosConfig:
     seed: int = 0
     out: str = "chaos-run"
     unsafe_local_reads: bool = False
+    unsafe_removed_votes: bool = False  # planted bug: removed voters keep counting (KALAMDB_UNSAFE_REMOVED_VOTES)
     unsafe_txn: str | None = None  # a planted transaction bug (KALAMDB_UNSAFE_TXN), see server/unsafe_txn.py
     clients_per_node: int = 2
     client_timeout: float = 5.0
@@ -110,6 +118,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
     extra_env = {"KALAMDB_UNSAFE_LOCAL_READS": "1"} if cfg.unsafe_local_reads else {}
     if cfg.unsafe_txn:
         extra_env["KALAMDB_UNSAFE_TXN"] = cfg.unsafe_txn
+    if cfg.unsafe_removed_votes:
+        extra_env["KALAMDB_UNSAFE_REMOVED_VOTES"] = "1"
     cluster = ClusterTestServer(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
                                 seed=cfg.seed, network=cfg.network)
     results: dict[str, Any] = {"seed": cfg.seed, "config": asdict(cfg), "valid": False}
@@ -118,7 +128,9 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         say("starting cluster", 0.0)
         cluster.start()
         results["network"] = cluster.network_mode
-        admin = cluster.leader().client(timeout=30)
+        cluster.membership.keep_removed = cfg.unsafe_removed_votes  # the planted bug needs its ghosts
+        lead = cluster.leader()
+        admin = SetupClient(lead.url, user="root", password=cluster.root_password, timeout=30)
         with admin:
             for wl in workloads:
                 wl.setup(admin)
@@ -172,7 +184,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         for wl in workloads:
             checks.extend(wl.check(ops, timeout=cfg.check_timeout, events=rec.events))
         checks.extend(replica_checks)
-        checks.append(_membership_check(cluster, backend, cfg.barrier_timeout))
+        if set(cfg.faults) & set(MEMBERSHIP_KINDS):
+            checks.append(_membership_check(cluster, backend, cfg.barrier_timeout))
         results.update({
             "checkers": checks,
             "windows": [asdict(w) for w in nemesis.windows],
@@ -213,6 +226,23 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
                 shutil.copy(p, logs / p.name)
         shutil.rmtree(root, ignore_errors=True)
         _write_json(out / "results.json", results)
+
+
+class SetupClient(Client):
+    """The client that creates the workload tables before any fault: a statement refused with a
+    definite error (certainly not applied: NOT_LEADER after an election the loaded machine caused)
+    is sent again, so one early election does not end the run before it starts."""
+
+    ATTEMPTS = 20
+
+    def sql(self, text: str, params: list | None = None, namespace_id: str | None = None, **extra: Any) -> Response:
+        for _ in range(self.ATTEMPTS - 1):
+            resp = super().sql(text, params, namespace_id, **extra)
+            err = resp.error or {}
+            if resp.ok or not str(err.get("details") or "").startswith("definite"):
+                return resp
+            time.sleep(0.25)  # a new leader is being elected; bounded by ATTEMPTS
+        return super().sql(text, params, namespace_id, **extra)
 
 
 @dataclass

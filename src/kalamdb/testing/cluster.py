@@ -289,7 +289,7 @@ class ClusterTestServer(ClusterOps):
         for n in self.nodes:
             n.send_signal(signal.SIGCONT)
             n.send_signal(signal.SIGTERM)
-        for n in self.nodes:
+        for n in [*self.nodes, *self.membership.ghosts]:
             n.terminate(signal.SIGTERM, timeout=10)
         self._pool.shutdown(wait=False)
         self.launcher.close()

@@ -80,6 +80,9 @@ class MembershipChanges:
     def __init__(self, cluster: ClusterTestServer):
         self._c = cluster
         self.history: list[Change] = []
+        # planted-bug runs (KALAMDB_UNSAFE_REMOVED_VOTES): removed nodes keep running ("ghosts")
+        self.keep_removed = False
+        self.ghosts: list[NodeProcess] = []
 
     def config(self, timeout: float = 10.0) -> Config:
         lead = self._c.leader(timeout)
@@ -140,7 +143,10 @@ class MembershipChanges:
         return self._done(ch)
 
     def _retire(self, n: NodeProcess) -> None:
-        n.terminate(signal.SIGTERM, timeout=10)
+        if self.keep_removed:
+            self.ghosts.append(n)  # still running; stopped at shutdown
+        else:
+            n.terminate(signal.SIGTERM, timeout=10)
         self._c._drop(n)
 
     def replace(self, node: NodeRef, timeout: float = JOIN_TIMEOUT_S) -> Change:
