@@ -222,9 +222,11 @@ class KitFaultBackend:
         """Everything undone and caught up; then the kit's nodes are reconciled with the final
         configuration (non-members stopped, every member running, all agreeing on the voters)."""
         deadline = time.monotonic() + timeout
-        index = self.c.recover(timeout)
+        # first settle who is a member (a node whose removal was indeterminate may still run, and
+        # as a non-member it never catches up), then the barrier over the members
+        self.c.leader(timeout)
         cfg = self.c.membership.reconcile(max(5.0, deadline - time.monotonic()))
         self.view.update(self.c)
         if cfg.voters != self.configurations[-1]["voters"]:
             self.configurations.append({"t": self._now(), "voters": cfg.voters, "reason": "final"})
-        return self.c.wait_for_replication(timeout=max(5.0, deadline - time.monotonic())) if cfg else index
+        return self.c.recover(max(5.0, deadline - time.monotonic()))

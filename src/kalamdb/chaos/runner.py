@@ -229,20 +229,36 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
 
 
 class SetupClient(Client):
-    """The client that creates the workload tables before any fault: a statement refused with a
-    definite error (certainly not applied: NOT_LEADER after an election the loaded machine caused)
-    is sent again, so one early election does not end the run before it starts."""
+    """The client that creates the workload tables before any fault. On a loaded machine an early
+    election can refuse a setup statement (definite: certainly not applied) or leave it open
+    (indefinite): the statement is sent again, and a primary-key violation on a retry after an
+    indefinite answer means the first attempt was applied."""
 
     ATTEMPTS = 20
 
     def sql(self, text: str, params: list | None = None, namespace_id: str | None = None, **extra: Any) -> Response:
-        for _ in range(self.ATTEMPTS - 1):
-            resp = super().sql(text, params, namespace_id, **extra)
+        maybe_applied = False
+        for attempt in range(self.ATTEMPTS):
+            try:
+                resp = super().sql(text, params, namespace_id, **extra)
+            except OSError:
+                if attempt == self.ATTEMPTS - 1:
+                    raise
+                maybe_applied = True
+                time.sleep(0.25)  # an answer was lost; bounded by ATTEMPTS
+                continue
             err = resp.error or {}
-            if resp.ok or not str(err.get("details") or "").startswith("definite"):
+            if resp.ok or attempt == self.ATTEMPTS - 1:
                 return resp
+            if maybe_applied and "Primary key violation" in str(err.get("message")):
+                return Response({"status": "success", "results": []})  # the earlier attempt was applied
+            details = str(err.get("details") or "")
+            if details.startswith("indefinite"):
+                maybe_applied = True
+            elif not details.startswith("definite"):
+                return resp  # a real error: the workload's setup reports it
             time.sleep(0.25)  # a new leader is being elected; bounded by ATTEMPTS
-        return super().sql(text, params, namespace_id, **extra)
+        raise AssertionError("unreachable")
 
 
 @dataclass
