@@ -14,8 +14,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from kalamdb.testing.cluster import ClusterTestServer, start_cluster_server
 from kalamdb.testing.seeds import default_seed, replay_hint
 
-BOTH_MODES = ["proxy", pytest.param("netns", marks=pytest.mark.netns)]
-
 
 @pytest.fixture
 def seed():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from workload import Writers, assert_converged_and_nothing_lost, make_table
+from workload import BOTH_MODES, Writers, assert_converged_and_nothing_lost, make_table
 
 pytestmark = pytest.mark.cluster
 
@@ -22,7 +22,8 @@ def leaders_by_term(c) -> dict[int, list[int]]:
     return out
 
 
-def test_isolated_leader_acknowledges_nothing_and_majority_moves_on(faulty, seed):
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+def test_isolated_leader_acknowledges_nothing_and_majority_moves_on(faulty, seed, network):
     c = faulty(3)
     ns = make_table(c, "iso")
     with Writers(c, ns, clients=3, seed=seed) as w:
@@ -51,8 +52,9 @@ def test_isolated_leader_acknowledges_nothing_and_majority_moves_on(faulty, seed
     assert -1 not in w.attempted
 
 
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
 @pytest.mark.parametrize(("shape", "nodes"), [("cut_leader_to_follower", 3), ("bridge", 3), ("majorities_ring", 5)])
-def test_partial_partitions_keep_one_leader_per_term_and_progress(faulty, seed, shape, nodes):
+def test_partial_partitions_keep_one_leader_per_term_and_progress(faulty, seed, network, shape, nodes):
     c = faulty(nodes)
     ns = make_table(c, shape)
     with Writers(c, ns, clients=3, seed=seed, timeout=8) as w:
@@ -76,7 +78,8 @@ def test_partial_partitions_keep_one_leader_per_term_and_progress(faulty, seed, 
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
 
 
-def test_three_node_majorities_ring_stalls_safely(faulty, seed):
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+def test_three_node_majorities_ring_stalls_safely(faulty, seed, network):
     """For 3 nodes the ring is a directed cycle (1->2->3->1): no two nodes hear each other, so no
     election can finish. Raft must stall (nothing acknowledged, no two leaders), then recover."""
     c = faulty(3)

@@ -4,12 +4,13 @@ once, a paused leader; targets resolved from the seeded RNG."""
 from __future__ import annotations
 
 import pytest
-from workload import Writers, assert_converged_and_nothing_lost, make_table
+from workload import BOTH_MODES, Writers, assert_converged_and_nothing_lost, make_table
 
 pytestmark = pytest.mark.cluster
 
 
-def test_random_restarts_one_at_a_time_while_clients_write(faulty, seed):
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+def test_random_restarts_one_at_a_time_while_clients_write(faulty, seed, network):
     c = faulty(3)
     ns = make_table(c, "roll")
     restarted = []
@@ -23,7 +24,8 @@ def test_random_restarts_one_at_a_time_while_clients_write(faulty, seed):
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
 
 
-def test_whole_cluster_killed_at_once_while_clients_write(faulty, seed):
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+def test_whole_cluster_killed_at_once_while_clients_write(faulty, seed, network):
     c = faulty(3)
     ns = make_table(c, "boom")
     with Writers(c, ns, clients=3, seed=seed) as w:
@@ -36,7 +38,8 @@ def test_whole_cluster_killed_at_once_while_clients_write(faulty, seed):
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
 
 
-def test_paused_leader_is_replaced_and_rejoins_after_resume(faulty, seed):
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+def test_paused_leader_is_replaced_and_rejoins_after_resume(faulty, seed, network):
     c = faulty(3)
     ns = make_table(c, "stop")
     with Writers(c, ns, clients=2, seed=seed) as w:

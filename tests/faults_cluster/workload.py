@@ -9,7 +9,12 @@ import threading
 import time
 from typing import Self
 
+import pytest
+
 from kalamdb.testing.cluster import ClusterTestServer
+
+# parametrize a scenario over both network modes: @pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+BOTH_MODES = ["proxy", pytest.param("netns", marks=pytest.mark.netns)]
 
 
 def make_table(c: ClusterTestServer, prefix: str) -> str:

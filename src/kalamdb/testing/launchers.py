@@ -16,6 +16,7 @@ rest of a node's environment itself, fresh for every start.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -55,7 +56,7 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
-def _bind(host: str, port: int = 0) -> socket.socket:
+def bind_listener(host: str, port: int = 0) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, port))
@@ -69,6 +70,38 @@ def peer_entry(node_id: int, rpc_addr: str, api_url: str) -> str:
     return f"{node_id}@{rpc_addr}@{api_url}"
 
 
+class HandedSockets:
+    """Listening sockets the kit binds for a node and hands to its process by file descriptor: the
+    ports are the node's before it runs (no race with other processes), and peers that dial early
+    wait in the listen backlog instead of being refused. `binder(host, port)` makes one socket
+    (in the node's network namespace, for the netns mode)."""
+
+    def __init__(self, binder: Callable[[int, str, int], socket.socket]):
+        self._binder = binder
+        self._socks: dict[int, tuple[socket.socket, socket.socket]] = {}
+
+    def bind(self, node_id: int, host: str, api_port: int = 0, rpc_port: int = 0) -> tuple[int, int]:
+        api, rpc = self._binder(node_id, host, api_port), self._binder(node_id, host, rpc_port)
+        self._socks[node_id] = (api, rpc)
+        return api.getsockname()[1], rpc.getsockname()[1]
+
+    def command(self, node: NodeProcess, serve_argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
+        if node.node_id not in self._socks:  # a restart: the same ports again
+            self.bind(node.node_id, node.placement.host, node.placement.api_port, node.placement.rpc_port)
+        api, rpc = self._socks[node.node_id]
+        argv = [*serve_argv, "--listen-fd", str(api.fileno()), "--rpc-fd", str(rpc.fileno())]
+        return argv, (api.fileno(), rpc.fileno())
+
+    def release(self, node_id: int) -> None:
+        """The child owns the listening sockets now: close the kit's copies."""
+        for s in self._socks.pop(node_id, ()):
+            s.close()
+
+    def close(self) -> None:
+        for node_id in list(self._socks):
+            self.release(node_id)
+
+
 class LoopbackLauncher:
     """Nodes on 127.0.0.1 with sockets the kit binds and hands over."""
 
@@ -77,29 +110,17 @@ class LoopbackLauncher:
     host = "127.0.0.1"
 
     def __init__(self) -> None:
-        self._socks: dict[int, tuple[socket.socket, socket.socket]] = {}
-        self._placements: dict[int, Placement] = {}
+        self._sockets = HandedSockets(lambda _node_id, host, port: bind_listener(host, port))
 
     def place(self, node_id: int) -> Placement:
-        api, rpc = _bind(self.host), _bind(self.host)
-        self._socks[node_id] = (api, rpc)
-        p = Placement(self.host, api.getsockname()[1], rpc.getsockname()[1])
-        self._placements[node_id] = p
-        return p
+        api_port, rpc_port = self._sockets.bind(node_id, self.host)
+        return Placement(self.host, api_port, rpc_port)
 
     def command(self, node: NodeProcess, serve_argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
-        socks = self._socks.get(node.node_id)
-        if socks is None:  # a restart: the same ports again
-            socks = self._socks[node.node_id] = (_bind(self.host, node.placement.api_port),
-                                                 _bind(self.host, node.placement.rpc_port))
-        api, rpc = socks
-        argv = [*serve_argv, "--listen-fd", str(api.fileno()), "--rpc-fd", str(rpc.fileno())]
-        return argv, (api.fileno(), rpc.fileno())
+        return self._sockets.command(node, serve_argv)
 
     def started(self, node: NodeProcess) -> None:
-        """The child owns the listening sockets now: close the kit's copies."""
-        for s in self._socks.pop(node.node_id, ()):
-            s.close()
+        self._sockets.release(node.node_id)
 
     def peers_for(self, node: NodeProcess, members: list[NodeProcess]) -> str:
         return ";".join(peer_entry(m.node_id, m.rpc_addr, m.listen_url) for m in members)
@@ -108,13 +129,10 @@ class LoopbackLauncher:
         return node.placement.api_url
 
     def forget(self, node: NodeProcess) -> None:
-        self.started(node)
+        self._sockets.release(node.node_id)
 
     def close(self) -> None:
-        for socks in self._socks.values():
-            for s in socks:
-                s.close()
-        self._socks.clear()
+        self._sockets.close()
 
 
 class ProxyLauncher:
