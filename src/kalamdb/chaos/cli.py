@@ -12,6 +12,7 @@ import click
 from kalamdb.chaos.nemesis import DEFAULT_FAULTS, FAULT_KINDS
 from kalamdb.chaos.runner import EXIT_ERROR, ChaosConfig, run_chaos, schedule_for
 from kalamdb.chaos.workloads import WORKLOAD_NAMES
+from kalamdb.live.service import UNSAFE_MODES as UNSAFE_LIVE_MODES
 from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
 from kalamdb.testing.cluster import NETWORK_MODES
 
@@ -47,6 +48,8 @@ def _csv(kinds: tuple[str, ...], what: str):
 @click.option("--unsafe-removed-votes", is_flag=True,
               help="planted bug (KALAMDB_UNSAFE_REMOVED_VOTES=1): removed voters keep running and the leader keeps "
                    "counting their acks toward commits; with membership faults the checkers must catch it")
+@click.option("--unsafe-live", type=click.Choice(UNSAFE_LIVE_MODES), default=None,
+              help="start nodes with a planted live-query bug (KALAMDB_UNSAFE_LIVE; proves the live checker bites)")
 @click.option("--clients-per-node", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--check-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="linearizability search budget in seconds (then the verdict is unknown)")
@@ -56,15 +59,17 @@ def _csv(kinds: tuple[str, ...], what: str):
 @click.option("--print-schedule", is_flag=True, help="print the nemesis schedule for the seed and exit")
 def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[str], seed: int | None,
                   out: str | None, unsafe_local_reads: bool, unsafe_removed_votes: bool, unsafe_txn: str | None,
+                  unsafe_live: str | None,
                   clients_per_node: int,
                   check_timeout: float, network: str, print_schedule: bool) -> None:
     """Run workloads against a real local cluster while a seeded nemesis injects faults, then check
-    the history (linearizability, set-full, bank, replicas) and write a run folder with report.html."""
+    the history (linearizability, set-full, bank, live-exactly-once, replicas) and write a run folder
+    with report.html."""
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 31)
     cfg = ChaosConfig(nodes=nodes, time=time_s, workloads=workload, faults=faults, seed=seed,
                       out=out or f"chaos-runs/seed-{seed}", unsafe_local_reads=unsafe_local_reads,
-                      unsafe_txn=unsafe_txn, unsafe_removed_votes=unsafe_removed_votes,
+                      unsafe_txn=unsafe_txn, unsafe_live=unsafe_live, unsafe_removed_votes=unsafe_removed_votes,
                       clients_per_node=clients_per_node, check_timeout=check_timeout, network=network)
     if print_schedule:
         for step in schedule_for(cfg):
@@ -75,7 +80,8 @@ def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[s
                f"faults={','.join(faults) or '-'} network={network}"
                f"{' UNSAFE-LOCAL-READS' if unsafe_local_reads else ''}"
                f"{' UNSAFE-TXN=' + unsafe_txn if unsafe_txn else ''}"
-               f"{' UNSAFE-REMOVED-VOTES' if unsafe_removed_votes else ''} "
+               f"{' UNSAFE-REMOVED-VOTES' if unsafe_removed_votes else ''}"
+               f"{' UNSAFE-LIVE=' + unsafe_live if unsafe_live else ''} "
                f"-> {cfg.out}")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

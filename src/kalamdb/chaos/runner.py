@@ -56,6 +56,7 @@ class ChaosConfig:
     unsafe_local_reads: bool = False
     unsafe_removed_votes: bool = False  # planted bug: removed voters keep counting (KALAMDB_UNSAFE_REMOVED_VOTES)
     unsafe_txn: str | None = None  # a planted transaction bug (KALAMDB_UNSAFE_TXN), see server/unsafe_txn.py
+    unsafe_live: str | None = None  # a planted live-query bug (KALAMDB_UNSAFE_LIVE), see live/service.py
     clients_per_node: int = 2
     client_timeout: float = 5.0
     check_timeout: float = 60.0
@@ -80,6 +81,10 @@ class ChaosConfig:
             raise ValueError(f"unknown unsafe_txn {self.unsafe_txn!r}; choose from {', '.join(UNSAFE_TXN_MODES)}")
         if not self.workloads:
             raise ValueError("at least one workload is needed")
+        from kalamdb.live.service import UNSAFE_MODES as UNSAFE_LIVE_MODES
+
+        if self.unsafe_live is not None and self.unsafe_live not in UNSAFE_LIVE_MODES:
+            raise ValueError(f"unknown unsafe_live {self.unsafe_live!r}; choose from {', '.join(UNSAFE_LIVE_MODES)}")
 
 
 def schedule_for(cfg: ChaosConfig) -> list[FaultStep]:
@@ -120,6 +125,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         extra_env["KALAMDB_UNSAFE_TXN"] = cfg.unsafe_txn
     if cfg.unsafe_removed_votes:
         extra_env["KALAMDB_UNSAFE_REMOVED_VOTES"] = "1"
+    if cfg.unsafe_live:
+        extra_env["KALAMDB_UNSAFE_LIVE"] = cfg.unsafe_live
     cluster = ClusterTestServer(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
                                 seed=cfg.seed, network=cfg.network)
     results: dict[str, Any] = {"seed": cfg.seed, "config": asdict(cfg), "valid": False}
@@ -135,6 +142,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
             for wl in workloads:
                 wl.setup(admin)
         cluster.wait_for_replication(timeout=30)
+        for wl in workloads:
+            wl.begin(cluster, cfg.seed)
         rec = HistoryRecorder(history_file)
         t0 = time.monotonic_ns()
         view = MemberView(cluster)
@@ -177,6 +186,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         finally:
             for c in finals.values():
                 c.close()
+        for wl in workloads:
+            wl.end(cluster, cfg.barrier_timeout)
         replica_checks = _replica_checks(cluster, workloads, cfg.barrier_timeout)
         say("checking", 1.0)
         ops = rec.operations()
@@ -215,6 +226,9 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         results["exit_code"] = EXIT_ERROR
         raise
     finally:
+        for wl in workloads:
+            with contextlib.suppress(Exception):
+                wl.close()
         with contextlib.suppress(Exception):
             history_file.close()
         with contextlib.suppress(Exception):
