@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 
-from kalamdb.engine import authorizer, executor, limits, users
+from kalamdb.engine import authorizer, executor, limits, topics, users
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import (
     CHANGE_RETENTION_ROWS,
@@ -41,12 +41,13 @@ from kalamdb.engine.compile import Compiled, compile_query
 from kalamdb.engine.functions import FnState, register
 from kalamdb.engine.ids import next_snowflake
 from kalamdb.engine.passwords import hash_password
-from kalamdb.engine.types import ExecContext, Outcome, Prepared, Principal, require_admin
+from kalamdb.engine.types import ExecContext, Outcome, Prepared, Principal, guard_of, require_admin
 from kalamdb.engine.writes import TemplateCache
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 from kalamdb.sql.parser import ParseCache, parse_statement
 from kalamdb.sql.splitter import split_statements
+from kalamdb.sql.topics import TopicStatement
 from kalamdb.sql.types import TYPE_ALIASES
 
 MAX_SQL_BYTES = limits.MAX_SQL_BYTES
@@ -70,6 +71,7 @@ class Database:
         self.users_version = 0  # bumped whenever applied commands change users (auth caches watch it)
         #: every applied change, published after its batch commits (engine/changes.py)
         self.feed = ChangeFeed()
+        self.topics = topics.TopicState()  # topic routes (writer) and HTTP consumers' claims (node-local)
         self.templates = TemplateCache()
         self._parse_cache = ParseCache()
         self._compile_cache: OrderedDict[tuple, Compiled] = OrderedDict()
@@ -80,6 +82,8 @@ class Database:
         self._readers_lock = threading.Lock()
         self._tls = threading.local()
         self._closed = False
+        self._applied_index = 0  # loaded from the file by _load_state
+        self._last_snowflake = 0
 
         self._wconn = self._connect()
         self._wstate = FnState(self, node_id)
@@ -129,6 +133,7 @@ class Database:
         try:
             for sql in CHANGES_SQL:  # data directories of versions before the change log
                 conn.execute(sql)
+            topics.ensure_schema(conn)
             conn.execute("INSERT OR IGNORE INTO _kdb_meta VALUES ('changes_pruned_upto', 0)")
             meta = dict(conn.execute("SELECT key, value FROM _kdb_meta"))
             self._applied_index = int(meta["applied_index"])
@@ -142,6 +147,7 @@ class Database:
     def reload_catalog(self) -> None:
         loaded = cat.load_catalog(self._wconn)
         self._catalog = cat.Catalog(next(_catalog_tokens), loaded.namespaces, loaded.tables)
+        self.topics.reload(self._wconn)
 
     def bump_catalog(self, ctx: ExecContext) -> None:
         ctx.conn.execute("UPDATE _kdb_meta SET value = value + 1 WHERE key = 'catalog_version'")
@@ -253,7 +259,7 @@ class Database:
         state.start_statement(steps=limits.WRITE_STEP_BUDGET)
         ctx.conn.execute("BEGIN")
         try:
-            with authorizer.UserScope(state.guard, compiled.allow):
+            with authorizer.UserScope(guard_of(ctx), compiled.allow):
                 n = len(ctx.conn.execute(compiled.sql, binds).fetchmany(limits.MAX_WRITE_ROWS + 1))
         except sqlite3.Error as e:
             if str(e) == "interrupted":
@@ -612,7 +618,9 @@ class Database:
 
 def _check_statement_permission(s: st.Statement, principal: Principal) -> None:
     """Refusals that depend only on who asks, decided before the request costs anything."""
-    if isinstance(s, (st.CreateNamespace, st.DropNamespace)):
+    if isinstance(s, TopicStatement):
+        topics.check_permission(s, principal)
+    elif isinstance(s, (st.CreateNamespace, st.DropNamespace)):
         require_admin(principal, "Namespace DDL")
     elif isinstance(s, (st.CreateUser, st.DropUser)):
         require_admin(principal, "User management")

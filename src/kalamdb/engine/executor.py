@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kalamdb.engine import authorizer, ddl, limits, users, writes
+from kalamdb.engine import authorizer, ddl, limits, topics, users, writes
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.compile import Compiled
-from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, message
+from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, guard_of, message
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
+from kalamdb.sql.topics import TopicStatement
 from kalamdb.sql.types import encode_cell, infer_type
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ def environmental(e: BaseException) -> bool:
     return isinstance(e, sqlite3.Error) and any(m in str(e).lower() for m in _ENVIRONMENTAL)
 
 
-_DDL = {
+_DDL: dict[type, Callable[..., dict]] = {
     st.CreateNamespace: ddl.create_namespace, st.DropNamespace: ddl.drop_namespace,
     st.CreateTable: ddl.create_table, st.DropTable: ddl.drop_table,
     st.AlterTableAddColumn: ddl.alter_add, st.AlterTableDropColumn: ddl.alter_drop,
@@ -54,6 +56,7 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
     error: KalamError | None = None
 
     def undo_txn() -> None:
+        assert txn_mark is not None
         if ctx.writing:
             conn.execute("ROLLBACK TO kdb_txn")
             conn.execute("RELEASE kdb_txn")
@@ -90,6 +93,7 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
         try:
             results.append(execute(db, ctx, s))
             if ctx.writing:
+                topics.publish(db, ctx, marks[0])  # the statement's row changes -> topic messages
                 conn.execute("RELEASE kdb_stmt")
         except KalamError as e:
             error = KalamError(e.code, f"Statement {i} failed: {e.message}", details=e.details)
@@ -121,6 +125,8 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
 def execute(db: Database, ctx: ExecContext, s: st.Statement) -> dict:
     if isinstance(s, st.Query):
         return execute_query(db, ctx, s, owner=None)
+    if isinstance(s, TopicStatement):
+        return topics.execute(db, ctx, s)
     if isinstance(s, st.ExecuteAs):
         target = users.execute_as_target(ctx, s.username)
         assert isinstance(s.inner, st.Query)
@@ -207,7 +213,7 @@ def _select(ctx: ExecContext, compiled: Compiled, binds: dict, who: Principal) -
     else:
         state.start_statement(seconds=limits.READ_SECONDS_BUDGET)
     try:
-        with authorizer.UserScope(state.guard, compiled.allow):
+        with authorizer.UserScope(guard_of(ctx), compiled.allow):
             cur = ctx.conn.execute(compiled.sql, binds)
             rows = _bounded_fetch(cur)
     except sqlite3.Error as e:

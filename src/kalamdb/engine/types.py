@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
+from kalamdb.engine.authorizer import Guard
 from kalamdb.engine.changes import Change, FeedEvent
 from kalamdb.engine.functions import FnState
 from kalamdb.errors import KalamError
@@ -65,3 +66,10 @@ def require_admin(principal: Principal, what: str) -> None:
 
 def message(text: str, ctx: ExecContext, row_count: int = 0) -> dict:
     return {"row_count": row_count, "message": text, "as_user": ctx.principal.username}
+
+
+def guard_of(ctx: ExecContext) -> Guard:
+    """The connection's authorizer (every engine connection has one: see authorizer.install)."""
+    if ctx.state.guard is None:
+        raise KalamError("INTERNAL_ERROR", "connection without an authorizer")
+    return ctx.state.guard
