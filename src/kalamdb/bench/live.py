@@ -3,6 +3,9 @@
     python -m kalamdb.bench.live latency  [--writes 500]
         one subscriber on a follower, writes through another node, one at a time:
         insert -> notification latency (p50, p99), via the leader and via the other follower;
+    python -m kalamdb.bench.live cpu      [--writes 600 --subs-per-conn 10]
+        CPU per notification on one standalone node (100 connections x 10 subscriptions): the
+        node's and the subscribers' CPU time per notification, and the same writes without any;
     python -m kalamdb.bench.live fanout   [--subs-per-node 1000 --rate 100 --duration 20]
         N subscriptions per node on one table (100 users x 10, 10 per connection), writes at a fixed
         rate: every notification counted, latency from the write's `_seq` time to arrival, node RSS;
@@ -364,6 +367,66 @@ def fanout(subs_per_node: int, rate: float, duration: float, write_clients: int,
         cluster.shutdown()
 
 
+def cpu(writes: int, subs_per_conn: int) -> dict:
+    """CPU per notification: one standalone node, 100 connections x `subs_per_conn` subscriptions,
+    `writes` sequential inserts; the node's and the subscriber process's CPU time divided by the
+    notifications delivered (CPU time, unlike wall time, hardly depends on the machine's load)."""
+    import psutil
+
+    from kalamdb.client import AsyncClient
+    from kalamdb.testing.single import start_server
+
+    srv = start_server()
+    proc = None
+    try:
+        srv.sql("CREATE NAMESPACE benchlive").raise_for_error()
+        srv.sql(f"CREATE SHARED TABLE {TABLE} (id BIGINT PRIMARY KEY, body TEXT) "
+                "WITH (ACCESS_LEVEL = 'PUBLIC')").raise_for_error()
+        names = [f"blive{i}" for i in range(100)]
+        for name in names:
+            srv.sql(f"CREATE USER {name} WITH PASSWORD '{USER_PASSWORD}' ROLE user").raise_for_error()
+        tokens = _tokens(srv.url, names)
+        spec = {"urls": [srv.url], "tokens": tokens, "subs_per_conn": subs_per_conn}
+        proc = subprocess.Popen([sys.executable, "-m", "kalamdb.bench.live", "_subscribers", json.dumps(spec)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = json.loads(proc.stdout.readline())
+        node, subs = psutil.Process(srv.pid), psutil.Process(proc.pid)
+        n0, s0, t0 = node.cpu_times(), subs.cpu_times(), time.perf_counter()
+
+        async def write() -> None:
+            async with AsyncClient(srv.url) as db:
+                for i in range(writes):
+                    (await db.sql(f"INSERT INTO {TABLE} (id, body) VALUES ($1, 'x')", [i])).raise_for_error()
+
+        asyncio.run(write())
+        want = writes * ready["subscriptions"]
+        deadline = time.monotonic() + 120
+        frames = 0
+        while frames < want and time.monotonic() < deadline:
+            proc.stdin.write("count\n")
+            proc.stdin.flush()
+            frames = json.loads(proc.stdout.readline())["frames"]
+            if frames < want:
+                time.sleep(0.2)  # polling the subscriber process's counter, bounded by the deadline
+        wall = time.perf_counter() - t0
+        n1, s1 = node.cpu_times(), subs.cpu_times()
+        proc.stdin.write("stats\n")
+        proc.stdin.flush()
+        st = json.loads(proc.stdout.readline())
+        node_cpu = (n1.user + n1.system) - (n0.user + n0.system)
+        sub_cpu = (s1.user + s1.system) - (s0.user + s0.system)
+        return {"writes": writes, "subscriptions": ready["subscriptions"], "notifications": frames,
+                "expected": want, "wall_s": round(wall, 2), "node_cpu_s": round(node_cpu, 2),
+                "node_us_per_notification": round(node_cpu / max(frames, 1) * 1e6, 2),
+                "subscriber_us_per_notification": round(sub_cpu / max(frames, 1) * 1e6, 2),
+                "latency_p50_ms": round(st["p50_ms"], 1), "latency_p99_ms": round(st["p99_ms"], 1)}
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        srv.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kalamdb.bench.live", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -376,6 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     p_fan.add_argument("--duration", type=float, default=20.0)
     p_fan.add_argument("--write-clients", type=int, default=16)
     p_fan.add_argument("--write-seconds", type=float, default=8.0)
+    p_cpu = sub.add_parser("cpu")
+    p_cpu.add_argument("--writes", type=int, default=600)
+    p_cpu.add_argument("--subs-per-conn", type=int, default=10)
     p_sub = sub.add_parser("_subscribers")
     p_sub.add_argument("spec")
     args = parser.parse_args(argv)
@@ -386,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()
     if args.what == "latency":
         out = latency(args.writes)
+    elif args.what == "cpu":
+        out = {"with": cpu(args.writes, args.subs_per_conn), "without (same writes, no subscription)": cpu(args.writes, 0)}
     else:
         out = fanout(args.subs_per_node, args.rate, args.duration, args.write_clients, args.write_seconds)
     print(orjson.dumps({"bench": args.what, "loadavg_before": [round(x, 2) for x in load],
