@@ -17,6 +17,7 @@ from kalamdb.engine.catalog import OWNED_TYPES, SYSTEM_VIEWS, Catalog, TableInfo
 from kalamdb.errors import KalamError
 
 HIDDEN = ("_seq", "_deleted")
+SYSTEM_NAMESPACES = ("system", "information_schema")
 ROWID = "_kdb_rowid"  # the row views' name for the storage table's rowid (writes address rows by it)
 
 
@@ -221,8 +222,8 @@ class _Compiler:
                 continue
             ns, name = self.resolve(table)
             alias = table.alias or table.name
-            if ns == "system":
-                new = self.system_source(name, alias)
+            if ns in SYSTEM_NAMESPACES:
+                new = self.system_source(ns, name, alias)
             else:
                 info = self.lookup(ns, name)
                 self.out.tables.append((info, info.full_name, "r"))
@@ -230,17 +231,18 @@ class _Compiler:
                 self.known[id(new)] = info
             table.replace(new)
 
-    def system_source(self, name: str, alias: str) -> exp.Expression:
-        if name in SYSTEM_VIEWS:
+    def system_source(self, ns: str, name: str, alias: str) -> exp.Expression:
+        full = f"{ns}.{name}"
+        if ns == "system" and name in SYSTEM_VIEWS:
             cols = SYSTEM_VIEWS[name]
-        elif name in self.local:
-            cols = dict(self.local[name])
-            self.out.local_tables.add(name)
+        elif full in self.local:
+            cols = dict(self.local[full])
+            self.out.local_tables.add(full)
         else:
-            raise KalamError("TABLE_NOT_FOUND", f"Table 'system.{name}' not found")
-        self.out.tables.append((None, f"system.{name}", "r"))
-        self.allow.add(f"system.{name}")
-        new = exp.Table(this=exp.to_identifier(f"system.{name}", quoted=True),
+            raise KalamError("TABLE_NOT_FOUND", f"Table '{full}' not found")
+        self.out.tables.append((None, full, "r"))
+        self.allow.add(full)
+        new = exp.Table(this=exp.to_identifier(full, quoted=True),
                         alias=exp.TableAlias(this=exp.to_identifier(alias)))
         self.known[id(new)] = cols
         return new
@@ -377,8 +379,8 @@ def _target(c: _Compiler, table: exp.Table, verb: str) -> TableInfo:
     if not isinstance(table, exp.Table):
         raise KalamError("INVALID_SQL", f"{verb} needs a table name")
     ns, name = c.resolve(table)
-    if ns == "system":
-        raise KalamError("PERMISSION_DENIED", f"Cannot {verb} system table 'system.{name}'")
+    if ns in SYSTEM_NAMESPACES:
+        raise KalamError("PERMISSION_DENIED", f"Cannot {verb} system table '{ns}.{name}'")
     info = c.lookup(ns, name)
     c.out.target = info
     c.out.tables.append((info, info.full_name, "w"))

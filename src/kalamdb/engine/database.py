@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 
-from kalamdb.engine import authorizer, executor, limits, users
+from kalamdb.engine import authorizer, executor, limits, localviews, sysviews, users
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import (
     CHANGE_RETENTION_ROWS,
@@ -47,7 +47,7 @@ from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 from kalamdb.sql.parser import ParseCache, parse_statement
 from kalamdb.sql.splitter import split_statements
-from kalamdb.sql.types import TYPE_ALIASES
+from kalamdb.sql.types import SQL_NAMES, TYPE_ALIASES
 
 MAX_SQL_BYTES = limits.MAX_SQL_BYTES
 MAX_PARAMS = limits.MAX_PARAMS
@@ -93,6 +93,7 @@ class Database:
             self._wconn.execute("COMMIT")
         self._wstate.guard = authorizer.install(self._wconn, cat.SYSTEM_VIEW_BASES)
         self._load_state()
+        localviews.install(self)
 
     # ------------------------------------------------------------------ connections and state
 
@@ -133,6 +134,7 @@ class Database:
             meta = dict(conn.execute("SELECT key, value FROM _kdb_meta"))
             self._applied_index = int(meta["applied_index"])
             self._last_snowflake = int(meta["last_snowflake"])
+            sysviews.upgrade(conn)
             self.reload_catalog()
             cat.ensure_row_views(conn, self._catalog)
         finally:
@@ -151,6 +153,11 @@ class Database:
     def writer_catalog(self) -> cat.Catalog:
         """The catalog as of the command being applied (DDL earlier in the batch included)."""
         return self._catalog
+
+    @property
+    def published_catalog(self) -> cat.Catalog:
+        """The catalog as of the last committed batch (what readers see)."""
+        return self._published
 
     def catalog_for(self, ctx: ExecContext) -> cat.Catalog:
         return self._catalog if ctx.writing else self._published
@@ -519,17 +526,32 @@ class Database:
     # ------------------------------------------------------------------ node-local system tables
 
     def register_system_table(self, name: str, columns: list[tuple[str, str]], rows: Callable[[], list[tuple]]):
+        """A node-local `system.<name>` (replaces an earlier one of the same name)."""
         name = name.lower()
         if not re.fullmatch(r"[a-z0-9_]+", name) or name in cat.SYSTEM_VIEWS:
             raise ValueError(f"invalid or reserved system table name {name!r}")
+        self.register_local_view(f"system.{name}", columns, rows)
+
+    def register_local_view(self, full_name: str, columns: list[tuple[str, str]],
+                            rows: Callable[[], list[tuple]]) -> None:
+        """A node-local view by its full name (`system.x`, `information_schema.x`): materialised as a
+        TEMP table on the connection that reads it, so WHERE/ORDER/joins work."""
         typed = [(c.lower(), TYPE_ALIASES.get(t.upper(), t)) for c, t in columns]
-        self._local_tables[name] = (typed, rows)
+        self._local_tables[full_name] = (typed, rows)
+
+    def system_columns(self) -> dict[str, list[tuple[str, str]]]:
+        """Every system view's columns with their SQL type names, by full name (information_schema)."""
+        out = {f"system.{name}": [(c, SQL_NAMES.get(t, t.upper())) for c, t in types.items()]
+               for name, types in cat.SYSTEM_VIEWS.items()}
+        for name, (cols, _) in self._local_tables.items():
+            out[name] = [(c, SQL_NAMES.get(t, t.upper())) for c, t in cols]
+        return dict(sorted(out.items()))
 
     def materialise_local(self, conn: sqlite3.Connection, name: str) -> None:
         cols, rows_fn = self._local_tables[name]
-        table = cat.quote_ident(f"system.{name}")
-        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({', '.join(cat.quote_ident(c) for c, _ in cols)})")
-        conn.execute(f"DELETE FROM temp.{table}")
+        table = cat.quote_ident(name)
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        conn.execute(f"CREATE TEMP TABLE {table} ({', '.join(cat.quote_ident(c) for c, _ in cols)})")
         rows = [tuple(r) for r in rows_fn()]
         if rows:
             marks = ", ".join("?" for _ in cols)

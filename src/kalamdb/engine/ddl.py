@@ -10,12 +10,17 @@ from typing import TYPE_CHECKING
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import TableDropped
 from kalamdb.engine.types import ExecContext, message, require_admin
+from kalamdb.engine.users import audit
 from kalamdb.engine.values import coerce_column
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 
 if TYPE_CHECKING:
     from kalamdb.engine.database import Database
+
+#: namespace names no one may create (upstream's list)
+RESERVED_NAMESPACES = frozenset({"system", "sys", "root", "kalamdb", "kalam", "main", "default", "sql", "admin",
+                                 "internal", "information_schema", "pg_catalog", "datafusion"})
 
 
 def describe(db: Database, ctx: ExecContext, s: st.DescribeTable) -> dict:
@@ -40,14 +45,15 @@ def describe(db: Database, ctx: ExecContext, s: st.DescribeTable) -> dict:
 
 def create_namespace(db: Database, ctx: ExecContext, s: st.CreateNamespace) -> dict:
     require_admin(ctx.principal, "Namespace DDL")
-    if s.name == "system":
-        raise KalamError("SQL_EXECUTION_ERROR", "Namespace 'system' is reserved")
+    if s.name in RESERVED_NAMESPACES and not (s.if_not_exists and s.name in db.writer_catalog.namespaces):
+        raise KalamError("SQL_EXECUTION_ERROR", f"Namespace '{s.name}' is reserved and cannot be used")
     if s.name in db.writer_catalog.namespaces:
         if s.if_not_exists:
             return message(f"Namespace '{s.name}' already exists", ctx)
         raise KalamError("SQL_EXECUTION_ERROR", f"Namespace '{s.name}' already exists")
     ctx.conn.execute("INSERT INTO _kdb_namespaces VALUES (?, ?, '{}')", (s.name, ctx.state.now_us))
     db.bump_catalog(ctx)
+    audit(ctx, "CREATE_NAMESPACE", f"namespace:{s.name}", None)
     return message(f"Namespace '{s.name}' created successfully", ctx)
 
 
@@ -68,6 +74,7 @@ def drop_namespace(db: Database, ctx: ExecContext, s: st.DropNamespace) -> dict:
     ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ?", (s.name,))
     ctx.conn.execute("DELETE FROM _kdb_namespaces WHERE name = ?", (s.name,))
     db.bump_catalog(ctx)
+    audit(ctx, "DROP_NAMESPACE", f"namespace:{s.name}", {"cascade": s.cascade, "tables": len(tables)})
     return message(f"Namespace '{s.name}' dropped successfully", ctx)
 
 
@@ -78,7 +85,8 @@ def create_table(db: Database, ctx: ExecContext, s: st.CreateTable) -> dict:
     if ns == "system":
         raise KalamError("PERMISSION_DENIED", "Tables cannot be created in namespace 'system'")
     if ns not in db.writer_catalog.namespaces:
-        raise KalamError("SQL_EXECUTION_ERROR", f"Namespace '{ns}' does not exist")
+        raise KalamError("SQL_EXECUTION_ERROR", f"Namespace '{ns}' does not exist. Create it first with "
+                         f"CREATE NAMESPACE {ns}")
     full = f"{ns}.{s.name}"
     if (ns, s.name) in db.writer_catalog.tables:
         if s.if_not_exists:
@@ -92,10 +100,12 @@ def create_table(db: Database, ctx: ExecContext, s: st.CreateTable) -> dict:
                                ctx.state.now_us, 1)
     for sql in cat.create_table_sql(info):
         ctx.conn.execute(sql)
-    ctx.conn.execute("INSERT INTO _kdb_tables VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+    ctx.conn.execute("INSERT INTO _kdb_tables (namespace, name, table_type, created_at, schema_version, columns, "
+                     "primary_key, options, updated_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
                      (ns, s.name, s.table_type, ctx.state.now_us, cat.columns_json(columns), s.primary_key,
-                      json.dumps(options, sort_keys=True)))
+                      json.dumps(options, sort_keys=True), ctx.state.now_us))
     db.bump_catalog(ctx)
+    audit(ctx, "CREATE_TABLE", f"table:{full}", {"table_type": s.table_type.lower()})
     return message(f"{s.table_type.title()} table {full} created successfully", ctx)
 
 
@@ -118,6 +128,7 @@ def drop_table(db: Database, ctx: ExecContext, s: st.DropTable) -> dict:
     _drop_storage(ctx, info)
     ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ? AND name = ?", (ns, s.name))
     db.bump_catalog(ctx)
+    audit(ctx, "DROP_TABLE", f"table:{info.full_name}", None)
     return message(f"Table {info.full_name} dropped successfully", ctx)
 
 

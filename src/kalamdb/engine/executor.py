@@ -155,9 +155,10 @@ def execute(db: Database, ctx: ExecContext, s: st.Statement) -> dict:
 def check_access(compiled: Compiled, me: Principal, owner: Principal | None) -> None:
     """Table-level permissions of a compiled statement (rows are scoped by the row views)."""
     for info, name, mode in compiled.tables:
-        if info is None:
-            if name == "system.users" and me.role not in ADMIN_ROLES:
-                raise KalamError("PERMISSION_DENIED", "Reading system.users requires role dba or system")
+        if info is None:  # system.* and information_schema.*: as upstream, for dba and system only
+            if me.role not in ADMIN_ROLES:
+                raise KalamError("PERMISSION_DENIED", f"Access denied: Role '{me.role.title()}' cannot access "
+                                 f"table '{name}'. System tables require 'dba' or 'system' role.")
             continue
         if info.table_type == "SHARED":
             if owner is not None:

@@ -4,6 +4,7 @@ to sqlglot, whose parse is cached by statement text because it costs ~120 us."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -15,7 +16,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
-from kalamdb.sql.types import SERIAL_TYPES, canonical_type
+from kalamdb.sql.types import EMBEDDING_MAX_DIM, SERIAL_TYPES, canonical_type
 
 # sqlglot warns on stderr for every statement it cannot parse fully; our callers get a KalamError
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -23,6 +24,7 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 NAME_RE = re.compile(r"^[a-zA-Z0-9_]+$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 ROLES = ("user", "service", "dba", "system")
+ROLE_ALIASES = {"admin": "dba", "developer": "service", "analyst": "service", "viewer": "user", "readonly": "user"}
 TABLE_TYPES = ("USER", "SHARED", "STREAM")
 TABLE_OPTIONS = ("TYPE", "STORAGE_ID", "TTL_SECONDS", "ACCESS_LEVEL", "FLUSH_POLICY")
 DEFAULT_FUNCTIONS = ("NOW", "CURRENT_TIMESTAMP", "SNOWFLAKE_ID", "UUID_V7", "ULID", "CURRENT_USER")
@@ -480,7 +482,12 @@ def parse_column_def(c: _Cursor) -> st.ColumnDef:
             if c.accept_op(")"):
                 break
             c.expect_op(",")
-    col = st.ColumnDef(name, data_type, type_args=type_args if data_type == "Decimal" else None)
+    if data_type == "Embedding" and not (type_args and len(type_args) == 1 and isinstance(type_args[0], int)
+                                         and 1 <= type_args[0] <= EMBEDDING_MAX_DIM):
+        raise KalamError("INVALID_SQL", f"EMBEDDING dimension must be between 1 and {EMBEDDING_MAX_DIM}, "
+                             f"got {type_args[0] if type_args else 'none'} (column '{name}')")
+    col = st.ColumnDef(name, data_type,
+                       type_args=type_args if data_type in ("Decimal", "Embedding") else None)
     if type_word in SERIAL_TYPES:
         col.default = {"fn": "SNOWFLAKE_ID"}
     while not c.done() and not (c.peek().kind == "op" and c.peek().text in ",)"):
@@ -576,6 +583,8 @@ def _parse_create_table(c: _Cursor, prefix: str | None) -> st.CreateTable:
         if level not in ("PUBLIC", "PRIVATE", "RESTRICTED"):
             raise KalamError("INVALID_SQL", "ACCESS_LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
         options["ACCESS_LEVEL"] = level
+        if (prefix or type_opt or "SHARED") != "SHARED":
+            raise KalamError("INVALID_SQL", "ACCESS_LEVEL is only supported for SHARED tables")
     if table_type in ("USER", "SHARED") and not pk_cols:
         raise KalamError("INVALID_SQL", f"{table_type.title()} tables require a single-column PRIMARY KEY")
     if table_type == "STREAM" and "TTL_SECONDS" not in options:
@@ -587,9 +596,28 @@ def _parse_create_table(c: _Cursor, prefix: str | None) -> st.CreateTable:
 
 def _parse_role(c: _Cursor) -> str:
     role = c.name("role").lower()
+    role = ROLE_ALIASES.get(role, role)
     if role not in ROLES:
-        raise KalamError("INVALID_SQL", f"Invalid role '{role}': use user, service, dba or system")
+        raise KalamError("INVALID_SQL", f"Invalid role '{role}': valid roles are dba, admin, developer, analyst, "
+                         "viewer, readonly, user, service, system")
     return role
+
+
+def _oauth_data(payload: str | None) -> str:
+    """Upstream's OAuth identity: a JSON object with provider and subject."""
+    if payload is None:
+        raise KalamError("SQL_EXECUTION_ERROR", "OAuth user requires JSON payload with provider and subject")
+    try:
+        obj = json.loads(payload)
+    except ValueError as e:
+        raise KalamError("SQL_EXECUTION_ERROR", f"Invalid OAuth JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise KalamError("SQL_EXECUTION_ERROR", "Invalid OAuth JSON: expected an object")
+    for key in ("provider", "subject"):
+        if not isinstance(obj.get(key), str):
+            raise KalamError("SQL_EXECUTION_ERROR", f"OAuth user requires '{key}' field")
+    return json.dumps({"provider_type": obj["provider"].lower(), "issuer": obj["provider"],
+                       "subject": obj["subject"]}, sort_keys=True, separators=(",", ":"))
 
 
 def _username(c: _Cursor) -> str:
@@ -604,20 +632,28 @@ def _parse_create_user(c: _Cursor) -> st.CreateUser:
     if ine:
         raise KalamError("INVALID_SQL", "CREATE USER IF NOT EXISTS is not supported")
     name = _username(c)
-    password = role = email = None
+    password = role = email = auth_data = None
+    auth_type = None
     c.accept("WITH")
     while not c.done():
         if c.accept("PASSWORD"):
             password = c.string("password")
+            auth_type = "password"
+        elif c.accept("OAUTH"):
+            payload = c.string("OAuth payload") if c.peek() is not None and c.peek().kind == "str" else None
+            auth_type, auth_data = "oauth", _oauth_data(payload)
+        elif c.accept("INTERNAL"):
+            auth_type = "internal"
         elif c.accept("ROLE"):
             role = _parse_role(c)
         elif c.accept("EMAIL"):
             email = c.string("email")
         else:
             raise KalamError("INVALID_SQL", f"Unexpected {c.peek().text!r} in CREATE USER")
-    if password is None:
-        raise KalamError("INVALID_SQL", "CREATE USER needs WITH PASSWORD '...'")
-    return st.CreateUser(name, role or "user", email, password=password)
+    if auth_type is None:
+        raise KalamError("INVALID_SQL", "Expected PASSWORD, OAUTH, or INTERNAL after WITH: CREATE USER name "
+                         "WITH PASSWORD 'pass' | OAUTH '{\"provider\": ..., \"subject\": ...}' | INTERNAL ROLE role")
+    return st.CreateUser(name, role or "user", email, password=password, auth_type=auth_type, auth_data=auth_data)
 
 
 def _parse_drop(c: _Cursor) -> st.Statement:
@@ -673,7 +709,11 @@ def _parse_alter(c: _Cursor) -> st.Statement:
             role = _parse_role(c)
             c.end()
             return st.AlterUser(name, role=role)
-        raise KalamError("INVALID_SQL", "ALTER USER supports SET PASSWORD '...' and SET ROLE r")
+        if c.accept("EMAIL"):
+            email = c.string("email")
+            c.end()
+            return st.AlterUser(name, email=email)
+        raise KalamError("INVALID_SQL", "Expected PASSWORD, ROLE, or EMAIL after SET")
     raise KalamError("INVALID_SQL", "Expected TABLE or USER after ALTER")
 
 

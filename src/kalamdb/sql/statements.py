@@ -43,7 +43,14 @@ class ColumnDef:
     not_null: bool = False
     default: dict | None = None  # {"lit": value} or {"fn": "NOW"|"SNOWFLAKE_ID"|...}
     primary_key: bool = False
-    type_args: list | None = None  # e.g. DECIMAL(p, s)
+    type_args: list | None = None  # e.g. DECIMAL(p, s), EMBEDDING(n)
+
+    @property
+    def sql_type(self) -> str:
+        """The type as SQL spells it (upstream's sql_name): TEXT, DECIMAL(10, 2), EMBEDDING(384)."""
+        from kalamdb.sql.types import sql_name
+
+        return sql_name(self.data_type, self.type_args)
 
 
 @dataclass
@@ -154,6 +161,8 @@ class CreateUser(Statement):
     email: str | None = None
     password: str | None = field(default=None, repr=False, metadata={"wire": False})
     password_hash: str | None = field(default=None, repr=False)
+    auth_type: str = "password"  # password | oauth | internal
+    auth_data: str | None = None  # oauth: {"provider_type", "issuer", "subject"} as JSON
 
 
 @dataclass
@@ -164,6 +173,7 @@ class AlterUser(Statement):
     role: str | None = None
     password: str | None = field(default=None, repr=False, metadata={"wire": False})
     password_hash: str | None = field(default=None, repr=False)
+    email: str | None = None
 
 
 @dataclass
