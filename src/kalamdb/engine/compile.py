@@ -196,6 +196,8 @@ class _Compiler:
                 return _param(f"p{n}")
             if isinstance(node, exp.Placeholder):
                 raise KalamError("INVALID_SQL", "Use $1..$n for parameters")
+            if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and node.this.is_string:
+                raise KalamError("SQL_EXECUTION_ERROR", f"Cannot negate the text value {node.this.sql()}")
             if isinstance(node, exp.Column) and node.args.get("db") is not None:
                 node = node.copy()
                 node.set("db", None)
@@ -229,7 +231,10 @@ class _Compiler:
                 self.out.tables.append((info, info.full_name, "r"))
                 new = self.visible_source(info, alias)
                 self.known[id(new)] = info
-            table.replace(new)
+            target: exp.Expression = table
+            while isinstance(target.parent, exp.Subquery) and target.parent.this is target and not target.parent.alias:
+                target = target.parent  # FROM (ns.t): the parentheses go with the table
+            target.replace(new)
 
     def system_source(self, ns: str, name: str, alias: str) -> exp.Expression:
         full = f"{ns}.{name}"
@@ -281,7 +286,7 @@ class _Compiler:
                     if picked and all(c is not None for c in cols):
                         for s, cs in zip(picked, cols):
                             for cname, _ in cs:
-                                new_exprs.append(exp.column(cname, table=s.alias_or_name, quoted=True))
+                                new_exprs.append(exp.column(cname, table=s.alias_or_name or None, quoted=True))
                         changed = True
                         continue
                 new_exprs.append(e)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from kalamdb import __version__
 from kalamdb.errors import KalamError
+from kalamdb.live.endpoint import LIVE_KEY, add_live_routes
 from kalamdb.node.cluster_view import add_node_report_route
 from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
@@ -51,6 +52,7 @@ def create_app(state: ServerState) -> web.Application:
     add_cluster_routes(app, STATE_KEY)
     add_admin_routes(app, STATE_KEY)
     add_node_report_route(app, STATE_KEY)
+    add_live_routes(app, state)  # GET /v1/ws, system.live, KILL LIVE QUERY
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -65,7 +67,8 @@ async def _metrics(request: web.Request) -> web.Response:
     if not is_local_address(request.remote):
         return responses.error(KalamError("PERMISSION_DENIED", "Metrics are answered only to localhost"))
     state = request.app[STATE_KEY]
-    return web.Response(text=metrics.render(state.sql.metrics, state.node), content_type="text/plain")
+    text = metrics.render(state.sql.metrics, state.node) + request.app[LIVE_KEY].metrics_text()
+    return web.Response(text=text, content_type="text/plain")
 
 
 async def _login(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from kalamdb.node.clock import clock
 from kalamdb.server import responses
 from kalamdb.server.metrics import SqlMetrics
 from kalamdb.server.unsafe_txn import UnsafeTxn
+from kalamdb.sql.statements import KillLiveQuery
 
 log = logging.getLogger("kalamdb.sql")
 
@@ -118,6 +119,7 @@ class SqlHandler:
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
         self.forwarder: Any = None  # set in cluster mode: sends NOT_LEADER requests to the leader
+        self.live: Any = None  # the node's LiveService (kalamdb.live): executes KILL LIVE QUERY here
         self.metrics = SqlMetrics()
         self.unsafe_txn = UnsafeTxn.from_env()  # None unless a checker test plants a transaction bug
 
@@ -148,6 +150,8 @@ class SqlHandler:
 
     async def run(self, req: SqlRequest, principal: Any) -> tuple[list, int | None]:
         prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
+        if any(isinstance(s, KillLiveQuery) for s in prepared.statements):
+            return _kill_live_statement(prepared.statements, principal, self.live), None
         cluster_op = getattr(prepared, "cluster_op", None)
         if cluster_op is not None:
             return await self.node.cluster(cluster_op, principal), None
@@ -172,3 +176,12 @@ class SqlHandler:
         if outcome.error is not None:
             raise outcome.error
         return outcome.results, index
+
+
+def _kill_live_statement(statements: list, principal: Any, live: Any) -> list[dict]:
+    """KILL LIVE QUERY runs on the node that received it (live queries are node-local)."""
+    if len(statements) != 1:
+        raise KalamError("INVALID_SQL", "KILL LIVE QUERY must be sent alone")
+    if live is None:
+        raise KalamError("INVALID_SQL", "This server does not serve live queries")
+    return [live.kill(statements[0].live_id, principal)]

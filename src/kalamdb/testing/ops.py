@@ -281,6 +281,13 @@ class ClusterOps:
         """A progress line for a test step (📝), shown with `pytest -s` only."""
         progress(f"📝 {message}", self.verbose)
 
+    def subscribe(self, node: NodeRef, sql: str, **options: Any) -> Any:
+        """A live query on `node`: a `kalamdb.live.client.LiveSubscription` (use it with `async
+        with` and iterate its events); see kalamdb.testing.live.subscribe for the options."""
+        from kalamdb.testing.live import subscribe
+
+        return subscribe(self, node, sql, **options)
+
     # ---- async twins ------------------------------------------------------------------------------
     async def execute_sql_on_async(self, node: NodeRef, sql: str, *args: Any, **kwargs: Any) -> Response:
         return await asyncio.to_thread(self.execute_sql_on, node, sql, *args, **kwargs)
