@@ -94,7 +94,8 @@ def test_alter_table_add_and_drop_column(node):
     assert node.rows("SELECT id, a, score FROM t") == [[1, "x", 7]]
     node.sql("ALTER TABLE t DROP COLUMN a")
     assert node.sql("SELECT * FROM t")[0]["schema"] == [
-        {"name": "id", "data_type": "Int", "index": 0}, {"name": "score", "data_type": "Int", "index": 1}]
+        {"name": "id", "data_type": "Int", "index": 0}, {"name": "score", "data_type": "Int", "index": 1},
+        {"name": "_seq", "data_type": "BigInt", "index": 2}, {"name": "_deleted", "data_type": "Boolean", "index": 3}]
     assert "primary key" in node.error("ALTER TABLE t DROP COLUMN id").message
     assert "already exists" in node.error("ALTER TABLE t ADD COLUMN score INT").message
     assert "literal" in node.error("ALTER TABLE t ADD COLUMN z INT NOT NULL").message

@@ -182,15 +182,20 @@ class Database:
             raise KalamError("INVALID_SQL", f"SQL is larger than {MAX_SQL_BYTES} bytes")
         params = list(params or [])
         if len(params) > MAX_PARAMS:
-            raise KalamError("INVALID_PARAMETER", f"Too many parameters: {len(params)} (at most {MAX_PARAMS})")
+            raise KalamError("INVALID_PARAMETER", "Statement 1 failed: Parameter count exceeded: maximum "
+                             f"{MAX_PARAMS} parameters allowed, got {len(params)}")
         for i, p in enumerate(params, 1):
             if p is not None and not isinstance(p, (bool, int, float, str, bytes)):
                 raise KalamError("INVALID_PARAMETER", f"Parameter ${i} must be a scalar (string, number, "
                                  f"boolean or null), got {type(p).__name__}")
             if isinstance(p, int) and not -(2**63) <= p < 2**63:
                 raise KalamError("INVALID_PARAMETER", f"Parameter ${i} does not fit in 64 bits")
-            if isinstance(p, (str, bytes)) and len(p) > limits.MAX_PARAM_BYTES:
-                raise KalamError("INVALID_PARAMETER", f"Parameter ${i} is larger than {limits.MAX_PARAM_BYTES} bytes")
+            size = len(p) if isinstance(p, bytes) else (len(p.encode("utf-8", "surrogatepass"))
+                                                         if isinstance(p, str) and len(p) * 4 > limits.MAX_PARAM_BYTES
+                                                         else len(p) if isinstance(p, str) else 0)
+            if size > limits.MAX_PARAM_BYTES:
+                raise KalamError("INVALID_PARAMETER", f"Statement 1 failed: Parameter size exceeded: parameter at "
+                                 f"index {i - 1} is {size} bytes (max {limits.MAX_PARAM_BYTES} bytes)")
         texts = split_statements(sql)
         if not texts:
             raise KalamError("EMPTY_SQL", "SQL statement is empty")
@@ -645,5 +650,10 @@ def _check_statement_permission(s: st.Statement, principal: Principal) -> None:
             raise KalamError("PERMISSION_DENIED", "Only dba or system may change another user's password")
     elif isinstance(s, st.CreateTable) and s.table_type == "SHARED" and principal.role == "user":
         raise KalamError("PERMISSION_DENIED", "Role 'user' may create USER and STREAM tables only")
-    elif isinstance(s, (st.DropTable, st.AlterTableAddColumn, st.AlterTableDropColumn)) and principal.role == "user":
-        raise KalamError("PERMISSION_DENIED", "Role 'user' may not drop or alter tables")
+    elif isinstance(s, st.DropTable) and principal.role not in ("dba", "system"):
+        raise KalamError("PERMISSION_DENIED", "Unauthorized: Insufficient privileges to drop table")
+    elif isinstance(s, (st.CreateStorage, st.AlterStorage, st.DropStorage, st.KillJob)):
+        require_admin(principal, type(s).__name__)
+    elif isinstance(s, (st.StorageFlush, st.StorageCompact)) and principal.role == "user":
+        raise KalamError("PERMISSION_DENIED", "Unauthorized: STORAGE FLUSH and STORAGE COMPACT require Service, "
+                         "DBA, or System role")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import TableDropped
+from kalamdb.engine.storage import forget_table
 from kalamdb.engine.types import ExecContext, message, require_admin
 from kalamdb.engine.users import audit
 from kalamdb.engine.values import coerce_column
@@ -71,6 +72,7 @@ def drop_namespace(db: Database, ctx: ExecContext, s: st.DropNamespace) -> dict:
                          "table(s)); use DROP NAMESPACE ... CASCADE")
     for t in sorted(tables, key=lambda t: t.name):
         _drop_storage(ctx, t)
+        forget_table(ctx, t)
     ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ?", (s.name,))
     ctx.conn.execute("DELETE FROM _kdb_namespaces WHERE name = ?", (s.name,))
     db.bump_catalog(ctx)
@@ -123,9 +125,10 @@ def drop_table(db: Database, ctx: ExecContext, s: st.DropTable) -> dict:
     if s.table_type and s.table_type != info.table_type:
         raise KalamError("SQL_EXECUTION_ERROR", f"Table {info.full_name} is a {info.table_type} table, "
                          f"not {s.table_type}")
-    if ctx.principal.role == "user":
-        raise KalamError("PERMISSION_DENIED", "Role 'user' may not drop tables")
+    if ctx.principal.role not in ("dba", "system"):
+        raise KalamError("PERMISSION_DENIED", "Unauthorized: Insufficient privileges to drop table")
     _drop_storage(ctx, info)
+    forget_table(ctx, info)
     ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ? AND name = ?", (ns, s.name))
     db.bump_catalog(ctx)
     audit(ctx, "DROP_TABLE", f"table:{info.full_name}", None)
@@ -140,26 +143,13 @@ def _drop_storage(ctx: ExecContext, info: cat.TableInfo) -> None:
     ctx.events.append(TableDropped(ctx.index, info.full_name))
 
 
-def _alter_common(db: Database, ctx: ExecContext, ns: str | None, name: str) -> cat.TableInfo:
-    info = _existing_table(db, ctx, ns, name)
-    if info is None:
-        raise KalamError("TABLE_NOT_FOUND", f"Table '{ns or ctx.namespace}.{name}' not found")
-    if ctx.principal.role == "user":
-        raise KalamError("PERMISSION_DENIED", "Role 'user' may not alter tables")
-    return info
-
-
-def _save_columns(db: Database, ctx: ExecContext, info: cat.TableInfo, columns: list) -> None:
-    ctx.conn.execute("UPDATE _kdb_tables SET columns = ?, schema_version = schema_version + 1 "
-                     "WHERE namespace = ? AND name = ?", (cat.columns_json(columns), info.namespace, info.name))
-    db.bump_catalog(ctx)
-
-
 def alter_add(db: Database, ctx: ExecContext, s: st.AlterTableAddColumn) -> dict:
-    info = _alter_common(db, ctx, s.namespace, s.name)
+    from kalamdb.engine.alter import altered, table_for_alter
+
+    info = table_for_alter(db, ctx, s.namespace, s.name)
     col = normalise_default(s.column)
     if col.name in info.by_name:
-        raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' already exists in {info.full_name}")
+        raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' already exists")
     literal = col.default is not None and "lit" in col.default and col.default["lit"] is not None
     if col.not_null and not literal:
         raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' is NOT NULL and needs a literal "
@@ -168,19 +158,22 @@ def alter_add(db: Database, ctx: ExecContext, s: st.AlterTableAddColumn) -> dict
     if literal:
         ddl += f" DEFAULT {cat.sql_literal(col.default['lit'])}"
     ctx.conn.execute(ddl)
-    _save_columns(db, ctx, info, [*info.columns, col])
-    return message(f"Table {info.full_name} altered: column '{col.name}' added", ctx)
+    return altered(db, ctx, info, f"ADD COLUMN {col.name} {col.sql_type}", True, columns=[*info.columns, col])
 
 
 def alter_drop(db: Database, ctx: ExecContext, s: st.AlterTableDropColumn) -> dict:
-    info = _alter_common(db, ctx, s.namespace, s.name)
+    from kalamdb.engine.alter import altered, table_for_alter
+
+    info = table_for_alter(db, ctx, s.namespace, s.name)
+    if s.column.startswith("_"):
+        raise KalamError("SQL_EXECUTION_ERROR", f"Cannot drop column '{s.column}': system column cannot be modified")
     if s.column not in info.by_name:
-        raise KalamError("SQL_EXECUTION_ERROR", f"Column '{s.column}' does not exist in {info.full_name}")
+        raise KalamError("SQL_EXECUTION_ERROR", f"Column '{s.column}' does not exist")
     if s.column == info.primary_key:
         raise KalamError("SQL_EXECUTION_ERROR", f"Column '{s.column}' is the primary key and cannot be dropped")
     ctx.conn.execute(f"ALTER TABLE {cat.quote_ident(info.storage)} DROP COLUMN {cat.quote_ident(s.column)}")
-    _save_columns(db, ctx, info, [c for c in info.columns if c.name != s.column])
-    return message(f"Table {info.full_name} altered: column '{s.column}' dropped", ctx)
+    return altered(db, ctx, info, f"DROP COLUMN {s.column}", True,
+                   columns=[c for c in info.columns if c.name != s.column])
 
 
 def normalise_default(col: st.ColumnDef) -> st.ColumnDef:

@@ -65,3 +65,16 @@ def require_admin(principal: Principal, what: str) -> None:
 
 def message(text: str, ctx: ExecContext, row_count: int = 0) -> dict:
     return {"row_count": row_count, "message": text, "as_user": ctx.principal.username}
+
+
+def public_error(err: KalamError, principal: Principal | None) -> KalamError:
+    """An error as a non-admin may see it (upstream's redaction): table discovery failures and raw
+    engine errors become "SQL statement failed", internal errors "SQL request failed", without
+    details. Permission, validation, constraint and parameter errors keep their message."""
+    if principal is not None and principal.role in ADMIN_ROLES:
+        return err
+    if err.code == "INTERNAL_ERROR":
+        return KalamError("INTERNAL_ERROR", "SQL request failed")
+    if err.code == "TABLE_NOT_FOUND" or err.sensitive:
+        return KalamError("SQL_EXECUTION_ERROR", "SQL statement failed")
+    return err

@@ -236,11 +236,101 @@ class KillLiveQuery(Statement):
     live_id: str
 
 
+@dataclass
+class AlterTable(Statement):
+    """ALTER TABLE forms other than ADD/DROP COLUMN (one operation per statement, as upstream):
+    modify (column, data_type, type_args, nullable), set_not_null / drop_not_null, set_default
+    (default) / drop_default, rename (column -> new_name), access_level (level), create_index
+    (column, metric) / drop_index (column)."""
+
+    tag: ClassVar[str] = "alter_table"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str
+    op: str
+    column: str | None = None
+    data_type: str | None = None
+    type_args: list | None = None
+    nullable: bool | None = None
+    default: dict | None = None
+    new_name: str | None = None
+    level: str | None = None
+    metric: str | None = None
+
+
+@dataclass
+class CreateStorage(Statement):
+    tag: ClassVar[str] = "create_storage"
+    writes: ClassVar[bool] = True
+    storage_id: str
+    storage_type: str
+    base_directory: str
+    storage_name: str | None = None
+    description: str | None = None
+    shared_tables_template: str | None = None
+    user_tables_template: str | None = None
+    credentials: str | None = None
+    config_json: str | None = None
+
+
+@dataclass
+class AlterStorage(Statement):
+    tag: ClassVar[str] = "alter_storage"
+    writes: ClassVar[bool] = True
+    storage_id: str
+    storage_name: str | None = None
+    description: str | None = None
+    shared_tables_template: str | None = None
+    user_tables_template: str | None = None
+    config_json: str | None = None
+
+
+@dataclass
+class DropStorage(Statement):
+    tag: ClassVar[str] = "drop_storage"
+    writes: ClassVar[bool] = True
+    storage_id: str
+    if_exists: bool = False
+
+
+@dataclass
+class ShowStorages(Statement):
+    tag: ClassVar[str] = "show_storages"
+
+
+@dataclass
+class StorageFlush(Statement):
+    """STORAGE FLUSH TABLE [ns.]t | STORAGE FLUSH ALL [IN ns] (engine/storage.py)."""
+
+    tag: ClassVar[str] = "storage_flush"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str | None
+    all: bool = False
+
+
+@dataclass
+class StorageCompact(Statement):
+    tag: ClassVar[str] = "storage_compact"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str | None
+    all: bool = False
+
+
+@dataclass
+class KillJob(Statement):
+    tag: ClassVar[str] = "kill_job"
+    writes: ClassVar[bool] = True
+    job_id: str
+
+
 STATEMENT_TYPES: dict[str, type[Statement]] = {
     cls.tag: cls
     for cls in (Query, CreateNamespace, DropNamespace, ShowNamespaces, UseNamespace, CreateTable, DropTable,
                 AlterTableAddColumn, AlterTableDropColumn, ShowTables, DescribeTable, CreateUser, AlterUser,
-                DropUser, ExecuteAs, Begin, Commit, Rollback)
+                DropUser, ExecuteAs, Begin, Commit, Rollback, AlterTable, CreateStorage, AlterStorage, DropStorage,
+                ShowStorages, StorageFlush, StorageCompact, KillJob)
 }
 
 
