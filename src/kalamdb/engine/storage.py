@@ -14,7 +14,9 @@ machine, not of the command: it aborts the batch like any SQLite I/O error (neve
 
 What a flush writes: for each scope (SHARED: the table; USER: each owner) the rows written since
 the previous flush, latest version per primary key, tombstones dropped, as `batch-<n>.parquet`
-under `<base_directory>/<namespace>/<table>[/<user_id>]` (the storage's templates). SQLite stays
+under `<base_directory>/<namespace>/<table>[/<user_id>]` (the storage's templates), with the
+scope's manifest as `_manifest.json` (upstream: `manifest.json`; the underscore lets tools read the
+directory as one Parquet dataset). SQLite stays
 the store of record, so queries, updates and deletes see flushed and unflushed rows alike; the
 Parquet files are for other tools (pyarrow, DuckDB, Spark...). STORAGE COMPACT rewrites a scope's
 batches as one file holding its current rows."""
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from kalamdb.engine.database import Database
 
 FLUSH_CHUNK_ROWS = 50_000  # rows read and written per Parquet row group
+#: the scope's manifest beside its batches; the leading '_' makes Arrow/Spark/DuckDB directory reads skip it
+MANIFEST_FILE = "_manifest.json"
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,127}")
 MAINTENANCE_ROLES = ("service", "dba", "system")
 
@@ -313,7 +317,7 @@ def _write_scope(db: Database, ctx: ExecContext, info: cat.TableInfo, owner: str
                      "version": int(manifest.get("version", 0)) + 1, "next_batch": batch + 1,
                      "last_flushed_seq": newest, "updated_at": ctx.state.now_us})
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-    (directory / "manifest.json").write_text(text)
+    (directory / MANIFEST_FILE).write_text(text)
     now = ctx.state.now_us
     ctx.conn.execute(
         "INSERT INTO _kdb_manifest (cache_key, namespace_id, table_name, scope, etag, last_refreshed, last_accessed, "
