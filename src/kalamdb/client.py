@@ -160,6 +160,11 @@ class Client:
     def token(self) -> str | None:
         return self._creds.token
 
+    @property
+    def credentials(self) -> _Credentials:
+        """What this client authenticates with (user and password, or a token)."""
+        return self._creds
+
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Response:
         """One request. Never retried: after a connection error nobody knows whether a write was
         applied, so the error goes to the caller. Connections idle for a while are replaced before

@@ -14,9 +14,13 @@ from tests.live.helpers import View, Ws, login
 pytestmark = pytest.mark.asyncio
 
 
-async def writer(db: AsyncClient, table: str, rng: random.Random, stop: asyncio.Event, keys: int) -> int:
+async def writer(db: AsyncClient, table: str, rng: random.Random, stop: asyncio.Event, keys: int,
+                 started: asyncio.Event | None = None, at_least: int = 0) -> int:
+    """Random writes until `stop` and at least `at_least` of them; `started` is set after the 5th."""
     n = 0
-    while not stop.is_set():
+    while not stop.is_set() or n < at_least:
+        if n == 5 and started is not None:
+            started.set()
         k = rng.randrange(keys)
         roll = rng.random()
         if roll < 0.4:
@@ -62,14 +66,15 @@ async def test_paged_initial_load_under_concurrent_writes(server, unique_ns, bat
     assert server.sql(f"INSERT INTO {table} (id, v, grp) VALUES {rows}").ok
     token = await login(server.url)
     async with AsyncClient(server.url) as db:
-        stop = asyncio.Event()
-        writers = [asyncio.create_task(writer(db, table, random.Random(rng.random()), stop, 150)) for _ in range(3)]
+        stop, started = asyncio.Event(), asyncio.Event()
+        writers = [asyncio.create_task(writer(db, table, random.Random(rng.random()), stop, 150, started, 30))
+                   for _ in range(3)]
         try:
             views = []
+            await started.wait()  # the loads below run while the writers write
             for where in ("", " WHERE grp = 1"):
                 ws = await Ws.connect(server.url, token)
                 await ws.recv_type("auth_success")
-                await asyncio.sleep(0.05)  # let writes interleave with the load
                 _, rows, control = await ws.load("s", f"SELECT * FROM {table}{where}", {"batch_size": batch_size})
                 view = View()
                 view.load(rows)
@@ -77,11 +82,10 @@ async def test_paged_initial_load_under_concurrent_writes(server, unique_ns, bat
                 assert len({r["id"] for r in rows}) == len(rows), "a row twice in the initial data"
                 assert all(int(r["_seq"]) <= control["last_seq_id"] for r in rows)
                 views.append((ws, view, where))
-            await asyncio.sleep(0.3)
         finally:
             stop.set()
             counts = await asyncio.gather(*writers)
-        assert sum(counts) > 50
+        assert sum(counts) >= 90
         for ws, view, where in views:
             await drain_until(ws, view, await final_rows(db, table, where))
             assert view.problems == []

@@ -44,6 +44,13 @@ async def test_slow_consumer_is_closed_with_a_clear_error(fresh_server):
     ws = await session.ws_connect(srv.url.replace("http", "ws") + "/v1/ws?compress=false",
                                   headers={"Authorization": f"Bearer {token}"}, autoping=False)
     await ws.send_str('{"type":"subscribe","subscription":{"id":"s","sql":"SELECT * FROM n.t"}}')
+
+    async def keep_alive() -> None:  # it pings (so no heartbeat timeout), it just never reads
+        while True:
+            await asyncio.sleep(2)
+            await ws.send_str('{"type":"ping"}')
+
+    pinger = asyncio.create_task(keep_alive())
     body = "x" * 8000
     async with AsyncClient(srv.url) as db:
         written = 0
@@ -55,6 +62,7 @@ async def test_slow_consumer_is_closed_with_a_clear_error(fresh_server):
         assert (await db.sql("SELECT COUNT(*) FROM n.t")).rows == [[str(written)]]  # the node kept serving
     # the server's memory stayed bounded (the queue's 16 MB and the socket's buffers)
     assert proc.memory_info().rss - rss_before < 64 * 1024 * 1024
+    pinger.cancel()
     # the client reads at last: what was queued before the cut, then the error, then the close
     last, changes = None, 0
     while True:

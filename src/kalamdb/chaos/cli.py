@@ -12,6 +12,7 @@ import click
 from kalamdb.chaos.nemesis import FAULT_KINDS
 from kalamdb.chaos.runner import EXIT_ERROR, ChaosConfig, run_chaos, schedule_for
 from kalamdb.chaos.workloads import WORKLOAD_NAMES
+from kalamdb.live.service import UNSAFE_MODES as UNSAFE_LIVE_MODES
 from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
 from kalamdb.testing.cluster import NETWORK_MODES
 
@@ -44,6 +45,8 @@ def _csv(kinds: tuple[str, ...], what: str):
 @click.option("--unsafe-txn", type=click.Choice(UNSAFE_TXN_MODES), default=None,
               help="start nodes with a planted transaction bug (KALAMDB_UNSAFE_TXN; proves the append and "
               "rw-register checkers bite)")
+@click.option("--unsafe-live", type=click.Choice(UNSAFE_LIVE_MODES), default=None,
+              help="start nodes with a planted live-query bug (KALAMDB_UNSAFE_LIVE; proves the live checker bites)")
 @click.option("--clients-per-node", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--check-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="linearizability search budget in seconds (then the verdict is unknown)")
@@ -52,15 +55,18 @@ def _csv(kinds: tuple[str, ...], what: str):
                    "namespace with its own IP, faults as kernel rules (root; falls back to proxy with a warning)")
 @click.option("--print-schedule", is_flag=True, help="print the nemesis schedule for the seed and exit")
 def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[str], seed: int | None,
-                  out: str | None, unsafe_local_reads: bool, unsafe_txn: str | None, clients_per_node: int,
+                  out: str | None, unsafe_local_reads: bool, unsafe_txn: str | None, unsafe_live: str | None,
+                  clients_per_node: int,
                   check_timeout: float, network: str, print_schedule: bool) -> None:
     """Run workloads against a real local cluster while a seeded nemesis injects faults, then check
-    the history (linearizability, set-full, bank, replicas) and write a run folder with report.html."""
+    the history (linearizability, set-full, bank, live-exactly-once, replicas) and write a run folder
+    with report.html."""
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 31)
     cfg = ChaosConfig(nodes=nodes, time=time_s, workloads=workload, faults=faults, seed=seed,
                       out=out or f"chaos-runs/seed-{seed}", unsafe_local_reads=unsafe_local_reads,
-                      unsafe_txn=unsafe_txn, clients_per_node=clients_per_node, check_timeout=check_timeout,
+                      unsafe_txn=unsafe_txn, unsafe_live=unsafe_live, clients_per_node=clients_per_node,
+                      check_timeout=check_timeout,
                       network=network)
     if print_schedule:
         for step in schedule_for(cfg):
@@ -70,7 +76,8 @@ def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[s
     click.echo(f"chaos seed={seed} nodes={nodes} time={time_s}s workloads={','.join(workload)} "
                f"faults={','.join(faults) or '-'} network={network}"
                f"{' UNSAFE-LOCAL-READS' if unsafe_local_reads else ''}"
-               f"{' UNSAFE-TXN=' + unsafe_txn if unsafe_txn else ''} "
+               f"{' UNSAFE-TXN=' + unsafe_txn if unsafe_txn else ''}"
+               f"{' UNSAFE-LIVE=' + unsafe_live if unsafe_live else ''} "
                f"-> {cfg.out}")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from kalamdb.chaos.anomaly_graph import render_section as render_anomaly_graph
 from kalamdb.chaos.history import Event
+from kalamdb.chaos.live_report import live_section
 
 COLORS = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
 FAULT_COLORS = {"partition": "#90caf9", "kill": "#ef9a9a", "pause": "#ce93d8", "delay": "#fff59d",
@@ -262,6 +263,7 @@ def render(events: Sequence[Event], results: dict) -> str:
                    f"<td class='{'pass' if c.get('valid') else 'fail'}'>{v}</td><td>{_esc(c.get('summary'))}</td></tr>")
     out.append("</table>")
     out.append(render_anomaly_graph(results.get("checkers", [])))
+    out.append(live_section(results.get("checkers", [])))
     for c in results.get("checkers", []):
         if c.get("counterexample"):
             out.append(f"<h2>Counterexample ({_esc(c.get('name'))})</h2><pre id='counterexample'>"

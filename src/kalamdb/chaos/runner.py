@@ -47,6 +47,7 @@ class ChaosConfig:
     out: str = "chaos-run"
     unsafe_local_reads: bool = False
     unsafe_txn: str | None = None  # a planted transaction bug (KALAMDB_UNSAFE_TXN), see server/unsafe_txn.py
+    unsafe_live: str | None = None  # a planted live-query bug (KALAMDB_UNSAFE_LIVE), see live/service.py
     clients_per_node: int = 2
     client_timeout: float = 5.0
     check_timeout: float = 60.0
@@ -71,6 +72,10 @@ class ChaosConfig:
             raise ValueError(f"unknown unsafe_txn {self.unsafe_txn!r}; choose from {', '.join(UNSAFE_TXN_MODES)}")
         if not self.workloads:
             raise ValueError("at least one workload is needed")
+        from kalamdb.live.service import UNSAFE_MODES as UNSAFE_LIVE_MODES
+
+        if self.unsafe_live is not None and self.unsafe_live not in UNSAFE_LIVE_MODES:
+            raise ValueError(f"unknown unsafe_live {self.unsafe_live!r}; choose from {', '.join(UNSAFE_LIVE_MODES)}")
 
 
 def schedule_for(cfg: ChaosConfig) -> list[FaultStep]:
@@ -109,6 +114,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
     extra_env = {"KALAMDB_UNSAFE_LOCAL_READS": "1"} if cfg.unsafe_local_reads else {}
     if cfg.unsafe_txn:
         extra_env["KALAMDB_UNSAFE_TXN"] = cfg.unsafe_txn
+    if cfg.unsafe_live:
+        extra_env["KALAMDB_UNSAFE_LIVE"] = cfg.unsafe_live
     cluster = ClusterTestServer(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
                                 seed=cfg.seed, network=cfg.network)
     results: dict[str, Any] = {"seed": cfg.seed, "config": asdict(cfg), "valid": False}
@@ -123,6 +130,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
             for wl in workloads:
                 wl.setup(admin)
         cluster.wait_for_replication(timeout=30)
+        for wl in workloads:
+            wl.begin(cluster, cfg.seed)
         rec = HistoryRecorder(history_file)
         t0 = time.monotonic_ns()
         nemesis = Nemesis(backend, schedule, t0)
@@ -162,6 +171,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         finally:
             for c in finals.values():
                 c.close()
+        for wl in workloads:
+            wl.end(cluster, cfg.barrier_timeout)
         replica_checks = _replica_checks(cluster, workloads, cfg.barrier_timeout)
         say("checking", 1.0)
         ops = rec.operations()
@@ -196,6 +207,9 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         results["exit_code"] = EXIT_ERROR
         raise
     finally:
+        for wl in workloads:
+            with contextlib.suppress(Exception):
+                wl.close()
         with contextlib.suppress(Exception):
             history_file.close()
         with contextlib.suppress(Exception):

@@ -28,7 +28,7 @@ from kalamdb.chaos.set_full import check_set_full
 from kalamdb.client import Client, Response
 
 NAMESPACE = "chaos"
-WORKLOAD_NAMES = ("register", "set", "bank", "append", "rw-register")
+WORKLOAD_NAMES = ("register", "set", "bank", "append", "rw-register", "live")
 TRANSPORT_BACKOFF_S = 0.05
 
 
@@ -127,6 +127,15 @@ class Workload:
 
     def final_reads(self, clients: dict[int, Client], rec: HistoryRecorder) -> None:
         """Reads through every node after the recovery barrier (recorded in the history)."""
+
+    def begin(self, cluster: Any, seed: int) -> None:
+        """Start background activity besides the client operations (the live workload's subscribers)."""
+
+    def end(self, cluster: Any, timeout: float) -> None:
+        """After recovery and final reads: finish background activity (let it catch up, then stop)."""
+
+    def close(self) -> None:
+        """Stop background activity whatever happened (called when the run ends, even on error)."""
 
     def check(self, ops: list[Operation], *, timeout: float, events: Sequence[Event] = ()) -> list[dict]:
         """Checker results for this workload; `events` is the raw history (transactional checkers
@@ -353,11 +362,12 @@ def _jsonable(x: Any) -> Any:
 
 def make_workloads(names: Sequence[str]) -> list[Workload]:
     """Workload objects by name; unknown names are a clear error."""
+    from kalamdb.chaos.live import LiveWorkload
     from kalamdb.chaos.txn_workloads import AppendWorkload, RwRegisterWorkload
 
     table: dict[str, Callable[[], Workload]] = {
         "register": RegisterWorkload, "set": SetWorkload, "bank": BankWorkload,
-        "append": AppendWorkload, "rw-register": RwRegisterWorkload}
+        "append": AppendWorkload, "rw-register": RwRegisterWorkload, "live": LiveWorkload}
     out = []
     for n in names:
         if n not in table:

@@ -126,7 +126,12 @@ class LiveSubscription:
         if self._started:
             return
         self._started = True
-        await self._connect(first=True)
+        try:
+            await self._connect(first=True)
+        except _Disconnected as why:
+            if not self.reconnect:
+                raise LiveQueryError("DISCONNECTED", str(why)) from None
+            await self._reconnect(str(why), first=True)
 
     async def close(self) -> None:
         self._closed = True
@@ -164,10 +169,13 @@ class LiveSubscription:
             raise LiveQueryError("AUTH_REQUIRED", "a token, or a user and password, is needed to subscribe")
         import aiohttp
 
-        async with self._get_session().post(url.rstrip("/") + "/v1/api/auth/login",
-                                            json={"user": self._user, "password": self._password or ""},
-                                            timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S)) as resp:
-            body = await resp.json(content_type=None)
+        try:
+            async with self._get_session().post(url.rstrip("/") + "/v1/api/auth/login",
+                                                json={"user": self._user, "password": self._password or ""},
+                                                timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S)) as resp:
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise _Disconnected(f"login at {url} failed: {type(exc).__name__}: {exc}") from None
         if not isinstance(body, dict) or "access_token" not in body:
             err = (body or {}).get("error") or {}
             raise LiveQueryError(err.get("code", "INVALID_CREDENTIALS"), err.get("message", "login failed"))
@@ -261,23 +269,33 @@ class LiveSubscription:
         else:
             await ws.send_str(orjson.dumps(message).decode())
 
-    async def _reconnect(self, why: str) -> None:
+    async def _reconnect(self, why: str, *, first: bool = False) -> None:
+        """Connect again, to the next URL (any node serves any subscriber), until it works or the
+        subscription is closed; the events of the new connection follow a marker (none when the
+        very first connection failed: nothing was delivered yet)."""
         await self._drop_connection()
         delay = 0.05
         while not self._closed:
-            self.url_index += 1  # any node serves any subscriber: try the next one
-            self.reconnects += 1
+            self.url_index += 1
+            if not first:
+                self.reconnects += 1
             log.info("live subscription %s: %s; reconnecting to %s (from=%s)", self.id, why, self.url, self.last_seq)
+            marker = None
+            if first:
+                pass
+            elif not self.ready and self.initial_data:
+                marker = {"type": "reload", "reason": f"disconnected during the initial load: {why}"}
+            else:
+                marker = {"type": "reconnected", "url": self.url, "from": self.last_seq}
+            if marker is not None:
+                self._pending.append(marker)
             try:
-                if not self.ready and self.initial_data:
-                    self._pending.append({"type": "reload", "reason": f"disconnected during the initial load: {why}"})
-                else:
-                    self._pending.append({"type": "reconnected", "url": self.url, "from": self.last_seq})
-                await self._connect(first=False)
+                await self._connect(first=first)
                 return
             except _Disconnected as exc:
-                if self._pending and self._pending[-1]["type"] in ("reload", "reconnected"):
-                    self._pending.pop()
+                if marker is not None:
+                    self._pending.remove(marker)
+                await self._drop_connection()
                 why = str(exc)
             await asyncio.sleep(delay * (0.5 + random.random()))  # back off from a dead node
             delay = min(delay * 2, self.max_backoff_s)

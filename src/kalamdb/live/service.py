@@ -329,7 +329,8 @@ class LiveService:
             index, _, newest = await self._read_page(sub, -(2**63), 1, newest_first=True)
             sub.base_index = index
             sub.cursor = await self._boundary(sub, newest, index)
-            sub.conn.send_message(p.subscription_ack(sub.id, p.batch_control(0, False, None), schema))
+            # upstream sends no last_seq_id here; ours is the exact resume point of "from now on"
+            sub.conn.send_message(p.subscription_ack(sub.id, p.batch_control(0, False, sub.cursor), schema))
             self._go_live(sub)
             return
         if opts.last_rows is not None:
