@@ -83,7 +83,7 @@ def test_serial_types_default_to_snowflake(node):
     rows = node.rows("SELECT id, n FROM t ORDER BY id")
     ids = [int(r[0]) for r in rows]
     assert len(set(ids)) == 2 and all(i > 0 for i in ids)
-    desc = {r[0]: r[4] for r in node.rows("DESCRIBE TABLE t")}
+    desc = {r[0]: r[6] for r in node.rows("DESCRIBE TABLE t")}
     assert desc["id"] == "SNOWFLAKE_ID()"
 
 
@@ -114,8 +114,11 @@ def test_drop_table(node):
 def test_describe_and_system_tables(node):
     node.sql("CREATE TABLE t (id BIGINT PRIMARY KEY, body TEXT NOT NULL, at TIMESTAMP DEFAULT NOW())")
     desc = node.rows("DESCRIBE TABLE default.t")
-    assert [r[:4] for r in desc] == [["id", "BigInt", False, True], ["body", "Text", False, False],
-                                     ["at", "Timestamp", True, False]]
+    # upstream's describe view: column_name, ordinal_position, column_id, data_type, is_nullable,
+    # is_primary_key, column_default, column_comment, schema_version
+    assert desc == [["id", 1, "1", "BIGINT", False, True, None, None, 1],
+                    ["body", 2, "2", "TEXT", False, False, None, None, 1],
+                    ["at", 3, "3", "TIMESTAMP", True, False, "NOW()", None, 1]]
     rows = node.rows("SELECT table_id, table_type FROM system.schemas WHERE namespace_id = 'default'")
     assert rows == [["default:t", "shared"]]  # upstream's table ids and type names
     counts = dict(node.rows("SELECT name, table_count FROM system.namespaces"))

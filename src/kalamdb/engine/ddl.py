@@ -15,6 +15,7 @@ from kalamdb.engine.users import audit
 from kalamdb.engine.values import coerce_column
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
+from kalamdb.sql.types import encode_cell
 
 if TYPE_CHECKING:
     from kalamdb.engine.database import Database
@@ -25,21 +26,24 @@ RESERVED_NAMESPACES = frozenset({"system", "sys", "root", "kalamdb", "kalam", "m
 
 
 def describe(db: Database, ctx: ExecContext, s: st.DescribeTable) -> dict:
+    """DESCRIBE TABLE as upstream's describe view: one row per column, types as SQL spells them."""
+    from kalamdb.engine.alter import default_sql
+
     ns = s.namespace or ctx.namespace
     info = db.catalog_for(ctx).tables.get((ns, s.name))
     if info is None:
-        raise KalamError("TABLE_NOT_FOUND", f"Table '{ns}.{s.name}' not found")
+        raise KalamError("TABLE_NOT_FOUND", f"Table '{s.name}' not found in namespace '{ns}'")
+    if info.table_type == "SHARED" and ctx.principal.role == "user" and info.options.get("ACCESS_LEVEL") != "PUBLIC":
+        raise KalamError("TABLE_NOT_FOUND", f"Table '{s.name}' not found in namespace '{ns}'")
     rows = []
     for i, c in enumerate(info.columns, 1):
-        default = None
-        if c.default is not None:
-            lit = c.default.get("lit")
-            if c.data_type == "Boolean" and lit is not None:
-                lit = bool(lit)
-            default = f"{c.default['fn']}()" if "fn" in c.default else json.dumps(lit)
-        rows.append([c.name, c.data_type, not c.not_null, c.name == info.primary_key, default, i])
-    schema = [("column_name", "Text"), ("data_type", "Text"), ("is_nullable", "Boolean"),
-              ("is_primary_key", "Boolean"), ("column_default", "Text"), ("ordinal_position", "Int")]
+        default = default_sql(c.default) or None
+        rows.append([c.name, i, i, c.sql_type, not c.not_null, c.name == info.primary_key, default, None,
+                     info.schema_version])
+    schema = [("column_name", "Text"), ("ordinal_position", "Int"), ("column_id", "BigInt"), ("data_type", "Text"),
+              ("is_nullable", "Boolean"), ("is_primary_key", "Boolean"), ("column_default", "Text"),
+              ("column_comment", "Text"), ("schema_version", "Int")]
+    rows = [[encode_cell(v, t) for v, (_, t) in zip(r, schema, strict=True)] for r in rows]
     return {"schema": [{"name": n, "data_type": t, "index": j} for j, (n, t) in enumerate(schema)],
             "rows": rows, "row_count": len(rows), "as_user": ctx.principal.username}
 
