@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow.parquet as pq
-import pytest
 
 from kalamdb.engine import Principal
 
