@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow.parquet as pq
+import pytest
 
 from kalamdb.engine import Principal
 
@@ -141,3 +142,28 @@ def test_replicas_write_identical_files_and_state(make_node):
                 for p in sorted(root.rglob("*")) if p.is_file()}
 
     assert tree(a) == tree(b) and len(tree(a)) == 4  # t and alice's u: one compacted file + manifest each
+
+
+def test_drop_table_runs_a_cleanup_job_that_removes_its_files(node):
+    node.sql("CREATE NAMESPACE app; CREATE USER TABLE app.n (id INT PRIMARY KEY)")
+    node.sql("INSERT INTO app.n (id) VALUES (1)", who=Principal("alice", "alice", "user"))
+    node.sql("STORAGE FLUSH TABLE app.n")
+    assert _files(node, "app") == ["app/n/alice/batch-0.parquet"]
+    msg = node.sql("DROP TABLE app.n")[0]["message"]
+    assert msg.startswith("Table app.n dropped successfully. Cleanup job: CL-")
+    job = msg.split("Cleanup job: ")[1]
+    assert node.rows(f"SELECT job_type, status FROM system.jobs WHERE job_id = '{job}'") == [["cleanup", "completed"]]
+    assert not (node.db.data_dir / "storage/app/n").exists()
+    assert node.rows("SELECT COUNT(*) FROM system.manifest WHERE table_name = 'n'") == [["0"]]
+    assert node.sql("DROP TABLE IF EXISTS app.n")[0]["message"] == "Table app.n does not exist (skipped)"
+
+
+@pytest.mark.parametrize("shared, user, why", [
+    ("{tableName}/{namespace}", None, "must appear before"),
+    ("{namespace}", None, "are required"),
+    (None, "users/{namespace}/{tableName}", "{userId} is required"),
+    (None, "{userId}/{namespace}/{tableName}", "order must be"),
+])
+def test_storage_templates_are_checked_as_upstream(node, shared, user, why):
+    opts = (f" SHARED_TABLES_TEMPLATE '{shared}'" if shared else "") + (f" USER_TABLES_TEMPLATE '{user}'" if user else "")
+    assert why in node.error(f"CREATE STORAGE bad TYPE filesystem PATH 'bad'{opts}").message

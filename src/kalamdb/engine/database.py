@@ -155,6 +155,10 @@ class Database:
         return self._catalog
 
     @property
+    def compile_cache_size(self) -> int:
+        return len(self._compile_cache)
+
+    @property
     def published_catalog(self) -> cat.Catalog:
         """The catalog as of the last committed batch (what readers see)."""
         return self._published

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import TableDropped
-from kalamdb.engine.storage import forget_table
+from kalamdb.engine.storage import drop_table_files
 from kalamdb.engine.types import ExecContext, message, require_admin
 from kalamdb.engine.users import audit
 from kalamdb.engine.values import coerce_column
@@ -76,7 +76,7 @@ def drop_namespace(db: Database, ctx: ExecContext, s: st.DropNamespace) -> dict:
                          "table(s)); use DROP NAMESPACE ... CASCADE")
     for t in sorted(tables, key=lambda t: t.name):
         _drop_storage(ctx, t)
-        forget_table(ctx, t)
+        drop_table_files(db, ctx, t)
     ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ?", (s.name,))
     ctx.conn.execute("DELETE FROM _kdb_namespaces WHERE name = ?", (s.name,))
     db.bump_catalog(ctx)
@@ -124,7 +124,7 @@ def drop_table(db: Database, ctx: ExecContext, s: st.DropTable) -> dict:
     info = _existing_table(db, ctx, ns, s.name)
     if info is None:
         if s.if_exists:
-            return message(f"Table {ns}.{s.name} does not exist", ctx)
+            return message(f"Table {ns}.{s.name} does not exist (skipped)", ctx)
         raise KalamError("TABLE_NOT_FOUND", f"Table '{ns}.{s.name}' not found")
     if s.table_type and s.table_type != info.table_type:
         raise KalamError("SQL_EXECUTION_ERROR", f"Table {info.full_name} is a {info.table_type} table, "
@@ -132,11 +132,11 @@ def drop_table(db: Database, ctx: ExecContext, s: st.DropTable) -> dict:
     if ctx.principal.role not in ("dba", "system"):
         raise KalamError("PERMISSION_DENIED", "Unauthorized: Insufficient privileges to drop table")
     _drop_storage(ctx, info)
-    forget_table(ctx, info)
+    job = drop_table_files(db, ctx, info)
     ctx.conn.execute("DELETE FROM _kdb_tables WHERE namespace = ? AND name = ?", (ns, s.name))
     db.bump_catalog(ctx)
     audit(ctx, "DROP_TABLE", f"table:{info.full_name}", None)
-    return message(f"Table {info.full_name} dropped successfully", ctx)
+    return message(f"Table {info.full_name} dropped successfully. Cleanup job: {job}", ctx)
 
 
 def _drop_storage(ctx: ExecContext, info: cat.TableInfo) -> None:

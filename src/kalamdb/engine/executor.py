@@ -186,8 +186,10 @@ def check_access(compiled: Compiled, me: Principal, owner: Principal | None) -> 
                 raise KalamError("SQL_EXECUTION_ERROR",
                                  f"EXECUTE AS USER is not allowed on SHARED table {info.full_name}")
             if me.role == "user" and (mode == "w" or info.options.get("ACCESS_LEVEL") != "PUBLIC"):
-                raise KalamError("PERMISSION_DENIED", f"Role 'user' may not "
-                                 f"{'write' if mode == 'w' else 'read'} SHARED table {info.full_name}")
+                level = str(info.options.get("ACCESS_LEVEL", "PRIVATE")).title()
+                raise KalamError("PERMISSION_DENIED", f"Access denied: Role 'User' cannot access table "
+                                 f"'{info.full_name}'. Shared table {'write' if mode == 'w' else 'access'} "
+                                 f"denied (access_level={level})")
 
 
 def execute_query(db: Database, ctx: ExecContext, q: st.Query, owner: Principal | None) -> dict:

@@ -22,6 +22,7 @@ from kalamdb.engine import limits
 if TYPE_CHECKING:
     from kalamdb.engine.database import Database
 
+MAX_CONNECTIONS = 1024  # shown in system.stats: the default of limits.max_connections_per_address
 SERVER_LOG_ROWS = 1000  # server_logs keeps this many of the newest records (this node's, since start)
 
 STATS = [("metric_name", "TEXT"), ("metric_value", "TEXT")]
@@ -151,7 +152,9 @@ def install(db: Database) -> None:
         jobs = conn.execute("SELECT COUNT(*) FROM _kdb_jobs WHERE status IN ('new', 'queued', 'running')").fetchone()[0]
         return [(k, str(v)) for k, v in [
             ("total_namespaces", len(cat.namespaces)), ("total_tables", len(cat.tables)), ("total_users", users),
-            ("active_jobs", jobs), ("applied_index", db.applied_index),
+            ("active_jobs", jobs), ("applied_index", db.applied_index), ("server_version", _version()),
+            ("schema_registry_size", len(cat.tables)), ("schema_cache_size", db.compile_cache_size),
+            ("server_workers_effective", os.cpu_count() or 1), ("max_connections", MAX_CONNECTIONS),
             ("uptime_seconds", int(time.time() - started)), ("memory_usage_mb", _rss_mb()),
             ("parse_cache_hits", db.parse_cache.hits), ("parse_cache_misses", db.parse_cache.misses),
         ]]

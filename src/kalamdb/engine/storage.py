@@ -82,6 +82,7 @@ def create_storage(db: Database, ctx: ExecContext, s: st.CreateStorage) -> dict:
     _check_json_object(s.credentials, "Credentials")
     _check_json_object(s.config_json, "CONFIG")
     _check_base_directory(s.base_directory)
+    _check_templates(s.shared_tables_template, s.user_tables_template)
     now = ctx.state.now_us
     ctx.conn.execute("INSERT INTO _kdb_storages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (s.storage_id, s.storage_name or s.storage_id, s.description, s.storage_type,
@@ -97,6 +98,7 @@ def alter_storage(db: Database, ctx: ExecContext, s: st.AlterStorage) -> dict:
     if _storage_row(ctx, s.storage_id) is None:
         raise KalamError("SQL_EXECUTION_ERROR", f"Storage '{s.storage_id}' not found")
     _check_json_object(s.config_json, "CONFIG")
+    _check_templates(s.shared_tables_template, s.user_tables_template)
     sets = {"storage_name": s.storage_name, "description": s.description,
             "shared_tables_template": s.shared_tables_template, "user_tables_template": s.user_tables_template,
             "config_json": s.config_json}
@@ -133,7 +135,7 @@ def _job_id(prefix: str, ctx: ExecContext, table: str) -> str:
     return f"{prefix}-{digest[:12]}"
 
 
-def _record_job(ctx: ExecContext, job_id: str, job_type: str, params: dict, status: str, msg: str,
+def record_job(ctx: ExecContext, job_id: str, job_type: str, params: dict, status: str, msg: str,
                 trace: str | None = None) -> None:
     now = ctx.state.now_us
     ctx.conn.execute(
@@ -263,7 +265,7 @@ def _flush_table(db: Database, ctx: ExecContext, info: cat.TableInfo, *, compact
         total += _write_scope(db, ctx, info, owner, key, prev, flushed, newest, where, args, compact)
     verb = "Compacted" if compact else "Flushed"
     params = {"namespace_id": info.namespace, "table_name": info.name, "table_type": info.table_type.lower()}
-    _record_job(ctx, job, "compact" if compact else "flush", params, "completed",
+    record_job(ctx, job, "compact" if compact else "flush", params, "completed",
                 f"{verb} {total} row(s) of {info.full_name} in {len(plans)} scope(s)")
     return job
 
@@ -329,10 +331,62 @@ def _write_scope(db: Database, ctx: ExecContext, info: cat.TableInfo, owner: str
     return rows
 
 
-def forget_table(ctx: ExecContext, info: cat.TableInfo) -> None:
-    """DROP TABLE: the table's manifest rows go (its files stay until the directory is cleaned up)."""
+def drop_table_files(db: Database, ctx: ExecContext, info: cat.TableInfo) -> str:
+    """DROP TABLE's cleanup job (upstream's `CL-` job): the table's manifest rows go, and with them
+    exactly the files they list (and directories left empty), on every replica while it applies
+    the drop. Returns the job id."""
+    rows = ctx.conn.execute("SELECT scope, manifest_json FROM _kdb_manifest WHERE namespace_id = ? AND "
+                            "table_name = ? ORDER BY cache_key", (info.namespace, info.name)).fetchall()
     ctx.conn.execute("DELETE FROM _kdb_manifest WHERE namespace_id = ? AND table_name = ?",
                      (info.namespace, info.name))
+    removed = 0
+    for scope, text in rows:
+        try:
+            directory = scope_dir(db, ctx, info, None if scope == "shared" else scope)
+        except KalamError:
+            continue  # its storage is gone or not on the filesystem: no files of ours there
+        names = [seg["path"] for seg in json.loads(text).get("segments", [])] + [MANIFEST_FILE]
+        for name in names:
+            path = directory / name
+            if path.is_file():
+                path.unlink()
+                removed += 1
+        for d in (directory, directory.parent) if scope != "shared" else (directory,):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    job = _job_id("CL", ctx, info.full_name)
+    params = {"namespace_id": info.namespace, "table_name": info.name, "table_type": info.table_type.lower()}
+    record_job(ctx, job, "cleanup", params, "completed", f"Removed {removed} file(s) of {info.full_name}")
+    return job
+
+
+def _check_templates(shared: str | None, user: str | None) -> None:
+    """Upstream's template rules: shared needs {namespace} before {tableName}; user needs {userId},
+    after {tableName} (and {shard}), with {namespace} before {tableName}."""
+    def pos(t: str, key: str) -> int | None:
+        i = t.find(key)
+        return None if i < 0 else i
+
+    if shared:
+        ns, tn = pos(shared, "{namespace}"), pos(shared, "{tableName}")
+        if ns is None or tn is None:
+            raise KalamError("SQL_EXECUTION_ERROR", "Shared table template: both {namespace} and {tableName} are "
+                             "required")
+        if ns >= tn:
+            raise KalamError("SQL_EXECUTION_ERROR", "Shared table template: {namespace} must appear before "
+                             "{tableName}")
+    if user:
+        ns, tn, sh, uid = (pos(user, k) for k in ("{namespace}", "{tableName}", "{shard}", "{userId}"))
+        if uid is None:
+            raise KalamError("SQL_EXECUTION_ERROR", "User table template: {userId} is required")
+        if tn is None:
+            raise KalamError("SQL_EXECUTION_ERROR", "User table template: {tableName} is required")
+        if ns is not None and ns >= tn:
+            raise KalamError("SQL_EXECUTION_ERROR", "User table template: {namespace} must appear before "
+                             "{tableName}")
+        if (sh is not None and not tn < sh < uid) or tn >= uid:
+            raise KalamError("SQL_EXECUTION_ERROR", "User table template: the order must be {namespace}, "
+                             "{tableName}, {shard}, {userId}")
 
 
 def is_maintenance_role(role: str) -> bool:

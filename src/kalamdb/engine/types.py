@@ -54,6 +54,7 @@ class ExecContext:
         self.writing = writing
         self.index = index  # the log index of the command being applied (0 on reads)
         self.ddl_done = False
+        self.audits = 0  # audit_log rows written by this command (numbers their ids)
         self.changes: list[Change] = []
         self.events: list[FeedEvent] = []
 
