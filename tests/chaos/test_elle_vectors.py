@@ -160,7 +160,7 @@ def test_stale_read_is_g_single_realtime_and_only_strict_serializability_forbids
     only(strict, "G-single-realtime")
     steps = strict.anomalies["G-single-realtime"][0]["steps"]
     assert {s["rel"] for s in steps} == {"rw", "rt"}
-    assert any("completed (history position" in s["text"] for s in steps)
+    assert any("completed (line 1) before T" in s["text"] and "was invoked (line 2)" in s["text"] for s in steps)
     assert check(text, consistency="serializable").verdict == "VALID"
 
 

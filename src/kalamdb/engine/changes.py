@@ -44,7 +44,7 @@ OPS = ("insert", "update", "delete")
 class Change(NamedTuple):
     """One row changed by one applied command (a tuple: made for every row written, so cheap)."""
 
-    index: int  # Raft log index of the command (commit order; one command may make many changes)
+    index: int  # type: ignore[assignment]  # the command's Raft log index (shadows tuple.index, unused)
     seq: int  # the row's new `_seq` (insert, update) or its tombstone's (delete); unique, increasing
     table: str  # "ns.t"
     table_type: str  # USER | SHARED | STREAM

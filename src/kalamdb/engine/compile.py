@@ -9,6 +9,7 @@ compilation serves every user and every request with the same text (cached by th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 
@@ -289,8 +290,9 @@ class _Compiler:
                 if isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)):
                     qualifier = e.table if isinstance(e, exp.Column) else None
                     picked = [s for s in sources if not qualifier or s.alias_or_name == qualifier]
-                    cols = [self.source_columns(s) for s in picked]
-                    if picked and all(c is not None for c in cols):
+                    found = [self.source_columns(s) for s in picked]
+                    cols = [c for c in found if c is not None]
+                    if picked and len(cols) == len(found):
                         for s, cs in zip(picked, cols):
                             for cname, _ in cs:
                                 new_exprs.append(exp.column(cname, table=s.alias_or_name or None, quoted=True))
@@ -301,7 +303,7 @@ class _Compiler:
                 select.set("expressions", new_exprs)
 
     def output_types(self, root: exp.Expression) -> list[str | None]:
-        select = root
+        select: Any = root  # narrowed to exp.Select below
         while isinstance(select, (exp.Union, exp.Intersect, exp.Except)):
             select = select.this
         if isinstance(select, exp.Subquery):
@@ -362,6 +364,7 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
         c.out.types = c.output_types(ast)
         c.out.sql = ast.sql("sqlite")
     elif kind == "insert":
+        assert isinstance(ast, exp.Insert)
         _compile_insert(c, ast)
     elif kind in ("update", "delete"):
         _compile_update_delete(c, ast, kind)
@@ -419,7 +422,9 @@ def _pure_cell(v: exp.Expression) -> tuple[str, object] | None:
     if isinstance(v, exp.Placeholder) and v.name.startswith("p") and v.name[1:].isdigit():
         return ("p", int(v.name[1:]))
     if isinstance(v, exp.Neg) and isinstance(v.this, exp.Literal) and not v.this.is_string:
-        return ("v", -v.this.to_py())
+        value = v.this.to_py()
+        if isinstance(value, (int, float)):
+            return ("v", -value)
     return None
 
 
@@ -458,8 +463,9 @@ def _compile_insert(c: _Compiler, ast: exp.Insert) -> None:
                                  f"{len(values)} value(s)")
             rows.append(values)
         c.out.row_count = len(rows)
-        pure = [[_pure_cell(v) for v in row] for row in rows]
-        if all(cell is not None for row in pure for cell in row):
+        cells = [[_pure_cell(v) for v in row] for row in rows]
+        pure = [[cell for cell in row if cell is not None] for row in cells]
+        if all(len(p) == len(r) for p, r in zip(pure, cells)):
             c.out.pure_rows = pure
             return
         for row in rows:

@@ -41,7 +41,7 @@ from kalamdb.engine.compile import Compiled, compile_query
 from kalamdb.engine.functions import FnState, register
 from kalamdb.engine.ids import next_snowflake
 from kalamdb.engine.passwords import hash_password
-from kalamdb.engine.types import ExecContext, Outcome, Prepared, Principal, require_admin
+from kalamdb.engine.types import ExecContext, Outcome, Prepared, Principal, guard_of, require_admin
 from kalamdb.engine.writes import TemplateCache
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
@@ -80,6 +80,8 @@ class Database:
         self._readers_lock = threading.Lock()
         self._tls = threading.local()
         self._closed = False
+        self._applied_index = 0  # loaded from the file by _load_state
+        self._last_snowflake = 0
 
         self._wconn = self._connect()
         self._wstate = FnState(self, node_id)
@@ -269,7 +271,7 @@ class Database:
         state.start_statement(steps=limits.WRITE_STEP_BUDGET)
         ctx.conn.execute("BEGIN")
         try:
-            with authorizer.UserScope(state.guard, compiled.allow):
+            with authorizer.UserScope(guard_of(ctx), compiled.allow):
                 n = len(ctx.conn.execute(compiled.sql, binds).fetchmany(limits.MAX_WRITE_ROWS + 1))
         except sqlite3.Error as e:
             if str(e) == "interrupted":

@@ -154,13 +154,14 @@ def alter_add(db: Database, ctx: ExecContext, s: st.AlterTableAddColumn) -> dict
     col = normalise_default(s.column)
     if col.name in info.by_name:
         raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' already exists")
-    literal = col.default is not None and "lit" in col.default and col.default["lit"] is not None
+    lit = col.default.get("lit") if col.default is not None else None
+    literal = lit is not None
     if col.not_null and not literal:
         raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' is NOT NULL and needs a literal "
                          "DEFAULT to fill existing rows")
     ddl = f"ALTER TABLE {cat.quote_ident(info.storage)} ADD COLUMN {cat.column_sql(col)}"
     if literal:
-        ddl += f" DEFAULT {cat.sql_literal(col.default['lit'])}"
+        ddl += f" DEFAULT {cat.sql_literal(lit)}"
     ctx.conn.execute(ddl)
     return altered(db, ctx, info, f"ADD COLUMN {col.name} {col.sql_type}", True, columns=[*info.columns, col])
 

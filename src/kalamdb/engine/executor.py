@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kalamdb.engine import alter, authorizer, ddl, limits, storage, users, writes
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.compile import Compiled
-from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, message
+from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, guard_of, message
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 from kalamdb.sql.types import encode_cell, infer_type
@@ -36,7 +37,7 @@ def environmental(e: BaseException) -> bool:
     return isinstance(e, sqlite3.Error) and any(m in str(e).lower() for m in _ENVIRONMENTAL)
 
 
-_DDL = {
+_DDL: dict[type, Callable[..., dict]] = {
     st.CreateNamespace: ddl.create_namespace, st.DropNamespace: ddl.drop_namespace,
     st.CreateTable: ddl.create_table, st.DropTable: ddl.drop_table,
     st.AlterTableAddColumn: ddl.alter_add, st.AlterTableDropColumn: ddl.alter_drop,
@@ -57,6 +58,7 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
     error: KalamError | None = None
 
     def undo_txn() -> None:
+        assert txn_mark is not None
         if ctx.writing:
             conn.execute("ROLLBACK TO kdb_txn")
             conn.execute("RELEASE kdb_txn")
@@ -231,7 +233,7 @@ def _select(ctx: ExecContext, compiled: Compiled, binds: dict, who: Principal) -
     else:
         state.start_statement(seconds=limits.READ_SECONDS_BUDGET)
     try:
-        with authorizer.UserScope(state.guard, compiled.allow):
+        with authorizer.UserScope(guard_of(ctx), compiled.allow):
             cur = ctx.conn.execute(compiled.sql, binds)
             rows = _bounded_fetch(cur)
     except sqlite3.Error as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
+from kalamdb.engine.authorizer import Guard
 from kalamdb.engine.changes import Change, FeedEvent
 from kalamdb.engine.functions import FnState
 from kalamdb.errors import KalamError
@@ -79,3 +80,10 @@ def public_error(err: KalamError, principal: Principal | None) -> KalamError:
     if err.code == "TABLE_NOT_FOUND" or err.sensitive:
         return KalamError("SQL_EXECUTION_ERROR", "SQL statement failed")
     return err
+
+
+def guard_of(ctx: ExecContext) -> Guard:
+    """The connection's authorizer (every engine connection has one: see authorizer.install)."""
+    if ctx.state.guard is None:
+        raise KalamError("INTERNAL_ERROR", "connection without an authorizer")
+    return ctx.state.guard

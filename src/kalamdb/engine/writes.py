@@ -13,6 +13,7 @@ per row for the change log and feed."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from kalamdb.engine import authorizer, limits
@@ -20,7 +21,7 @@ from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import Change
 from kalamdb.engine.compile import Compiled
 from kalamdb.engine.ids import ulid, uuid_v7
-from kalamdb.engine.types import ExecContext, Principal
+from kalamdb.engine.types import ExecContext, Principal, guard_of
 from kalamdb.engine.values import coerce_column, coercer
 from kalamdb.errors import KalamError
 from kalamdb.sql.statements import ColumnDef
@@ -68,7 +69,7 @@ def _phase1(ctx: ExecContext, compiled: Compiled, binds: dict, sql_error) -> lis
     state = ctx.state
     state.start_statement(steps=limits.WRITE_STEP_BUDGET)
     try:
-        with authorizer.UserScope(state.guard, compiled.allow):
+        with authorizer.UserScope(guard_of(ctx), compiled.allow):
             cur = ctx.conn.execute(compiled.sql, binds)
             rows = cur.fetchmany(limits.MAX_WRITE_ROWS + 1)
     except sqlite3.Error as e:
@@ -78,6 +79,12 @@ def _phase1(ctx: ExecContext, compiled: Compiled, binds: dict, sql_error) -> lis
     if len(rows) > limits.MAX_WRITE_ROWS:
         raise too_many_rows(compiled)
     return rows
+
+
+def _target(compiled: Compiled) -> cat.TableInfo:
+    if compiled.target is None:
+        raise KalamError("INTERNAL_ERROR", f"{compiled.kind.upper()} compiled without a target table")
+    return compiled.target
 
 
 def too_many_rows(compiled: Compiled) -> KalamError:
@@ -114,9 +121,10 @@ class _InsertPlan:
     __slots__ = ("columns", "owned", "sql", "stream", "table", "table_type")
 
     def __init__(self, compiled: Compiled):
-        info = compiled.target
+        info = _target(compiled)
         given = {name: i for i, name in enumerate(compiled.columns)}
-        self.columns = []
+        #: per table column: (name, index in the given values or -1, coercer, default column or value)
+        self.columns: list[tuple[str, int, Callable | None, object]] = []
         for col in info.columns:
             i = given.get(col.name)
             if i is not None:
@@ -134,12 +142,14 @@ class _InsertPlan:
 
 def insert(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, params: list, who: Principal,
            sql_error) -> int:
-    info = compiled.target
+    info = _target(compiled)
     plan = compiled.plan
-    if plan is None:
+    if not isinstance(plan, _InsertPlan):
         plan = compiled.plan = _InsertPlan(compiled)
+    raw: Sequence[Sequence]
     if compiled.pure_rows is not None:
-        raw = [[v if kind == "v" else params[v - 1] for kind, v in row] for row in compiled.pure_rows]
+        raw = [[v if kind == "v" else params[int(v) - 1] for kind, v in row]  # type: ignore[call-overload]
+               for row in compiled.pure_rows]
     else:
         raw = _phase1(ctx, compiled, binds, sql_error)
         width = len(compiled.columns)
@@ -155,7 +165,7 @@ def insert(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, para
     for values in raw:
         row = {}
         for name, i, coerce, default in plan.columns:
-            if i >= 0:
+            if coerce is not None:
                 row[name] = coerce(values[i])
             elif isinstance(default, ColumnDef):
                 row[name] = _default(db, ctx, default)
@@ -192,7 +202,7 @@ def insert(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, para
 
 
 def update(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, who: Principal, sql_error) -> int:
-    info = compiled.target
+    info = _target(compiled)
     found = _phase1(ctx, compiled, binds, sql_error)
     names = [c.name for c in info.columns]
     n = len(names)
@@ -218,8 +228,9 @@ def update(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, who:
     try:
         ctx.conn.executemany(sql, tuples)
     except sqlite3.IntegrityError as e:
-        if "UNIQUE" in str(e) and info.primary_key in compiled.columns:
-            keys = [new[info.primary_key] for _, _, _, new in changed_rows]
+        pk = info.primary_key
+        if "UNIQUE" in str(e) and pk is not None and pk in compiled.columns:
+            keys = [new[pk] for _, _, _, new in changed_rows]
             raise KalamError("SQL_EXECUTION_ERROR", "Primary key violation: value "
                              f"'{_first_taken(ctx, info, keys, who)}' already exists in column "
                              f"'{info.primary_key}'") from None
@@ -234,7 +245,7 @@ def update(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, who:
 
 def delete(db: Database, ctx: ExecContext, compiled: Compiled, binds: dict, who: Principal, sql_error) -> int:
     """USER and SHARED rows become tombstones (`_deleted`, a new `_seq`); STREAM rows are removed."""
-    info = compiled.target
+    info = _target(compiled)
     found = _phase1(ctx, compiled, binds, sql_error)
     if not found:
         return 0
@@ -285,6 +296,8 @@ def pk_violation(ctx: ExecContext, info: cat.TableInfo, rows: list[dict], who: P
 
 def _first_taken(ctx: ExecContext, info: cat.TableInfo, keys: list, who: Principal, before_seq: int | None = None):
     q = cat.quote_ident
+    if info.primary_key is None:
+        return "?"
     owned = info.table_type in cat.OWNED_TYPES
     sql = f"SELECT 1 FROM {q(info.storage)} WHERE {q(info.primary_key)} = ? AND _deleted = 0"
     if owned:

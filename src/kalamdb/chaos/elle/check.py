@@ -100,8 +100,11 @@ def _explain_cycle(cycle: Cycle, txns: Sequence[Txn], inference: Any) -> dict:
         ta, tb = txns[a], txns[b]
         na, nb = names[a], names[b]
         if rel == "rt":
-            data = {"text": f"{na} completed (history position {ta.ret}) before {nb} was invoked "
-                            f"(position {tb.call})"}
+            if ta.line is not None and tb.call_line is not None:
+                when = f"(line {ta.line}) before {nb} was invoked (line {tb.call_line})"
+            else:
+                when = f"(history position {ta.ret}) before {nb} was invoked (position {tb.call})"
+            data = {"text": f"{na} completed {when}"}
         elif rel == "process":
             data = {"text": f"process {ta.process} performed {na} and then {nb}"}
         else:

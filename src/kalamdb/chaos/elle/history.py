@@ -54,6 +54,7 @@ class Txn:
     label: Any = None
     line: int | None = None
     node: str | None = None
+    call_line: int | None = None  # where the invoke is in the file (line is the completion's)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -176,7 +177,7 @@ def pair_txn_events(events: Iterable[Event], *, source: str | None = None,
             label = labels.get(line)
         txns.append(Txn(len(txns), cev.process, type_, value, ct, rt if type_ == "ok" else None,
                         label if label is not None else (line if line is not None else len(txns)), line,
-                        cev.node if cev.node is not None else (rev.node if rev is not None else None)))
+                        cev.node if cev.node is not None else (rev.node if rev is not None else None), cev.line))
     return txns, skipped
 
 
