@@ -76,6 +76,9 @@ class Database:
         self._compile_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._local_tables: dict[str, tuple[list[tuple[str, str]], Callable[[], list[tuple]]]] = {}
+        #: the node-local views' columns by name, and a number that changes with them (compile cache key)
+        self._local_columns: dict[str, list[tuple[str, str]]] = {}
+        self._local_version = 0
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._tls = threading.local()
@@ -288,8 +291,8 @@ class Database:
 
     def compiled(self, q: st.Query, ctx: ExecContext) -> Compiled:
         catalog = self.catalog_for(ctx)
-        local = {name: cols for name, (cols, _) in self._local_tables.items()}
-        key = (q.sql, ctx.namespace, catalog.version, tuple(local))
+        local = self._local_columns
+        key = (q.sql, ctx.namespace, catalog.version, self._local_version)
         with self._compile_lock:
             hit = self._compile_cache.get(key)
             if hit is not None:
@@ -549,6 +552,8 @@ class Database:
         TEMP table on the connection that reads it, so WHERE/ORDER/joins work."""
         typed = [(c.lower(), TYPE_ALIASES.get(t.upper(), t)) for c, t in columns]
         self._local_tables[full_name] = (typed, rows)
+        self._local_columns = {name: cols for name, (cols, _) in self._local_tables.items()}
+        self._local_version += 1
 
     def system_columns(self) -> dict[str, list[tuple[str, str]]]:
         """Every system view's columns with their SQL type names, by full name (information_schema)."""
