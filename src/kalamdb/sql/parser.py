@@ -943,6 +943,8 @@ def _parse_execute_as(c: _Cursor, cache: ParseCache) -> st.ExecuteAs:
     t = c.peek()
     if t is None or t.kind not in ("str", "word"):
         raise KalamError("INVALID_SQL", "EXECUTE AS USER needs a user name")
+    if not USERNAME_RE.match(str(t.value)):  # the id may name rows and directories: a plain name only
+        raise KalamError("INVALID_SQL", f"Invalid user id {str(t.value)[:80]!r} in EXECUTE AS USER")
     c.i += 1
     open_tok = c.peek()
     if open_tok is None or open_tok.text != "(" or c.toks[-1].text != ")":
