@@ -14,16 +14,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "misc_auth_setup_flow": "no /auth/status or /auth/setup; no 428 setup_required",
     "misc_auth_lockout": "no account lockout after 5 failed logins",
     # topics (helper "topics")
-    "misc_topic_cleanup_job": "topics missing",
-    "smoke_topic_consume_insert_events": "topics missing",
-    "smoke_topic_consume_update_events": "topics missing",
-    "smoke_topic_consume_delete_events": "topics missing",
-    "smoke_topic_consume_mixed_operations": "topics missing",
-    "smoke_topic_consume_offset_persistence": "topics missing",
-    "smoke_topic_consume_from_earliest": "topics missing",
-    "smoke_topic_consume_from_latest": "topics missing",
-    "smoke_topic_sql_consume_getting_started": "topics missing; FILE type missing",
-    "smoke_topic_impersonated_cdc": "topics missing",
-    "smoke_topic_multi_user_publishers": "topics missing",
-    "smoke_topic_sql_consume_group_and_ack": "topics missing",
+    "misc_topic_cleanup_job": "system.jobs missing (the topic_cleanup job row)",
+    "smoke_topic_sql_consume_getting_started": "FILE type missing",
 }

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 
-from kalamdb.engine import authorizer, executor, limits, localviews, sysviews, users
+from kalamdb.engine import authorizer, executor, limits, localviews, sysviews, topics, users
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import (
     CHANGE_RETENTION_ROWS,
@@ -47,6 +47,7 @@ from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 from kalamdb.sql.parser import ParseCache, parse_statement
 from kalamdb.sql.splitter import split_statements
+from kalamdb.sql.topics import TopicStatement
 from kalamdb.sql.types import SQL_NAMES, TYPE_ALIASES
 
 MAX_SQL_BYTES = limits.MAX_SQL_BYTES
@@ -70,6 +71,7 @@ class Database:
         self.users_version = 0  # bumped whenever applied commands change users (auth caches watch it)
         #: every applied change, published after its batch commits (engine/changes.py)
         self.feed = ChangeFeed()
+        self.topics = topics.TopicState()  # topic routes (writer) and HTTP consumers' claims (node-local)
         self.templates = TemplateCache()
         self._parse_cache = ParseCache()
         self._compile_cache: OrderedDict[tuple, Compiled] = OrderedDict()
@@ -135,6 +137,7 @@ class Database:
         try:
             for sql in CHANGES_SQL:  # data directories of versions before the change log
                 conn.execute(sql)
+            topics.ensure_schema(conn)
             conn.execute("INSERT OR IGNORE INTO _kdb_meta VALUES ('changes_pruned_upto', 0)")
             meta = dict(conn.execute("SELECT key, value FROM _kdb_meta"))
             self._applied_index = int(meta["applied_index"])
@@ -149,6 +152,7 @@ class Database:
     def reload_catalog(self) -> None:
         loaded = cat.load_catalog(self._wconn)
         self._catalog = cat.Catalog(next(_catalog_tokens), loaded.namespaces, loaded.tables)
+        self.topics.reload(self._wconn)
 
     def bump_catalog(self, ctx: ExecContext) -> None:
         ctx.conn.execute("UPDATE _kdb_meta SET value = value + 1 WHERE key = 'catalog_version'")
@@ -650,7 +654,9 @@ class Database:
 
 def _check_statement_permission(s: st.Statement, principal: Principal) -> None:
     """Refusals that depend only on who asks, decided before the request costs anything."""
-    if isinstance(s, (st.CreateNamespace, st.DropNamespace)):
+    if isinstance(s, TopicStatement):
+        topics.check_permission(s, principal)
+    elif isinstance(s, (st.CreateNamespace, st.DropNamespace)):
         require_admin(principal, "Namespace DDL")
     elif isinstance(s, (st.CreateUser, st.DropUser)):
         require_admin(principal, "User management")

@@ -9,12 +9,13 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kalamdb.engine import alter, authorizer, ddl, limits, storage, users, writes
+from kalamdb.engine import alter, authorizer, ddl, limits, storage, topics, users, writes
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.compile import Compiled
 from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, guard_of, message
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
+from kalamdb.sql.topics import TopicStatement
 from kalamdb.sql.types import encode_cell, infer_type
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
                 _refuse_stream_in_transaction(db, ctx, s)
             results.append(execute(db, ctx, s))
             if ctx.writing:
+                topics.publish(db, ctx, marks[0])  # the statement's row changes -> topic messages
                 conn.execute("RELEASE kdb_stmt")
         except KalamError as e:
             error = KalamError(e.code, f"Statement {i} failed: {e.message}", details=e.details,
@@ -139,6 +141,8 @@ def _refuse_stream_in_transaction(db: Database, ctx: ExecContext, s: st.Statemen
 def execute(db: Database, ctx: ExecContext, s: st.Statement) -> dict:
     if isinstance(s, st.Query):
         return execute_query(db, ctx, s, owner=None)
+    if isinstance(s, TopicStatement):
+        return topics.execute(db, ctx, s)
     if isinstance(s, st.ExecuteAs):
         target = users.execute_as_target(ctx, s.username)
         assert isinstance(s.inner, st.Query)

@@ -16,6 +16,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
+from kalamdb.sql.topics import parse_topic_statement, starts_topic_statement
 from kalamdb.sql.types import EMBEDDING_MAX_DIM, SERIAL_TYPES, canonical_type
 
 # sqlglot warns on stderr for every statement it cannot parse fully; our callers get a KalamError
@@ -218,6 +219,8 @@ def parse_statement(sql: str, cache: ParseCache) -> st.Statement:
     first = c.peek().upper
     if first in _QUERY_START or (c.peek().kind == "op" and c.peek().text == "("):
         return parse_query(sql, cache)
+    if starts_topic_statement(c):
+        return parse_topic_statement(c)
     if first == "CREATE":
         return _parse_create(c)
     if first == "DROP":

@@ -13,6 +13,9 @@ class Statement:
     tag: ClassVar[str] = ""
     #: True when applying the statement changes replicated state
     writes: ClassVar[bool] = False
+    #: True when a read of it must see every acknowledged write (ReadIndex in a cluster); SELECTs
+    #: decide this from the tables they name
+    reads_data: ClassVar[bool] = False
 
     @property
     def is_write(self) -> bool:
@@ -332,6 +335,14 @@ STATEMENT_TYPES: dict[str, type[Statement]] = {
                 DropUser, ExecuteAs, Begin, Commit, Rollback, AlterTable, CreateStorage, AlterStorage, DropStorage,
                 ShowStorages, StorageFlush, StorageCompact, KillJob)
 }
+
+
+def register(*classes: type[Statement]) -> None:
+    """Add statement kinds defined in other modules (sql/topics.py) to the wire format."""
+    for cls in classes:
+        if cls.tag in STATEMENT_TYPES and STATEMENT_TYPES[cls.tag] is not cls:
+            raise ValueError(f"statement tag {cls.tag!r} is taken")
+        STATEMENT_TYPES[cls.tag] = cls
 
 
 def statement_from_wire(data: dict) -> Statement:
