@@ -15,5 +15,4 @@ KNOWN_FAILURES: dict[str, str] = {
     "misc_auth_lockout": "no account lockout after 5 failed logins",
     # topics (helper "topics")
     "misc_topic_cleanup_job": "system.jobs missing (the topic_cleanup job row)",
-    "smoke_topic_sql_consume_getting_started": "FILE type missing",
 }
