@@ -272,7 +272,7 @@ def _flush_table(db: Database, ctx: ExecContext, info: cat.TableInfo, *, compact
 
 def _write_scope(db: Database, ctx: ExecContext, info: cat.TableInfo, owner: str | None, key: str, prev,
                  flushed: int, newest: int, where: str, args: list, compact: bool) -> int:
-    import pyarrow as pa  # imported on first flush: pyarrow costs ~0.3 s to import
+    import pyarrow as pa  # imported on first flush: pyarrow costs ~0.2 s to import
     import pyarrow.parquet as pq
 
     from kalamdb.engine.parquet import arrow_schema, to_arrow_columns
