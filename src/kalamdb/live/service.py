@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import orjson
-
 from kalamdb.engine.changes import Applied, Change, ChangeFeed, FeedEvent, Reset, ResumeTooOld, TableDropped
 from kalamdb.errors import KalamError
 from kalamdb.live import protocol as p
@@ -53,7 +51,6 @@ READ_CONCURRENCY = 8  # initial-data and change-log reads in flight per node
 APPLIED_WAIT_S = 10.0
 UNSAFE_ENV = "KALAMDB_UNSAFE_LIVE"
 UNSAFE_MODES = ("drop-buffered", "skip-resume")
-_SYSTEM = None  # set lazily: the principal internal catalog reads run as
 
 
 class LiveSource(Protocol):
@@ -80,6 +77,10 @@ class LiveSource(Protocol):
     def register_system_table(self, name: str, columns: list[tuple[str, str]],
                               rows: Callable[[], list[tuple]]) -> None: ...
 
+    @property
+    def published_catalog(self) -> Any:
+        """The applied catalog (`.tables[(ns, name)]` -> a TableInfo)."""
+
 
 def unsafe_mode() -> str | None:
     """A deliberately broken delivery (for proving the live checker bites), from KALAMDB_UNSAFE_LIVE."""
@@ -87,15 +88,6 @@ def unsafe_mode() -> str | None:
     if mode is not None and mode not in UNSAFE_MODES:
         raise ValueError(f"{UNSAFE_ENV}={mode!r}: expected one of {', '.join(UNSAFE_MODES)}")
     return mode
-
-
-def _system_principal() -> Any:
-    global _SYSTEM
-    if _SYSTEM is None:
-        from kalamdb.engine.database import Principal
-
-        _SYSTEM = Principal("root", "root", "system")
-    return _SYSTEM
 
 
 class LiveService:
@@ -255,17 +247,11 @@ class LiveService:
                 raise LiveError(p.UNAUTHORIZED, f"Permission denied: Cannot subscribe to system table '{tid}': "
                                 "insufficient privileges. Only DBA and system roles can subscribe to system tables.")
             return TableShape(q.table_id, "SYSTEM", (), {})
-        prepared = self.db.prepare(
-            "SELECT table_type, columns, primary_key, options FROM system.tables "
-            "WHERE namespace_id = $1 AND table_name = $2", [q.namespace, q.table], None, _system_principal())
-        _, results = await self._read(prepared)
-        rows = results[0]["rows"] if results else []
-        if not rows:
+        info = self.db.published_catalog.tables.get((q.namespace, q.table))  # the applied catalog
+        if info is None:
             raise LiveError(p.NOT_FOUND, f"Not found: Table not found: {tid}")
-        table_type, columns, pk, options = rows[0]
-        columns = orjson.loads(columns) if isinstance(columns, str) else columns
-        options = orjson.loads(options) if isinstance(options, str) else (options or {})
-        shape = make_shape(q.table_id, table_type, columns, pk, options)
+        columns = [dict(c.__dict__) for c in info.columns]
+        shape = make_shape(q.table_id, info.table_type, columns, info.primary_key, info.options)
         if shape.table_type == "SHARED":
             level = (shape.access_level or "PRIVATE").lower()
             allowed = {"public": ("user", "service", "dba", "system"), "dba": ADMIN_ROLES}.get(
