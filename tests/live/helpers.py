@@ -43,8 +43,12 @@ class Ws:
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
-        ws = await session.ws_connect(url.replace("http://", "ws://") + "/v1/ws" + query, headers=hdrs,
-                                      autoping=True, max_msg_size=64 << 20)
+        try:
+            ws = await session.ws_connect(url.replace("http://", "ws://") + "/v1/ws" + query, headers=hdrs,
+                                          autoping=True, max_msg_size=64 << 20)
+        except BaseException:
+            await session.close()
+            raise
         return cls(session, ws, "serialization=msgpack" in query)
 
     async def send(self, message: dict) -> None:
