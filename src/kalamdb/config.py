@@ -57,6 +57,10 @@ class LoggingSection:
 class LimitsSection:
     # a request body larger than this is refused with 413 before it is parsed
     max_body_bytes: int = 4 * 1024 * 1024
+    # admission control (server/admission.py): SQL threads, waiting requests, one user's requests
+    sql_workers: int = 4
+    max_queued_requests: int = 512
+    max_requests_per_user: int = 128
 
 
 @dataclass
@@ -84,6 +88,9 @@ ENV_VARS: dict[str, str] = {
     "KALAMDB_JWT_EXPIRY_HOURS": "auth.jwt_expiry_hours",
     "KALAMDB_LOG": "logging.level",
     "KALAMDB_MAX_BODY_BYTES": "limits.max_body_bytes",
+    "KALAMDB_SQL_WORKERS": "limits.sql_workers",
+    "KALAMDB_MAX_QUEUED_REQUESTS": "limits.max_queued_requests",
+    "KALAMDB_MAX_REQUESTS_PER_USER": "limits.max_requests_per_user",
 }
 
 
@@ -199,6 +206,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("auth.jwt_secret", "must be at least 16 characters")
     if cfg.limits.max_body_bytes < 1024:
         raise ConfigError("limits.max_body_bytes", "must be at least 1024")
+    for name in ("sql_workers", "max_queued_requests", "max_requests_per_user"):
+        if getattr(cfg.limits, name) < 1:
+            raise ConfigError(f"limits.{name}", "must be at least 1")
 
 
 def prepare_data_dir(cfg: Config) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -14,9 +14,14 @@ from kalamdb.errors import KalamError
 from kalamdb.node.cluster_view import add_node_report_route
 from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
+from kalamdb.server.admission import SqlWorkers
 from kalamdb.server.auth import Authenticator, is_local_address
 from kalamdb.server.cluster_routes import add_cluster_routes
 from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Database
+    from kalamdb.node.api import Node
 
 log = logging.getLogger("kalamdb.server")
 
@@ -31,12 +36,15 @@ STATE_KEY: web.AppKey[ServerState] = web.AppKey("kalamdb_state")
 class ServerState:
     """Everything a request handler may need; one per server process."""
 
-    def __init__(self, *, db: Any, node: Any, authenticator: Authenticator, max_body_bytes: int):
+    def __init__(self, *, db: Database, node: Node, authenticator: Authenticator, max_body_bytes: int,
+                 workers: SqlWorkers | None = None):
         self.db = db
         self.node = node
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
-        self.sql = SqlHandler(db=db, node=node, authenticator=authenticator, max_body_bytes=max_body_bytes)
+        self.workers = workers or SqlWorkers()
+        self.sql = SqlHandler(db=db, node=node, authenticator=authenticator, max_body_bytes=max_body_bytes,
+                              workers=self.workers)
 
 
 def create_app(state: ServerState) -> web.Application:
@@ -65,7 +73,8 @@ async def _metrics(request: web.Request) -> web.Response:
     if not is_local_address(request.remote):
         return responses.error(KalamError("PERMISSION_DENIED", "Metrics are answered only to localhost"))
     state = request.app[STATE_KEY]
-    return web.Response(text=metrics.render(state.sql.metrics, state.node), content_type="text/plain")
+    return web.Response(text=metrics.render(state.sql.metrics, {**state.node.stats(), **state.workers.stats()},
+                                            applied_index=state.node.applied_index), content_type="text/plain")
 
 
 async def _login(request: web.Request) -> web.Response:

@@ -6,13 +6,12 @@ validation of the SQL itself belongs to the engine's `prepare`, which raises the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -20,11 +19,18 @@ from aiohttp import web
 from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
 from kalamdb.server import responses
+from kalamdb.server.admission import Overloaded, SqlWorkers
 from kalamdb.server.metrics import SqlMetrics
+from kalamdb.sql import statements as st
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Database, Prepared, Principal
+    from kalamdb.node.api import Node
+    from kalamdb.server.auth import Authenticator
+    from kalamdb.server.forward import Forwarder
 
 log = logging.getLogger("kalamdb.sql")
 
-_USER_DDL = re.compile(r"\b(?:CREATE|ALTER|DROP)\s+USER\b(?!\s+TABLE)", re.IGNORECASE)
 _PASSWORD_LITERAL = re.compile(r"(PASSWORD\s*)'(?:[^']|'')*'?", re.IGNORECASE)
 
 
@@ -88,22 +94,16 @@ def parse_sql_request(body: Any) -> SqlRequest:
     return SqlRequest(sql, params, namespace or None, consistency.lower() if consistency else None, min_index)
 
 
-_USER_TAGS = frozenset({"create_user", "alter_user", "drop_user"})
+_USER_STATEMENTS = (st.CreateUser, st.AlterUser, st.DropUser)
 
 
-def touches_users(prepared: Any, sql: str) -> bool:
+def touches_users(prepared: Prepared, sql: str | None = None) -> bool:
     """Whether a write may have changed users/passwords/roles (cached credentials must go).
-    Decided on the parsed statements (EXECUTE AS unwrapped); the SQL text is the fallback."""
-    flag = getattr(prepared, "touches_users", None)
-    if flag is not None:
-        return bool(flag)
-    statements = getattr(prepared, "statements", None)
-    if statements is None:
-        return _USER_DDL.search(sql) is not None
-    for statement in statements:
-        while getattr(statement, "inner", None) is not None:
+    Decided on the parsed statements, EXECUTE AS unwrapped."""
+    for statement in prepared.statements:
+        while isinstance(statement, st.ExecuteAs):
             statement = statement.inner
-        if getattr(statement, "tag", None) in _USER_TAGS:
+        if isinstance(statement, _USER_STATEMENTS):
             return True
     return False
 
@@ -111,12 +111,14 @@ def touches_users(prepared: Any, sql: str) -> bool:
 class SqlHandler:
     """The endpoint; holds the collaborators so the hot path does no lookups."""
 
-    def __init__(self, *, db: Any, node: Any, authenticator: Any, max_body_bytes: int):
+    def __init__(self, *, db: Database, node: Node, authenticator: Authenticator, max_body_bytes: int,
+                 workers: SqlWorkers):
         self.db = db
         self.node = node
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
-        self.forwarder: Any = None  # set in cluster mode: sends NOT_LEADER requests to the leader
+        self.workers = workers
+        self.forwarder: Forwarder | None = None  # cluster mode: CLUSTER statements to the leader
         self.metrics = SqlMetrics()
 
     async def __call__(self, request: web.Request) -> web.Response:
@@ -131,12 +133,16 @@ class SqlHandler:
             if length is not None and length > self.max_body_bytes:
                 raise _too_large(length, self.max_body_bytes)
             principal = await self.auth.authenticate(request.headers.get("Authorization"), remote=request.remote)
-            req = parse_sql_request(await read_json_body(request, self.max_body_bytes))
-            results, raft_index = await self.run(req, principal)
+            with self.workers.admit(principal.user_id):
+                req = parse_sql_request(await read_json_body(request, self.max_body_bytes))
+                results, raft_index = await self.run(req, principal)
         except KalamError as err:
             if err.code == "NOT_LEADER" and self.forwarder is not None:
                 return await self.forwarder.forward(request, err, (time.perf_counter() - started) * 1000.0)
-            return responses.error(err, (time.perf_counter() - started) * 1000.0)
+            response = responses.error(err, (time.perf_counter() - started) * 1000.0)
+            if isinstance(err, Overloaded):
+                response.headers["Retry-After"] = str(err.retry_after_s)
+            return response
         except Exception as exc:  # noqa: BLE001 - one broken request must not take the server down
             detail = redact(f"{type(exc).__name__}: {exc}")
             log.error("internal error while serving /v1/api/sql: %s\n%s", detail, redact(traceback.format_exc()))
@@ -144,27 +150,28 @@ class SqlHandler:
             return responses.error(err, (time.perf_counter() - started) * 1000.0)
         return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
 
-    async def run(self, req: SqlRequest, principal: Any) -> tuple[list, int | None]:
-        prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
-        cluster_op = getattr(prepared, "cluster_op", None)
-        if cluster_op is not None:
-            return await self.node.cluster(cluster_op, principal), None
-        if not prepared.is_write:
-            results = await self.node.read(
-                prepared, consistency=req.consistency, min_applied_index=req.min_applied_index)
-            return results, None
-        users = touches_users(prepared, req.sql)
-        now_us = clock.now_us()
-        if users:
-            # password hashing (argon2, tens of ms) happens in to_command: keep it off the event loop
-            loop = asyncio.get_running_loop()
-            command = await loop.run_in_executor(
-                None, lambda: self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id))
-        else:
-            command = self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id)
+    async def run(self, req: SqlRequest, principal: Principal) -> tuple[list, int | None]:
+        """Prepare (and for a write, build the command) on a worker; read after the node's
+        consistency barrier, again on a worker; write through the node (Raft)."""
+        user = principal.user_id
+        prepared, command = await self.workers.run(user, self._prepare, req, principal, clock.now_us())
+        if prepared.cluster_op is not None:
+            return await self.node.cluster(prepared.cluster_op, principal), None
+        if command is None:
+            await self.node.read_barrier(prepared, consistency=req.consistency,
+                                         min_applied_index=req.min_applied_index)
+            return await self.workers.run(user, self.db.execute_read, prepared), None
         index, outcome = await self.node.submit(command)
-        if users:
+        if touches_users(prepared):
             self.auth.users_changed()
         if outcome.error is not None:
             raise outcome.error
         return outcome.results, index
+
+    def _prepare(self, req: SqlRequest, principal: Principal, now_us: int) -> tuple[Prepared, bytes | None]:
+        """(worker thread) parse and check the SQL; a write's command with its fixed values (password
+        hashing, tens of ms with argon2, happens here too)."""
+        prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
+        if prepared.cluster_op is not None or not prepared.is_write:
+            return prepared, None
+        return prepared, self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id)
