@@ -73,8 +73,11 @@ async def _metrics(request: web.Request) -> web.Response:
     if not is_local_address(request.remote):
         return responses.error(KalamError("PERMISSION_DENIED", "Metrics are answered only to localhost"))
     state = request.app[STATE_KEY]
-    return web.Response(text=metrics.render(state.sql.metrics, {**state.node.stats(), **state.workers.stats()},
-                                            applied_index=state.node.applied_index), content_type="text/plain")
+    cheap = state.sql.cheap
+    stats = {**state.node.stats(), **state.workers.stats(), "sql_prepared_inline_total": cheap.inline,
+             "sql_prepared_on_workers_total": cheap.offloaded}
+    return web.Response(text=metrics.render(state.sql.metrics, stats, applied_index=state.node.applied_index),
+                        content_type="text/plain")
 
 
 async def _login(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
 from kalamdb.server import responses
 from kalamdb.server.admission import Overloaded, SqlWorkers
+from kalamdb.server.fast_path import CheapStatements
 from kalamdb.server.metrics import SqlMetrics
 from kalamdb.sql import statements as st
 
@@ -118,6 +119,7 @@ class SqlHandler:
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
         self.workers = workers
+        self.cheap = CheapStatements()
         self.forwarder: Forwarder | None = None  # cluster mode: CLUSTER statements to the leader
         self.metrics = SqlMetrics()
 
@@ -151,10 +153,23 @@ class SqlHandler:
         return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
 
     async def run(self, req: SqlRequest, principal: Principal) -> tuple[list, int | None]:
-        """Prepare (and for a write, build the command) on a worker; read after the node's
-        consistency barrier, again on a worker; write through the node (Raft)."""
+        """Prepare (and for a write, build the command) on a worker, or right here for a statement
+        text known to be cheap (server/fast_path.py); read after the node's consistency barrier,
+        on a worker; write through the node (Raft)."""
         user = principal.user_id
-        prepared, command = await self.workers.run(user, self._prepare, req, principal, clock.now_us())
+        now_us = clock.now_us()
+        cheap = self.cheap
+        if cheap.known(req.sql):
+            t0 = time.thread_time()
+            prepared, command = self._prepare(req, principal, now_us)
+            cheap.inline += 1
+            if time.thread_time() - t0 > cheap.max_cpu_s:
+                cheap.forget(req.sql)
+        else:
+            prepared, command, cpu_s = await self.workers.run(user, self._prepare_timed, req, principal, now_us)
+            cheap.offloaded += 1
+            if not touches_users(prepared):
+                cheap.learn(req.sql, cpu_s)
         if prepared.cluster_op is not None:
             return await self.node.cluster(prepared.cluster_op, principal), None
         if command is None:
@@ -167,6 +182,11 @@ class SqlHandler:
         if outcome.error is not None:
             raise outcome.error
         return outcome.results, index
+
+    def _prepare_timed(self, req: SqlRequest, principal: Principal, now_us: int) -> tuple[Prepared, bytes | None, float]:
+        t0 = time.thread_time()
+        prepared, command = self._prepare(req, principal, now_us)
+        return prepared, command, time.thread_time() - t0
 
     def _prepare(self, req: SqlRequest, principal: Principal, now_us: int) -> tuple[Prepared, bytes | None]:
         """(worker thread) parse and check the SQL; a write's command with its fixed values (password
