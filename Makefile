@@ -26,11 +26,14 @@ sim: $(STAMP)
 # 50 consecutive 60 s chaos runs with every fault kind; stops at the first failing seed.
 CHAOS_RUNS ?= 50
 CHAOS_START ?= 1
+CHAOS_NETWORK ?= proxy
+CHAOS_WORKLOADS ?= register,set,bank
 chaos: $(STAMP)
 	@mkdir -p chaos-out; for s in $$(seq $(CHAOS_START) $$(($(CHAOS_START) + $(CHAOS_RUNS) - 1))); do \
 	  echo "== chaos seed $$s"; \
-	  $(BIN)/kalamdb chaos --nodes 3 --time 60 --workload register,set,bank \
-	    --faults partition,kill,pause,delay,loss,disk,cpu,memory,clock --seed $$s --out chaos-out/seed-$$s \
+	  $(BIN)/kalamdb chaos --nodes 3 --time 60 --workload $(CHAOS_WORKLOADS) \
+	    --faults partition,kill,pause,delay,loss,disk,cpu,memory,clock --network $(CHAOS_NETWORK) \
+	    --seed $$s --out chaos-out/seed-$$s \
 	    || { echo "chaos seed $$s FAILED: see chaos-out/seed-$$s/report.html"; exit 1; }; \
 	done
 

@@ -126,6 +126,7 @@ def _sql_body(text: str, params: list | None, namespace_id: str | None, extra: d
 class _Credentials:
     def __init__(self, user: str | None, password: str | None, token: str | None):
         self.token = token
+        self.user, self.password = user, password
         self.basic = None
         if user is not None:
             raw = f"{user}:{password or ''}".encode()
@@ -158,6 +159,11 @@ class Client:
     @property
     def token(self) -> str | None:
         return self._creds.token
+
+    @property
+    def credentials(self) -> _Credentials:
+        """What this client authenticates with (user and password, or a token)."""
+        return self._creds
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Response:
         """One request. Never retried: after a connection error nobody knows whether a write was
@@ -252,6 +258,20 @@ class AsyncClient:
 
     async def health(self) -> Response:
         return await self._request("GET", HEALTH_PATH, None, {})
+
+    def subscribe(self, sql: str, *, urls: list[str] | None = None, **options: Any):
+        """A live query (`kalamdb.live.client.LiveSubscription`): use it as `async with` and iterate
+        its events. It authenticates with this client's token, or logs in with its user and password
+        (again when the token expires); `urls` lists the nodes it may reconnect to (default: this
+        client's URL). Options: batch_size, last_rows, from_seq, initial_data, subscription_id,
+        serialization ("json" | "msgpack"), compress, reconnect."""
+        from kalamdb.live.client import LiveSubscription
+
+        creds = self._creds
+        auth: dict[str, Any] = {"token": creds.token}
+        if creds.user is not None:
+            auth.update(user=creds.user, password=creds.password)
+        return LiveSubscription(urls or [self.url], sql, **auth, **options)
 
     async def close(self) -> None:
         if self._session is not None:

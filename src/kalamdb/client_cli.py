@@ -147,7 +147,7 @@ def _expanded_command(display: Display, args: list[str]) -> str:
 
 def shell(client: Client, namespace: str | None, display: Display | None = None, read_line=input) -> None:
     """Read statements ending with ';' and run them; `\\q` or EOF quits, `USE ns` switches namespace,
-    `\\x [on|off|auto]` sets the expanded display."""
+    `\\x [on|off|auto]` sets the expanded display, `\\subscribe <sql>` watches a live query."""
     display = display or Display()
     buffer: list[str] = []
     while True:
@@ -162,8 +162,11 @@ def shell(client: Client, namespace: str | None, display: Display | None = None,
             word, *args = line.strip().split()
             if word == "\\x":
                 click.echo(_expanded_command(display, args))
+            elif word == "\\subscribe":
+                _subscribe_command(client, line.strip()[len(word):])
             else:
-                click.echo(f"unknown command {word}: \\x [on|off|auto] sets the expanded display, \\q quits")
+                click.echo(f"unknown command {word}: \\x [on|off|auto] sets the expanded display, "
+                           "\\subscribe <sql> watches a live query, \\q quits")
             continue
         buffer.append(line)
         text = "\n".join(buffer).strip()
@@ -179,6 +182,18 @@ def shell(client: Client, namespace: str | None, display: Display | None = None,
             click.echo(f"connection failed: {exc}", err=True)
 
 
+def _subscribe_command(client: Client, sql: str) -> None:
+    """`\\subscribe SELECT ... FROM ns.table [WHERE ...]`: print rows and changes until Ctrl-C."""
+    from kalamdb.live.watch import run_watch
+
+    sql = sql.strip().rstrip(";").strip()
+    if not sql:
+        click.echo("usage: \\subscribe SELECT * FROM namespace.table [WHERE ...]")
+        return
+    creds = client.credentials
+    run_watch(client.url, sql, user=creds.user, password=creds.password, token=creds.token, out=click.echo)
+
+
 @click.command("sql")
 @click.argument("statement", required=False)
 @click.option("--url", default=lambda: os.environ.get("KALAMDB_URL", "http://127.0.0.1:8080"),
@@ -192,7 +207,8 @@ def shell(client: Client, namespace: str | None, display: Display | None = None,
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer (wire encoding).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print rows as CSV (messages and errors on stderr).")
 def sql_command(statement, url, user, password, namespace, expanded, as_json, as_csv) -> None:
-    """Run STATEMENT (use '-' to read it from stdin), or start an interactive shell."""
+    """Run STATEMENT (use '-' to read it from stdin), or start an interactive shell (where
+    `\\subscribe <sql>` watches a live query)."""
     if as_json and as_csv:
         raise click.UsageError("give either --json or --csv, not both")
     display = Display(fmt="json" if as_json else "csv" if as_csv else "table", expanded="on" if expanded else "auto")

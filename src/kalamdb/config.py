@@ -61,6 +61,10 @@ class LimitsSection:
     sql_workers: int = 4
     max_queued_requests: int = 512
     max_requests_per_user: int = 128
+    # an HTTP connection with no request running (idle, or stuck in its headers) is closed after this
+    http_idle_timeout_s: float = 30.0  # above the forwarder's 15 s idle replacement (server/forward.py)
+    # one client address may hold at most this many HTTP connections
+    max_connections_per_address: int = 1024
 
 
 @dataclass
@@ -209,13 +213,18 @@ def validate(cfg: Config) -> None:
     for name in ("sql_workers", "max_queued_requests", "max_requests_per_user"):
         if getattr(cfg.limits, name) < 1:
             raise ConfigError(f"limits.{name}", "must be at least 1")
+    if not 0.1 <= cfg.limits.http_idle_timeout_s <= 3600:
+        raise ConfigError("limits.http_idle_timeout_s", "must be between 0.1 and 3600 seconds")
+    if cfg.limits.max_connections_per_address < 1:
+        raise ConfigError("limits.max_connections_per_address", "must be at least 1")
 
 
 def prepare_data_dir(cfg: Config) -> Path:
     """Create the data directory and prove it is writable (a probe file is written and fsynced)."""
     path = cfg.data_path
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.chmod(0o700)  # also when it existed: the database holds password hashes
         probe = path / ".write_probe"
         with open(probe, "wb") as fh:
             fh.write(b"ok")

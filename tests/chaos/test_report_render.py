@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import random
 import re
 import shutil
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from kalamdb.chaos.elle import check_txns
+from kalamdb.chaos.elle.history import pair_txn_events
 from kalamdb.chaos.history import Event
 from kalamdb.chaos.report import quantile, render, sample, spans, write_report
 
@@ -32,11 +35,26 @@ def _history(rng: random.Random, n_ops: int = 300, clients: int = 4) -> list[Eve
     return events
 
 
-def _results(cex: str | None = None) -> dict:
+def _elle_checker() -> dict:
+    """A real transactional checker result: a G-single (read skew) and a stale read."""
+    events = [Event("invoke", 1, "txn", None, [["append", 1, 1], ["append", 2, 1]]),
+              Event("invoke", 2, "txn", None, [["r", 1, None], ["r", 2, None]]),
+              Event("ok", 1, "txn", None, [["append", 1, 1], ["append", 2, 1]]),
+              Event("ok", 2, "txn", None, [["r", 1, [1]], ["r", 2, []]]),
+              Event("invoke", 3, "txn", None, [["r", 2, None]]),
+              Event("ok", 3, "txn", None, [["r", 2, [1]]])]
+    res = check_txns(pair_txn_events(events)[0])
+    return {"name": "elle", "workload": "append", "valid": False, "summary": res.summary(),
+            "anomalies": res.anomalies, "counterexample": res.format()}
+
+
+def _results(cex: str | None = None, elle: bool = False) -> dict:
     checkers = [{"name": "set-full", "workload": "set", "valid": True, "summary": "set-full: valid"}]
     if cex:
         checkers.append({"name": "linearizability", "workload": "register", "valid": False,
                          "summary": "NOT_LINEARIZABLE", "counterexample": cex})
+    if elle:
+        checkers.append(_elle_checker())
     return {"seed": SEED, "t0_ns": T0, "exit_code": 1 if cex else 0, "events": 600,
             "config": {"nodes": 2, "clients_per_node": 2, "time": 10},
             "windows": [{"kind": "partition", "target": "one", "nodes": [2], "start": 1.0, "end": 3.5, "params": {}},
@@ -54,6 +72,25 @@ def test_every_operation_and_fault_window_is_drawn():
     assert '<pre id=\'counterexample\'>' in page and "&lt;stale&gt;" in page  # escaped, not markup
     assert "VIOLATION" in page
     assert not re.search(r"<script|https?://(?!www\.w3\.org/2000/svg)", page), "must be self-contained"
+
+
+def test_anomaly_graph_draws_each_cycle_with_labelled_edges():
+    page = render(_history(random.Random(SEED)), _results(elle=True))
+    assert page.count("<section id='anomaly-graph'>") == 1
+    checker = _elle_checker()
+    cycles = [c for cases in checker["anomalies"].values() for c in cases if "steps" in c]
+    assert cycles, checker["summary"]
+    assert page.count('class="cycle"') == len(cycles)
+    edges = sum(len(c["steps"]) for c in cycles)
+    assert page.count('<path class="edge ') == edges
+    for rel in ("rw", "wr"):
+        assert f'<path class="edge {rel}"' in page
+    # every reason is on the page, escaped
+    for c in cycles:
+        for step in c["steps"]:
+            assert html.escape(step["text"], quote=True) in page
+    assert "did not observe" in page or "initial (empty) state" in page
+    assert "anomaly-graph" not in render(_history(random.Random(SEED)), _results())
 
 
 def test_spans_pair_per_process_and_keep_open_operations():
@@ -76,14 +113,16 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (CI must apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path: Path):
     rng = random.Random(SEED)
-    path = write_report(tmp_path, _history(rng), _results("key 1:\ncannot linearize: read 1 -> 3"))
+    path = write_report(tmp_path, _history(rng), _results("key 1:\ncannot linearize: read 1 -> 3", elle=True))
     base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*base, "--dump-dom", path.as_uri()], check=False, capture_output=True, text=True, timeout=90)
     assert dom.returncode == 0, dom.stderr[-2000:]
     # the browser parsed the page into a DOM with the charts as SVG elements
-    for element_id in ("timeline", "latency", "throughput", "checkers", "quantiles", "counterexample"):
+    for element_id in ("timeline", "latency", "throughput", "checkers", "quantiles", "counterexample",
+                       "anomaly-graph", "cycle-0"):
         assert f'id="{element_id}"' in dom.stdout, element_id
+    assert dom.stdout.count('class="edge ') >= 2  # the cycle's arrows are SVG paths in the DOM
     assert dom.stdout.count("<rect") >= 300
     shot = tmp_path / "shot.png"
     res = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()],

@@ -4,7 +4,7 @@ writing; the linearizability checker must find it (exit 1 with a counterexample)
 seed in the safe mode must pass (exit 0).
 
 Clients are pinned to nodes (two per node), so the isolated follower's clients keep reading from it.
-The seed is fixed (override with KALAMDB_TEST_SEED); docs/RELIABILITY.md reports the detection
+The seed is fixed (override with KALAMDB_SEED); docs/RELIABILITY.md reports the detection
 rate over many seeds."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kalamdb.chaos.runner import EXIT_PASS, EXIT_VIOLATION, ChaosConfig, schedul
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
-SEED = int(os.environ.get("KALAMDB_TEST_SEED", "7"))
+SEED = int(os.environ.get("KALAMDB_SEED", "7"))
 SCENARIO = {"time": 15, "workloads": ["register"], "faults": ["partition", "pause"], "seed": SEED}
 
 

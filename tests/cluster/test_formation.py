@@ -9,7 +9,7 @@ pytestmark = pytest.mark.cluster
 
 def test_three_processes_form_one_cluster_with_one_leader(fresh_cluster):
     c = fresh_cluster
-    leader = c.wait_for_leader()
+    leader = c.leader()
     seen: dict[str, object] = {}
 
     def all_active() -> tuple[bool, str]:
@@ -44,8 +44,8 @@ def test_peers_join_as_learners_then_become_voters(fresh_cluster):
 def test_a_restarted_node_never_bootstraps_again(fresh_cluster):
     c = fresh_cluster
     r = c.execute_sql_on_leader("CREATE NAMESPACE boot_once").raise_for_error()
-    c.kill_all()
-    c.restart_all()
+    c.processes.kill("all")
+    c.processes.restart_all()
     log = c.get_node(0).log_path.read_text()
     assert log.count("bootstraps a one-voter cluster") == 1
     local = c.get_node(0).sql("SHOW NAMESPACES", consistency="local", min_applied_index=r.raft_index)
@@ -67,8 +67,8 @@ def test_five_processes_form_one_cluster_and_replicate_to_all(fresh_cluster):
     report = c.verify_data_consistency(f"SELECT id FROM {ns}.t ORDER BY id")
     assert report and report.rows == [(str(i),) for i in range(5)] and len(report.row_counts) == 5, report
     # a 5-node cluster survives two failures
-    c.kill(leader.index)
-    c.kill(c.followers()[0].index)
+    c.processes.kill(leader)
+    c.processes.kill(c.followers()[0])
     assert len(c.running_nodes()) == 3
     c.execute_sql_on_random(f"INSERT INTO {ns}.t (id) VALUES (99)").raise_for_error()
     assert len(c.verify_data_consistency(f"SELECT id FROM {ns}.t").rows) == 6

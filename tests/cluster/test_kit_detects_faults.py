@@ -28,7 +28,7 @@ def test_a_tampered_replica_is_named_with_its_differing_rows(fresh_cluster):
     assert c.verify_state_digest()
 
     victim = c.get_node(2)
-    c.stop(victim.index)
+    c.processes.stop(victim)
     db = sqlite3.connect(victim.data_dir / "state.sqlite")
     try:
         with db:
@@ -36,7 +36,7 @@ def test_a_tampered_replica_is_named_with_its_differing_rows(fresh_cluster):
             assert db.execute(f'DELETE FROM "{ns}.t" WHERE id = 3').rowcount == 1
     finally:
         db.close()
-    c.start(victim.index)
+    c.processes.start(victim)
 
     report = c.verify_data_consistency(query)
     assert not report, f"tampering went unnoticed: {report}"
@@ -53,12 +53,13 @@ def test_a_tampered_replica_is_named_with_its_differing_rows(fresh_cluster):
     assert "DIFFER" in str(digests)
 
 
+@pytest.mark.process_control
 def test_a_barrier_over_a_paused_node_times_out_naming_it_and_its_lag(cluster):
     ns = cluster.unique_namespace("hung")
     first = cluster.execute_sql_on_leader(f"CREATE NAMESPACE {ns}").raise_for_error()
     cluster.wait_for_replication(first.raft_index)
     hung = cluster.followers()[-1]
-    cluster.pause(hung.index)
+    cluster.processes.pause(hung)
     try:
         cluster.execute_sql_on_leader(f"CREATE SHARED TABLE {ns}.t (id BIGINT PRIMARY KEY)").raise_for_error()
         last = cluster.execute_sql_on_leader(f"INSERT INTO {ns}.t (id) VALUES (1)").raise_for_error()
@@ -67,7 +68,7 @@ def test_a_barrier_over_a_paused_node_times_out_naming_it_and_its_lag(cluster):
             cluster.wait_for_replication(last.raft_index, timeout=1.0)
         took = time.monotonic() - t0
     finally:
-        cluster.resume(hung.index)
+        cluster.processes.resume(hung)
     message = str(err.value)
     assert f"node {hung.node_id} (paused)" in message, message
     assert f"index {last.raft_index}" in message and "behind by at least" in message, message
@@ -81,14 +82,14 @@ def test_a_barrier_over_a_paused_node_times_out_naming_it_and_its_lag(cluster):
 def test_leader_helpers_never_return_a_paused_or_unconfirmed_leader(fresh_cluster):
     c = fresh_cluster
     old = c.leader()
-    c.pause(old.index)
+    c.processes.pause(old)
     try:
         new = c.leader(timeout=10)
         assert new is not old and not new.paused
         assert new.is_leader()
         assert old not in c.followers() or old.paused
         # with two of three nodes hung the one left cannot be a confirmed leader
-        c.pause(new.index)
+        c.processes.pause(new)
         try:
             t0 = time.monotonic()
             with pytest.raises(ClusterError) as err:
@@ -96,9 +97,9 @@ def test_leader_helpers_never_return_a_paused_or_unconfirmed_leader(fresh_cluste
             assert time.monotonic() - t0 < 4.0
             assert "majority" in str(err.value) or "no node knows a leader" in str(err.value), err.value
         finally:
-            c.resume(new.index)
+            c.processes.resume(new)
     finally:
-        c.resume(old.index)
+        c.processes.resume(old)
     # both back: exactly one node claims leadership and everyone names it
     lead = c.leader(timeout=10)
     claims = [n.node_id for n in c.nodes if n.is_leader()]
@@ -107,7 +108,7 @@ def test_leader_helpers_never_return_a_paused_or_unconfirmed_leader(fresh_cluste
 
 def test_a_stopped_node_answers_node_down_in_execute_sql_on_all(fresh_cluster):
     c = fresh_cluster
-    c.kill(1)
+    c.processes.kill(1)
     answers = c.execute_sql_on_all("SELECT 1")
     assert [a.ok for a in answers] == [True, False, True]
     assert answers[1].error["code"] == "NODE_DOWN"

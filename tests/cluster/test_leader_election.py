@@ -25,9 +25,9 @@ def test_killing_the_leader_elects_one_new_leader_and_loses_nothing(fresh_cluste
     old = c.leader()
     old_term = int(old.health()["current_term"])
     t0 = time.monotonic()
-    c.kill(old.index)
+    c.processes.kill(old)
     survivors = [n for n in c.nodes if n is not old]
-    new = c.wait_for_leader(timeout=5, among=survivors)
+    new = c.leader(timeout=5, among=survivors)
     elected_s = time.monotonic() - t0
     assert new is not old
     assert elected_s < 2.0, f"new leader after {elected_s:.2f}s"
@@ -36,7 +36,7 @@ def test_killing_the_leader_elects_one_new_leader_and_loses_nothing(fresh_cluste
     assert all(t > old_term for t in _terms(c).values()), (old_term, _terms(c))
     more = insert_ids(c, ns, list(range(200, 300)), nodes=survivors)
     assert more == list(range(200, 300))
-    c.start(old.index)
+    c.processes.start(old)
     index = c.wait_for_replication()
     assert c.leader() is new  # the old leader rejoined as a follower
     for node in c.nodes:

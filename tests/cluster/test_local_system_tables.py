@@ -18,7 +18,7 @@ def test_system_tables_are_answered_locally_without_a_reachable_leader(make_clus
     c.wait_for_replication()
     lone = c.get_node(0)
     for n in c.nodes[1:]:
-        c.pause(n.index)  # SIGSTOP: node 1 can reach nobody
+        c.processes.pause(n)  # SIGSTOP: node 1 can reach nobody
     try:
         t0 = time.monotonic()
         rows = lone.sql("SELECT node_id, is_self FROM system.cluster ORDER BY node_id")
@@ -29,4 +29,4 @@ def test_system_tables_are_answered_locally_without_a_reachable_leader(make_clus
         assert data.http_status == 503, data
     finally:
         for n in c.nodes[1:]:
-            c.resume(n.index)
+            c.processes.resume(n)

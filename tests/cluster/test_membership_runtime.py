@@ -30,7 +30,7 @@ def test_a_joining_node_is_a_learner_in_system_cluster_until_it_caught_up(fresh_
     c = fresh_cluster
     leader = c.leader()
     new = c.new_node()
-    c.pause(new.index)  # it cannot catch up, so it stays a learner while we look
+    c.processes.pause(new)  # it cannot catch up, so it stays a learner while we look
     answer = {}
 
     def join():
@@ -48,7 +48,7 @@ def test_a_joining_node_is_a_learner_in_system_cluster_until_it_caught_up(fresh_
         h = leader.health()
         assert h["voters"] == [1, 2, 3] and h["learners"] == [new.node_id], h
     finally:
-        c.resume(new.index)
+        c.processes.resume(new)
         joiner.join(60)
     assert answer["r"].ok and "as a voter" in answer["r"].results[0]["message"], answer
     c.wait_for_voters({1, 2, 3, 4})
@@ -69,7 +69,7 @@ def test_a_node_down_during_create_and_inserts_applies_the_create_first(fresh_cl
     """Upstream bug: a rejoining node could apply a data write before the DDL that created its table."""
     c = fresh_cluster
     down = c.followers()[-1]
-    c.kill(down.index)
+    c.processes.kill(down)
     ns = c.unique_namespace("rejoin")
     c.execute_sql_on_leader(f"CREATE NAMESPACE {ns}").raise_for_error()
     c.execute_sql_on_leader(f"CREATE USER TABLE {ns}.notes (id BIGINT PRIMARY KEY, body TEXT)").raise_for_error()
@@ -78,7 +78,7 @@ def test_a_node_down_during_create_and_inserts_applies_the_create_first(fresh_cl
         last = c.execute_sql_on_leader(f"INSERT INTO {ns}.notes (id, body) VALUES ({i}, 'n{i}')").raise_for_error()
     if via_snapshot:
         c.execute_sql_on_leader("CLUSTER SNAPSHOT").raise_for_error()
-    c.start_node(down.index)
+    c.processes.start(down)
     got = down.sql(f"SELECT COUNT(*) FROM {ns}.notes", consistency="local", min_applied_index=last.raft_index)
     assert got.raise_for_error().rows == [["50"]], got
     log = down.log_path.read_text()

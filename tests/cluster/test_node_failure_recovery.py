@@ -19,18 +19,18 @@ def test_a_killed_follower_catches_up_from_the_log_then_from_a_snapshot(fresh_cl
     ns = c.unique_namespace("cu")
     setup_table(c, ns)
     follower = c.followers()[0]
-    c.kill(follower.index)
+    c.processes.kill(follower)
     up = [n for n in c.nodes if n.is_running()]
     acked = insert_ids(c, ns, list(range(ROWS_WHILE_DOWN)), nodes=up, clients=16)
     assert len(acked) == ROWS_WHILE_DOWN
-    c.start(follower.index)
+    c.processes.start(follower)
     index = c.wait_for_replication(timeout=30)
     assert local_ids(follower, ns, index) == list(range(ROWS_WHILE_DOWN))
     assert "installed snapshot" not in follower.log_path.read_text()  # caught up from the log
     assert c.verify_state_digest()
 
     # again, but the leader snapshots and purges its log while the follower is down
-    c.kill(follower.index)
+    c.processes.kill(follower)
     more = insert_ids(c, ns, list(range(ROWS_WHILE_DOWN, ROWS_WHILE_DOWN + 500)), nodes=up, clients=16)
     assert len(more) == 500
     leader = c.leader()
@@ -38,7 +38,7 @@ def test_a_killed_follower_catches_up_from_the_log_then_from_a_snapshot(fresh_cl
     assert "Snapshot taken" in snap.results[0]["message"]
     purged = leader.sql(f"CLUSTER PURGE {leader.applied_index()}").raise_for_error()
     assert "purged" in purged.results[0]["message"]
-    c.start(follower.index)
+    c.processes.start(follower)
     index = c.wait_for_replication(timeout=30)
     assert "installed snapshot" in follower.log_path.read_text()
     assert local_ids(follower, ns, index) == list(range(ROWS_WHILE_DOWN + 500))
@@ -51,7 +51,7 @@ def test_a_restarted_follower_rejoins_with_its_state(fresh_cluster):
     setup_table(c, ns)
     acked = insert_ids(c, ns, list(range(100)))
     follower = c.followers()[-1]
-    c.restart(follower.index)  # graceful stop, start on the same data dir and ports
+    c.processes.restart(follower)  # graceful stop, start on the same data dir and ports
     assert c.leader() is not follower or follower.is_leader()
     acked += insert_ids(c, ns, list(range(100, 150)), nodes=[follower])  # forwarded by the restarted node
     index = c.wait_for_replication()
@@ -64,7 +64,7 @@ def test_a_node_cut_off_from_the_others_acknowledges_nothing_and_answers_in_time
     setup_table(c, ns)
     lone = c.get_node(0)
     for n in c.nodes[1:]:
-        c.pause(n.index)  # SIGSTOP: node 1 can reach nobody
+        c.processes.pause(n)  # SIGSTOP: node 1 can reach nobody
     try:
         t0 = time.monotonic()
         r = lone.sql(f"INSERT INTO {ns}.t (id, v) VALUES (1, 'lost?')")
@@ -74,8 +74,8 @@ def test_a_node_cut_off_from_the_others_acknowledges_nothing_and_answers_in_time
         assert took < 15, f"answered after {took:.1f}s"
     finally:
         for n in c.nodes[1:]:
-            c.resume(n.index)
-    c.wait_for_leader(timeout=10)
+            c.processes.resume(n)
+    c.leader(timeout=10)
     index = c.wait_for_replication(timeout=20)
     # if the write was reported indefinite it may exist; if definite it must not
     ids = local_ids(c.get_node(1), ns, index)

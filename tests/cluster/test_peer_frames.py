@@ -8,6 +8,8 @@ import struct
 import msgpack
 import pytest
 
+from kalamdb.testing.process import NodeProcess
+
 pytestmark = pytest.mark.cluster
 
 
@@ -34,7 +36,7 @@ def _talk(port: int, payload: bytes) -> bytes:
 def test_forged_oversized_and_malformed_frames_are_refused(cluster):
     c = cluster
     target = c.get_node(1)
-    if not hasattr(target, "rpc_port"):
+    if not isinstance(target, NodeProcess):
         pytest.skip("needs the node's Raft port, which an external cluster's URLs do not give the kit")
     garbage = [
         b"\x00\x00\x00\x05hello",  # not msgpack
@@ -44,7 +46,7 @@ def test_forged_oversized_and_malformed_frames_are_refused(cluster):
         b"GET / HTTP/1.1\r\n\r\n",
     ]
     for g in garbage:
-        _talk(target.rpc_port, g)
+        _talk(target.placement.rpc_port, g)
     assert target.is_running()
     # the cluster still replicates through that node
     ns = c.unique_namespace("frames")

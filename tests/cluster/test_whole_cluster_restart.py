@@ -17,7 +17,7 @@ def test_the_whole_cluster_restarted_keeps_every_acknowledged_write(fresh_cluste
     setup_table(c, ns)
     acked = insert_ids(c, ns, list(range(300)))
     assert len(acked) == 300
-    c.restart_all(kill=crash)
+    c.processes.restart_all(kill=crash)
     index = c.wait_for_replication(timeout=20)
     for node in c.nodes:
         assert local_ids(node, ns, index) == acked

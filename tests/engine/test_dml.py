@@ -115,7 +115,8 @@ def test_select_features(node):
 def test_multi_statement_results_and_stop_on_failure(node):
     node.sql("CREATE TABLE t (id INT PRIMARY KEY)")
     res = node.sql("INSERT INTO t (id) VALUES (1), (2); UPDATE t SET id = id WHERE id > 0; DELETE FROM t WHERE id = 1")
-    assert [r["message"] for r in res] == ["Inserted 2 row(s)", "Updated 2 row(s)", "Deleted 1 row(s)"]
+    # an UPDATE that leaves rows as they were updates nothing (as upstream reports it)
+    assert [r["message"] for r in res] == ["Inserted 2 row(s)", "Updated 0 row(s)", "Deleted 1 row(s)"]
     err = node.error("INSERT INTO t (id) VALUES (5); INSERT INTO t (id) VALUES (2); INSERT INTO t (id) VALUES (6)")
     assert err.message.startswith("Statement 2 failed: Primary key violation")
     # statements before the failure stay (each statement commits on its own), the failing one and the
@@ -229,19 +230,34 @@ def test_runaway_statement_is_stopped_identically(node, monkeypatch):
 
     monkeypatch.setattr(limits, "WRITE_STEP_BUDGET", 2_000_000)
     node.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
-    err = node.error("INSERT INTO t (id, v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
-                     "SELECT x, x FROM c")
-    assert "execution budget" in err.message
-    assert node.rows("SELECT COUNT(*) FROM t") == [["0"]]
-    # SQLite undoes the whole transaction of an interrupted write: the batch is replayed without it
+    counting = ("INSERT INTO t (id, v) SELECT {id}, COUNT(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+                "SELECT x + 1 FROM c WHERE x < 400000) SELECT x FROM c)")
+    # refused before it is proposed: the proposer runs the statement's reading part first
     base = node.db.applied_index
-    runaway = node.command("INSERT INTO t (id, v) WITH RECURSIVE c(x) AS (SELECT 10 UNION ALL SELECT x + 1 "
-                           "FROM c) SELECT x, x FROM c")
+    err = node.error(counting.format(id=1))
+    assert "execution budget" in err.message and "not applied" in err.message
+    assert node.db.applied_index == base and node.rows("SELECT COUNT(*) FROM t") == [["0"]]
+    # a replica applying such a command (proposed under a larger budget) stops it identically
+    monkeypatch.setattr(limits, "WRITE_STEP_BUDGET", 100_000_000)
+    runaway = node.command(counting.format(id=10))
+    monkeypatch.setattr(limits, "WRITE_STEP_BUDGET", 2_000_000)
     batch = [(base + 1, node.command("INSERT INTO t (id, v) VALUES (1, 1)")), (base + 2, runaway),
              (base + 3, node.command("INSERT INTO t (id, v) VALUES (2, 2)"))]
     outcomes = node.db.apply_batch(batch)
     assert [o.error is None for o in outcomes] == [True, False, True]
+    assert "execution budget" in outcomes[1].error.message
     assert node.rows("SELECT id FROM t ORDER BY id") == [[1], [2]] and node.db.applied_index == base + 3
+
+
+def test_a_write_of_too_many_rows_is_refused_before_it_is_proposed(node, monkeypatch):
+    from kalamdb.engine import limits
+
+    monkeypatch.setattr(limits, "MAX_WRITE_ROWS", 1000)
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+    base = node.db.applied_index
+    err = node.error("INSERT INTO t (id, v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+                     "SELECT x, x FROM c")
+    assert "more than 1000 rows" in err.message and node.db.applied_index == base
 
 
 def test_result_columns_are_named_by_the_users_text(node):
@@ -267,3 +283,12 @@ def test_runaway_read_is_stopped_by_its_time_budget(node, monkeypatch):
 def test_internal_storage_is_unreachable(node, sql):
     node.sql("CREATE TABLE t (id INT PRIMARY KEY)")
     assert node.error(sql).code in ("INVALID_SQL", "TABLE_NOT_FOUND")
+
+
+def test_update_counts_only_rows_it_changes(node):
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, v TEXT, f DOUBLE)")
+    node.sql("INSERT INTO t (id, v, f) VALUES (1, 'a', 1.5), (2, 'b', 2.0), (3, 'a', 3.0)")
+    assert node.sql("UPDATE t SET v = 'a' WHERE id > 0")[0]["row_count"] == 1  # only row 2 changes
+    assert node.sql("UPDATE t SET f = 2 WHERE id = 2")[0]["row_count"] == 0  # 2 is stored as 2.0
+    assert node.sql("UPDATE t SET v = v, f = f + 1")[0]["row_count"] == 3
+    assert node.rows("SELECT id, v, f FROM t ORDER BY id") == [[1, "a", 2.5], [2, "a", 3.0], [3, "a", 4.0]]

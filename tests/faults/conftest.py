@@ -12,12 +12,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from faults_frames import FrameServer
 
 from kalamdb.testing.netproxy import NetworkController
+from kalamdb.testing.seeds import default_seed, replay_hint
 
 
 @pytest.fixture
 def seed():
-    value = int(os.environ.get("KALAMDB_TEST_SEED", "0")) or int.from_bytes(os.urandom(4), "big")
-    print(f"netproxy seed={value} (replay with KALAMDB_TEST_SEED={value})")
+    value = default_seed()
+    print(f"netproxy seed={value} ({replay_hint(value)})")
     return value
 
 

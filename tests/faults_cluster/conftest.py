@@ -1,4 +1,6 @@
-"""Fixtures for the fault scenarios: fresh FaultyClusters, always shut down, seed printed to replay."""
+"""Fixtures for the fault scenarios: fresh clusters with network faults (`start_cluster_server(n,
+faults=True)`), always shut down, seed printed to replay. A test parametrized over `network` runs
+in the proxy mode and, as root, in the netns mode (skipped with the reason where unavailable)."""
 
 from __future__ import annotations
 
@@ -9,24 +11,39 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from kalamdb.testing.faults import FaultyCluster, start_faulty_cluster
+from kalamdb.testing.cluster import ClusterTestServer, start_cluster_server
+from kalamdb.testing.seeds import default_seed, replay_hint
 
 
 @pytest.fixture
 def seed():
-    value = int(os.environ.get("KALAMDB_TEST_SEED", "0")) or int.from_bytes(os.urandom(4), "big")
-    print(f"fault seed={value} (replay with KALAMDB_TEST_SEED={value})")
+    value = default_seed()
+    print(f"fault seed={value} ({replay_hint(value)})")
     return value
 
 
 @pytest.fixture
-def faulty(request, seed):
-    """Factory for FaultyClusters owned by one test; node log tails are printed when it fails."""
-    made: list[FaultyCluster] = []
+def network(request) -> str:
+    """The network mode of `faulty` clusters: "proxy" unless the test is parametrized over it."""
+    mode = getattr(request, "param", "proxy")
+    if mode == "netns":
+        from kalamdb.testing.netns_cluster import unavailable_reason
 
-    def make(nodes: int = 3, **options) -> FaultyCluster:
+        reason = unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"netns mode unavailable: {reason}")
+    return mode
+
+
+@pytest.fixture
+def faulty(request, seed, network):
+    """Factory for fault-injection clusters owned by one test; node log tails are printed when it fails."""
+    made: list[ClusterTestServer] = []
+
+    def make(nodes: int = 3, **options) -> ClusterTestServer:
         options.setdefault("log_level", "info")
-        c = start_faulty_cluster(nodes, seed=seed, **options)
+        options.setdefault("network", network)
+        c = start_cluster_server(nodes, faults=True, seed=seed, **options)
         made.append(c)
         return c
 

@@ -24,11 +24,11 @@ def test_eio_on_a_follower_fsync_stops_it_and_the_majority_goes_on(faulty, seed)
     follower = next(n.index for n in c.nodes if n is not c.leader())
     with Writers(c, ns, clients=3, seed=seed) as w:
         w.wait_for_acks(10, timeout=10)
-        c.set_failpoints(follower, {"log.fsync": "1*eio"})
-        assert c.wait_for_exit(follower, timeout=15) == STORAGE_FAILURE_EXIT_CODE
+        c.failpoints.set(follower, {"log.fsync": "1*eio"})
+        assert c.processes.wait_for_exit(follower, timeout=15) == STORAGE_FAILURE_EXIT_CODE
         assert "storage failure" in c.get_node(follower).log_tail(5)
         w.wait_for_acks(20, timeout=10)  # two of three are a majority
-        assert c.restart_crashed() == {follower: STORAGE_FAILURE_EXIT_CODE}
+        assert c.processes.restart_crashed() == {follower: STORAGE_FAILURE_EXIT_CODE}
         w.wait_for_acks(10, timeout=10)
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
 
@@ -39,13 +39,13 @@ def test_enospc_on_the_leader_stops_it_and_a_new_leader_takes_over(faulty, seed)
     lead = c.leader().index
     with Writers(c, ns, clients=3, seed=seed) as w:
         w.wait_for_acks(10, timeout=10)
-        c.set_failpoints(lead, {"log.append": "enospc"})
-        assert c.wait_for_exit(lead, timeout=15) == STORAGE_FAILURE_EXIT_CODE
-        w.avoid = {lead}
-        new = c.wait_for_leader(timeout=10, among=[n for n in c.nodes if n.index != lead])
+        c.failpoints.set(lead, {"log.append": "enospc"})
+        assert c.processes.wait_for_exit(lead, timeout=15) == STORAGE_FAILURE_EXIT_CODE
+        w.avoid = {c.get_node(lead)}
+        new = c.leader(timeout=10, among=[n for n in c.nodes if n.index != lead])
         assert new.index != lead
         w.wait_for_acks(20, timeout=10)
-        c.restart_crashed()  # the failpoint was set at run time: the restarted node has a good disk
+        c.processes.restart_crashed()  # the failpoint was set at run time: the restarted node has a good disk
         w.avoid = set()
         w.wait_for_acks(10, timeout=10)
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
@@ -67,10 +67,10 @@ def test_slow_fsync_on_the_leader_slows_writes_but_loses_nothing(faulty, seed):
 
     p50.next = 1
     before = p50(15)
-    c.set_failpoints(lead.index, {"log.fsync": "delay(40)"})
-    assert c.failpoints(lead.index) == {"log.fsync": "delay(40)"}
+    c.failpoints.set(lead.index, {"log.fsync": "delay(40)"})
+    assert c.failpoints.get(lead.index) == {"log.fsync": "delay(40)"}
     slow = p50(15)
-    c.set_failpoints(lead.index, {"log.fsync": "off"})
+    c.failpoints.set(lead.index, {"log.fsync": "off"})
     print(f"write p50 {before * 1000:.1f} ms -> {slow * 1000:.1f} ms with a 40 ms fsync on the leader")
     assert slow >= 0.040 > before or slow > before + 0.030
     assert_converged_and_nothing_lost(c, ns, set(range(1, p50.next)), set(range(1, p50.next)))
@@ -80,18 +80,18 @@ def test_failpoints_at_start_and_admin_call_refuses_bad_input(faulty):
     c = faulty(3)
     # a bad action is refused by the kit before any node is touched, and by the node itself
     with pytest.raises(ValueError):
-        c.set_failpoints(0, {"log.fsync": "explode"})
+        c.failpoints.set(0, {"log.fsync": "explode"})
     with c.get_node(0).client() as cl:
         r = cl._request("POST", "/v1/api/admin/failpoints", b'{"failpoints": {"log.fsync": "9*nope"}}',
                         cl._creds.header())
         assert not r.ok and r.error["code"] == "INVALID_INPUT"
         r = cl._request("POST", "/v1/api/admin/failpoints", b'{"failpoints": {"log.fsync": "eio"}}', {})
         assert not r.ok, "failpoints changed without credentials"
-    assert c.failpoints(0) == {}
+    assert c.failpoints.get(0) == {}
     # at start, from the environment
-    c.failpoints_at_start(2, "state.apply=delay(1)")
-    c.restart_nodes(2)
-    assert c.failpoints(2) == {"state.apply": "delay(1)"}
+    c.processes.failpoints_at_start(2, "state.apply=delay(1)")
+    c.processes.restart(2, kill=True)
+    assert c.failpoints.get(2) == {"state.apply": "delay(1)"}
 
 
 def test_apply_failure_and_crash_after_fsync_lose_nothing(faulty, seed):
@@ -103,12 +103,12 @@ def test_apply_failure_and_crash_after_fsync_lose_nothing(faulty, seed):
     follower = next(i for i in range(3) if i != lead)
     with Writers(c, ns, clients=3, seed=seed) as w:
         w.wait_for_acks(10, timeout=10)
-        c.set_failpoints(follower, {"state.apply": "1*eio"})
-        assert c.wait_for_exit(follower, timeout=15) == STORAGE_FAILURE_EXIT_CODE
-        c.restart_crashed()
+        c.failpoints.set(follower, {"state.apply": "1*eio"})
+        assert c.processes.wait_for_exit(follower, timeout=15) == STORAGE_FAILURE_EXIT_CODE
+        c.processes.restart_crashed()
         w.wait_for_acks(10, timeout=15)
-        c.set_failpoints(lead, {"log.fsync.after": "1*crash"})
-        assert c.wait_for_exit(lead, timeout=15) == CRASH_EXIT_CODE
-        c.restart_crashed()
+        c.failpoints.set(lead, {"log.fsync.after": "1*crash"})
+        assert c.processes.wait_for_exit(lead, timeout=15) == CRASH_EXIT_CODE
+        c.processes.restart_crashed()
         w.wait_for_acks(10, timeout=20)
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)

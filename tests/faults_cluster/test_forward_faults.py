@@ -17,13 +17,13 @@ def test_a_follower_that_loses_its_leader_mid_forward_answers_indefinite(faulty,
     lead = c.leader().index
     follower = next(n.index for n in c.nodes if n.index != lead)
     c.wait_for_replication()
-    c.isolate(lead)  # the proposal is sent before the follower notices (an election timeout later)
+    c.net.isolate(lead)  # the proposal is sent before the follower notices (an election timeout later)
     r = c.execute_sql_on(follower, f"INSERT INTO {ns}.t (id, v) VALUES (1, 'lost leader')")
     assert not r.ok and r.http_status == 503, r
     assert r.error["details"].startswith("indefinite"), r
     assert "changed before it confirmed" in r.error["message"], r
-    c.heal()
-    new = c.wait_for_leader(timeout=10)
+    c.net.heal()
+    new = c.leader(timeout=10)
     again = c.execute_sql_on(new.index, f"INSERT INTO {ns}.t (id, v) VALUES (2, 'after heal')")
     assert again.ok, again
     c.wait_for_replication()

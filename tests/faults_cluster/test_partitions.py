@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from workload import Writers, assert_converged_and_nothing_lost, make_table
+from workload import BOTH_MODES, Writers, assert_converged_and_nothing_lost, make_table
 
 pytestmark = pytest.mark.cluster
 
@@ -22,17 +22,18 @@ def leaders_by_term(c) -> dict[int, list[int]]:
     return out
 
 
-def test_isolated_leader_acknowledges_nothing_and_majority_moves_on(faulty, seed):
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+def test_isolated_leader_acknowledges_nothing_and_majority_moves_on(faulty, seed, network):
     c = faulty(3)
     ns = make_table(c, "iso")
     with Writers(c, ns, clients=3, seed=seed) as w:
         w.wait_for_acks(20, timeout=10)
-        old = c.isolate_leader()
-        majority = [n for n in c.nodes if n.index != old]
+        old = c.net.isolate_leader()
+        majority = [n for n in c.nodes if n is not old]
         t0 = time.monotonic()
-        new = c.wait_for_leader(timeout=10, among=majority)
+        new = c.leader(timeout=10, among=majority)
         elected_s = time.monotonic() - t0
-        assert new.index != old
+        assert new is not old
         # the old leader, still reachable by clients, must refuse within the bounded leader wait
         t0 = time.monotonic()
         r = c.execute_sql_on(old, f"INSERT INTO {ns}.t (id, v) VALUES (-1, 'split brain?')")
@@ -43,7 +44,7 @@ def test_isolated_leader_acknowledges_nothing_and_majority_moves_on(faulty, seed
         w.wait_for_acks(20, timeout=10)  # the majority keeps making progress
         for term, ids in leaders_by_term(c).items():
             assert len(ids) == 1, f"two leaders in term {term}: {ids}"
-        c.heal()
+        c.net.heal()
         w.avoid = set()
         w.wait_for_acks(10, timeout=15)
     print(f"new leader after {elected_s:.2f}s; old leader refused in {answered_s:.2f}s: {r.error}")
@@ -51,38 +52,40 @@ def test_isolated_leader_acknowledges_nothing_and_majority_moves_on(faulty, seed
     assert -1 not in w.attempted
 
 
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
 @pytest.mark.parametrize(("shape", "nodes"), [("cut_leader_to_follower", 3), ("bridge", 3), ("majorities_ring", 5)])
-def test_partial_partitions_keep_one_leader_per_term_and_progress(faulty, seed, shape, nodes):
+def test_partial_partitions_keep_one_leader_per_term_and_progress(faulty, seed, network, shape, nodes):
     c = faulty(nodes)
     ns = make_table(c, shape)
     with Writers(c, ns, clients=3, seed=seed, timeout=8) as w:
         w.wait_for_acks(10, timeout=10)
         if shape == "cut_leader_to_follower":
             lead = c.leader().index
-            c.cut(lead, (lead + 1) % nodes)  # one way: the follower hears nothing from the leader
+            c.net.cut(lead, (lead + 1) % nodes)  # one way: the follower hears nothing from the leader
         elif shape == "bridge":
-            c.partition_bridge()
+            c.net.partition_bridge()
         else:
-            c.partition_majorities_ring()
-        assert c.quorum_hubs(), f"{shape}: no node has a two-way majority: {c.reachability()}"
+            c.net.partition_majorities_ring()
+        assert c.net.quorum_hubs(), f"{shape}: no node has a two-way majority: {c.net.reachability()}"
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:  # sample for split brain while the shape holds
             for term, ids in leaders_by_term(c).items():
                 assert len(ids) == 1, f"{shape}: two leaders in term {term}: {ids}"
             w.wait_for_acks(1, timeout=15)
-        c.heal()
+        c.net.heal()
         w.wait_for_acks(10, timeout=15)
     print(f"{shape}: {len(w.acked)} acknowledged, {w.errors} errors")
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
 
 
-def test_three_node_majorities_ring_stalls_safely(faulty, seed):
+@pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+def test_three_node_majorities_ring_stalls_safely(faulty, seed, network):
     """For 3 nodes the ring is a directed cycle (1->2->3->1): no two nodes hear each other, so no
     election can finish. Raft must stall (nothing acknowledged, no two leaders), then recover."""
     c = faulty(3)
     ns = make_table(c, "ring3")
-    c.partition_majorities_ring()
-    assert c.quorum_hubs() == []
+    c.net.partition_majorities_ring()
+    assert c.net.quorum_hubs() == []
     with Writers(c, ns, clients=2, seed=seed, timeout=8) as w:
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
@@ -90,7 +93,7 @@ def test_three_node_majorities_ring_stalls_safely(faulty, seed):
                 assert len(ids) == 1, f"two leaders in term {term}: {ids}"
             w._stop.wait(0.2)  # sampling interval of the split-brain check, not a wait for state
         stalled = set(w.acked)
-        c.heal()
+        c.net.heal()
         w.wait_for_acks(5, timeout=20)
     print(f"acknowledged while stalled: {len(stalled)} (old leader's lease may ack a few before stepping down)")
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)

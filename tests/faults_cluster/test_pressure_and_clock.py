@@ -19,11 +19,11 @@ def test_cpu_starved_leader_keeps_the_cluster_correct(faulty, seed):
     ns = make_table(c, "cpu")
     with Writers(c, ns, clients=3, seed=seed, timeout=8) as w:
         w.wait_for_acks(10, timeout=10)
-        (rec,) = c.cpu_starve("leader", fraction=0.05)
+        (rec,) = c.pressure.cpu_starve("leader", fraction=0.05)
         print(f"CPU starvation of node index {rec.index} by {rec.mechanism}")
         assert rec.mechanism in ("cgroup", "signals")
         w.wait_for_acks(10, timeout=30)  # slower (or via a new leader), but progress
-        c.release_pressure()
+        c.pressure.release()
         w.wait_for_acks(10, timeout=15)
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
 
@@ -36,7 +36,7 @@ def test_leader_out_of_memory_is_killed_restarted_and_loses_nothing(faulty, seed
     with Writers(c, ns, clients=3, seed=seed) as w:
         w.wait_for_acks(10, timeout=10)
         # charges start at zero in the new cgroup: a few MiB of fresh allocations kill the node
-        (rec,) = c.memory_pressure(lead, limit_bytes=4 << 20)
+        (rec,) = c.pressure.memory_pressure(lead, limit_bytes=4 << 20)
         assert rec.mechanism == "cgroup"
         big = "x" * (1 << 20)
         for k in range(20):  # large rows make the leader allocate until the kernel OOM-kills it
@@ -44,13 +44,13 @@ def test_leader_out_of_memory_is_killed_restarted_and_loses_nothing(faulty, seed
                 c.execute_sql_on(lead, f"INSERT INTO {ns}.t (id, v) VALUES ($1, $2)", [-(k + 1), big])
             if not c.get_node(lead).is_running():
                 break
-        code = c.wait_for_exit(lead, timeout=20)
+        code = c.processes.wait_for_exit(lead, timeout=20)
         print(f"leader ended with status {code} under a 4 MiB cgroup memory limit")
         assert code == -9
-        c.release_pressure()
-        w.avoid = {lead}
+        c.pressure.release()
+        w.avoid = {c.get_node(lead)}
         w.wait_for_acks(10, timeout=15)
-        assert lead in c.restart_crashed()
+        assert lead in c.processes.restart_crashed()
         w.avoid = set()
         w.wait_for_acks(5, timeout=15)
     assert_converged_and_nothing_lost(c, ns, w.acked, None)
@@ -58,8 +58,8 @@ def test_leader_out_of_memory_is_killed_restarted_and_loses_nothing(faulty, seed
 
 def test_clock_offset_moves_the_node_wall_time(faulty):
     c = faulty(3)
-    c.set_clock(2, offset_ms=3_600_000)
-    c.restart_nodes(2, kill=False)
+    c.processes.set_clock(2, offset_ms=3_600_000)
+    c.processes.restart(2, kill=False)
 
     def expires(i: int) -> datetime:
         with c.get_node(i).client() as cl:

@@ -9,10 +9,15 @@ import threading
 import time
 from typing import Self
 
-from kalamdb.testing.faults import FaultyCluster
+import pytest
+
+from kalamdb.testing.cluster import ClusterTestServer
+
+# parametrize a scenario over both network modes: @pytest.mark.parametrize("network", BOTH_MODES, indirect=True)
+BOTH_MODES = ["proxy", pytest.param("netns", marks=pytest.mark.netns)]
 
 
-def make_table(c: FaultyCluster, prefix: str) -> str:
+def make_table(c: ClusterTestServer, prefix: str) -> str:
     ns = c.unique_namespace(prefix)
     c.execute_sql_on_leader(f"CREATE NAMESPACE {ns}").raise_for_error()
     c.execute_sql_on_leader(f"CREATE SHARED TABLE {ns}.t (id BIGINT PRIMARY KEY, v TEXT)").raise_for_error()
@@ -25,13 +30,13 @@ class Writers:
     A row counts as acknowledged only on a success answer; errors and timeouts are indefinite (the
     row may or may not exist) and are only counted."""
 
-    def __init__(self, c: FaultyCluster, ns: str, clients: int = 4, seed: int = 0, timeout: float = 5.0):
+    def __init__(self, c: ClusterTestServer, ns: str, clients: int = 4, seed: int = 0, timeout: float = 5.0):
         self.c, self.ns, self.timeout = c, ns, timeout
         self.acked: set[int] = set()
         self.attempted: set[int] = set()
         self.errors = 0
         self.latencies: list[float] = []
-        self.avoid: set[int] = set()  # node indexes clients stop choosing (e.g. a known-isolated node)
+        self.avoid: set = set()  # nodes (handles) clients stop choosing (e.g. a known-isolated node)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -70,7 +75,7 @@ class Writers:
         clients: dict[int, object] = {}
         try:
             while not self._stop.is_set():
-                nodes = [n for n in self.c.nodes if n.is_running() and not n.paused and n.index not in self.avoid]
+                nodes = [n for n in self.c.nodes if n.is_up() and n not in self.avoid]
                 if not nodes:
                     self._stop.wait(0.05)
                     continue
@@ -98,11 +103,11 @@ class Writers:
                 cl.close()
 
 
-def assert_converged_and_nothing_lost(c: FaultyCluster, ns: str, acked: set[int], attempted: set[int] | None = None,
+def assert_converged_and_nothing_lost(c: ClusterTestServer, ns: str, acked: set[int], attempted: set[int] | None = None,
                                       timeout: float = 30.0) -> None:
     """Heal has happened: one leader, every node applied the same log, same rows, same digest, and
     every acknowledged id present (and nothing that was never attempted)."""
-    c.wait_for_leader(timeout)
+    c.leader(timeout)
     report = c.verify_data_consistency(f"SELECT id FROM {ns}.t ORDER BY id", timeout=timeout)
     assert report, report
     digests = c.verify_state_digest(timeout=timeout)

@@ -78,9 +78,9 @@ SUITE = textwrap.dedent('''
     def test_hangs_with_a_cluster(fresh_cluster):
         c = fresh_cluster
         # a node restarted from a thread that then ends: the death signal must not follow that thread
-        t = threading.Thread(target=lambda: c.restart(1, kill=True))
+        t = threading.Thread(target=lambda: c.processes.restart(1, kill=True))
         t.start(); t.join()
-        c.pause(0)  # a stopped (SIGSTOP) node must die too
+        c.processes.pause(0)  # a stopped (SIGSTOP) node must die too
         with open(os.environ["PIDS_FILE"], "w") as f:
             f.write(" ".join(str(n.pid) for n in c.nodes))
         threading.Event().wait(120)  # killed by the test long before

@@ -19,11 +19,12 @@ def test_the_single_node_server_and_the_shared_cluster_run_side_by_side(server, 
     assert server.client().health()["status"] == "healthy"
 
 
+@pytest.mark.process_control
 def test_the_shared_cluster_is_healed_between_uses(cluster):
     assert get_cluster_server() is cluster
     stopped, paused = cluster.get_node(2), cluster.get_node(1)
-    cluster.stop(stopped.index)
-    cluster.pause(paused.index)
+    cluster.processes.stop(stopped)
+    cluster.processes.pause(paused)
     again = get_cluster_server()
     assert again is cluster
     assert stopped.is_running() and not paused.paused

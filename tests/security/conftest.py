@@ -38,3 +38,10 @@ def world(tmp_path):
     node.alice, node.bob = alice, bob
     yield node
     node.close()
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node(tmp_path / "n")
+    yield n
+    n.close()

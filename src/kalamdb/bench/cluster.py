@@ -265,7 +265,7 @@ def failover_once(cluster: Any, ids: Any, deadline_s: float = 20.0) -> float:
             break
         if time.perf_counter() - t0 > deadline_s:
             raise RuntimeError(f"no write succeeded within {deadline_s}s after killing the leader")
-    cluster.start_node(leader.index)
+    cluster.processes.start(leader)
     cluster.wait_for_replication(timeout=30)
     return took
 
@@ -274,7 +274,7 @@ def catch_up_once(cluster: Any, writes: int, ids: Any, *, rows_per_request: int 
     """Stop a follower, write `writes` rows, restart it; seconds from restart to applied >= last write."""
     follower = cluster.followers()[0]
     leader = cluster.leader()
-    cluster.stop(follower.index)
+    cluster.processes.stop(follower)
     last = 0
     for _ in range(max(1, writes // rows_per_request)):
         r = leader.sql(literal_insert([next(ids) for _ in range(rows_per_request)], "c" * 32))
@@ -282,7 +282,7 @@ def catch_up_once(cluster: Any, writes: int, ids: Any, *, rows_per_request: int 
             raise RuntimeError(f"write during catch-up failed: {r.error}")
         last = r.raft_index or last
     t0 = time.perf_counter()
-    cluster.start_node(follower.index, wait=False)
+    cluster.processes.start(follower, wait=False)
     deadline = t0 + 60
     while True:  # the node must answer before it can be long-polled (bounded poll)
         with contextlib.suppress(OSError):

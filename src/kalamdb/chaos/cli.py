@@ -12,6 +12,9 @@ import click
 from kalamdb.chaos.nemesis import FAULT_KINDS
 from kalamdb.chaos.runner import EXIT_ERROR, ChaosConfig, run_chaos, schedule_for
 from kalamdb.chaos.workloads import WORKLOAD_NAMES
+from kalamdb.live.service import UNSAFE_MODES as UNSAFE_LIVE_MODES
+from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
+from kalamdb.testing.cluster import NETWORK_MODES
 
 
 def _csv(kinds: tuple[str, ...], what: str):
@@ -39,27 +42,42 @@ def _csv(kinds: tuple[str, ...], what: str):
               help="run folder (default: chaos-runs/seed-<seed>)")
 @click.option("--unsafe-local-reads", is_flag=True,
               help="start nodes with KALAMDB_UNSAFE_LOCAL_READS=1 (deliberately unsafe: proves the checkers bite)")
+@click.option("--unsafe-txn", type=click.Choice(UNSAFE_TXN_MODES), default=None,
+              help="start nodes with a planted transaction bug (KALAMDB_UNSAFE_TXN; proves the append and "
+              "rw-register checkers bite)")
+@click.option("--unsafe-live", type=click.Choice(UNSAFE_LIVE_MODES), default=None,
+              help="start nodes with a planted live-query bug (KALAMDB_UNSAFE_LIVE; proves the live checker bites)")
 @click.option("--clients-per-node", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--check-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="linearizability search budget in seconds (then the verdict is unknown)")
+@click.option("--network", type=click.Choice(NETWORK_MODES), default="proxy", show_default=True,
+              help="proxy: userspace proxies per link (no privileges); netns: each node in its own network "
+                   "namespace with its own IP, faults as kernel rules (root; falls back to proxy with a warning)")
 @click.option("--print-schedule", is_flag=True, help="print the nemesis schedule for the seed and exit")
 def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[str], seed: int | None,
-                  out: str | None, unsafe_local_reads: bool, clients_per_node: int, check_timeout: float,
-                  print_schedule: bool) -> None:
+                  out: str | None, unsafe_local_reads: bool, unsafe_txn: str | None, unsafe_live: str | None,
+                  clients_per_node: int,
+                  check_timeout: float, network: str, print_schedule: bool) -> None:
     """Run workloads against a real local cluster while a seeded nemesis injects faults, then check
-    the history (linearizability, set-full, bank, replicas) and write a run folder with report.html."""
+    the history (linearizability, set-full, bank, live-exactly-once, replicas) and write a run folder
+    with report.html."""
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 31)
     cfg = ChaosConfig(nodes=nodes, time=time_s, workloads=workload, faults=faults, seed=seed,
                       out=out or f"chaos-runs/seed-{seed}", unsafe_local_reads=unsafe_local_reads,
-                      clients_per_node=clients_per_node, check_timeout=check_timeout)
+                      unsafe_txn=unsafe_txn, unsafe_live=unsafe_live, clients_per_node=clients_per_node,
+                      check_timeout=check_timeout,
+                      network=network)
     if print_schedule:
         for step in schedule_for(cfg):
             click.echo(f"{step.start:7.2f}s +{step.duration:5.2f}s {step.kind:9} {step.target:8} "
                        f"ranking={list(step.ranking)} {dict(step.params)}")
         return
     click.echo(f"chaos seed={seed} nodes={nodes} time={time_s}s workloads={','.join(workload)} "
-               f"faults={','.join(faults) or '-'}{' UNSAFE-LOCAL-READS' if unsafe_local_reads else ''} "
+               f"faults={','.join(faults) or '-'} network={network}"
+               f"{' UNSAFE-LOCAL-READS' if unsafe_local_reads else ''}"
+               f"{' UNSAFE-TXN=' + unsafe_txn if unsafe_txn else ''}"
+               f"{' UNSAFE-LIVE=' + unsafe_live if unsafe_live else ''} "
                f"-> {cfg.out}")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -117,7 +117,7 @@ def resolve_targets(step: FaultStep, leader: int | None) -> list[int]:
 
 
 class FaultBackend(Protocol):
-    """What the nemesis needs from a cluster (the runner's ChaosCluster provides it)."""
+    """What the nemesis needs from a cluster (`kalamdb.chaos.cluster_faults.KitFaultBackend` provides it)."""
 
     def node_ids(self) -> list[int]: ...
     def leader_id(self) -> int | None: ...

@@ -1,7 +1,7 @@
 """Chaos runs inside pytest: the `chaos_run` fixture runs one scenario and returns its RunResult;
 options come from a `@pytest.mark.chaos(...)` marker on the test (ChaosConfig fields) and can be
-overridden per call. The seed is `KALAMDB_TEST_SEED` if set, else random, and is printed, so a
-failing run replays with `KALAMDB_TEST_SEED=<seed>` or `kalamdb chaos --seed <seed>`.
+overridden per call. The seed is `KALAMDB_SEED` if set, else random, and is printed, so a
+failing run replays with `KALAMDB_SEED=<seed>` or `kalamdb chaos --seed <seed>`.
 
     from kalamdb.chaos.pytest_support import chaos_run_fixture  # noqa: F401 (provides chaos_run)
 
@@ -13,19 +13,17 @@ failing run replays with `KALAMDB_TEST_SEED=<seed>` or `kalamdb chaos --seed <se
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kalamdb.chaos.runner import ChaosConfig, RunResult, run_chaos
+from kalamdb.testing.seeds import default_seed
 
 
 def chaos_seed() -> int:
-    env = os.environ.get("KALAMDB_TEST_SEED")
-    return int(env) if env else random.SystemRandom().randrange(1 << 31)
+    return default_seed()
 
 
 def describe_failure(result: RunResult) -> str:
@@ -53,7 +51,7 @@ def chaos_run_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Callabl
         calls[0] += 1
         opts.setdefault("out", str(tmp_path / f"chaos-{calls[0]}-seed-{opts['seed']}"))
         cfg = ChaosConfig(**opts)
-        print(f"chaos run seed={cfg.seed} (replay: KALAMDB_TEST_SEED={cfg.seed} or kalamdb chaos --seed {cfg.seed}) "
+        print(f"chaos run seed={cfg.seed} (replay: KALAMDB_SEED={cfg.seed} or kalamdb chaos --seed {cfg.seed}) "
               f"-> {cfg.out}")
         return run_chaos(cfg)
 

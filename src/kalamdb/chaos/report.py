@@ -1,7 +1,8 @@
 """report.html for a chaos run: one self-contained page (inline SVG and CSS, no scripts, no
 external files) that shows what the clients saw while the nemesis broke the cluster: a timeline of
 operations per client with the fault windows shaded, latency over time with quantiles, throughput
-over time, every checker's verdict and the counterexample when there is one."""
+over time, every checker's verdict, the counterexample when there is one, and the anomaly graph (the
+dependency cycles) when the transactional checker found some."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kalamdb.chaos.anomaly_graph import render_section as render_anomaly_graph
 from kalamdb.chaos.history import Event
+from kalamdb.chaos.live_report import live_section
 
 COLORS = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
 FAULT_COLORS = {"partition": "#90caf9", "kill": "#ef9a9a", "pause": "#ce93d8", "delay": "#fff59d",
@@ -259,6 +262,8 @@ def render(events: Sequence[Event], results: dict) -> str:
         out.append(f"<tr><td>{_esc(c.get('name'))}</td><td>{_esc(c.get('workload'))}</td>"
                    f"<td class='{'pass' if c.get('valid') else 'fail'}'>{v}</td><td>{_esc(c.get('summary'))}</td></tr>")
     out.append("</table>")
+    out.append(render_anomaly_graph(results.get("checkers", [])))
+    out.append(live_section(results.get("checkers", [])))
     for c in results.get("checkers", []):
         if c.get("counterexample"):
             out.append(f"<h2>Counterexample ({_esc(c.get('name'))})</h2><pre id='counterexample'>"

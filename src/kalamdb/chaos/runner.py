@@ -1,10 +1,11 @@
-"""One chaos run: start a real cluster behind fault-injection proxies, run workload clients and the
-nemesis together, heal, wait for recovery, read the final state on every node, run every checker
-and write the run folder (history.jsonl, node logs, config.json with the seed, schedule.json,
-results.json, report.html).
+"""One chaos run: start a real cluster with network faults (proxy or netns mode), run workload
+clients and the nemesis together, heal, wait for recovery, read the final state on every node, run
+every checker and write the run folder (history.jsonl, node logs, config.json with the seed,
+schedule.json, results.json, report.html).
 
-Network faults use two userspace proxy layers per directed node pair: one for Raft traffic and
-one for the HTTP API between nodes (write forwarding), so a partition cuts both. Clients talk to
+In proxy mode network faults use two userspace proxy layers per directed node pair: one for Raft
+traffic and one for the HTTP API between nodes (write forwarding), so a partition cuts both. In
+netns mode every node has its own namespace and IP and faults are kernel rules. Clients talk to
 their node directly, as a client inside the node's own network side would.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -24,11 +24,13 @@ from typing import Any
 
 import orjson
 
+from kalamdb.chaos.cluster_faults import KitFaultBackend
 from kalamdb.chaos.history import HistoryRecorder
 from kalamdb.chaos.nemesis import FAULT_KINDS, FaultStep, Nemesis, make_schedule
 from kalamdb.chaos.replicas import check_digests, check_final_states
 from kalamdb.chaos.workloads import ClientContext, Workload, client_loop, make_workloads
-from kalamdb.testing.faults import FaultyCluster
+from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
+from kalamdb.testing.cluster import NETWORK_MODES, ClusterTestServer
 
 EXIT_PASS, EXIT_VIOLATION, EXIT_ERROR, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -44,6 +46,8 @@ class ChaosConfig:
     seed: int = 0
     out: str = "chaos-run"
     unsafe_local_reads: bool = False
+    unsafe_txn: str | None = None  # a planted transaction bug (KALAMDB_UNSAFE_TXN), see server/unsafe_txn.py
+    unsafe_live: str | None = None  # a planted live-query bug (KALAMDB_UNSAFE_LIVE), see live/service.py
     clients_per_node: int = 2
     client_timeout: float = 5.0
     check_timeout: float = 60.0
@@ -51,6 +55,7 @@ class ChaosConfig:
     quiet: tuple[float, float] = (1.0, 2.5)
     active: tuple[float, float] = (2.0, 4.0)
     log_level: str = "info"
+    network: str = "proxy"
 
     def validate(self) -> None:
         if not 1 <= self.nodes <= 9:
@@ -60,126 +65,23 @@ class ChaosConfig:
         bad = [f for f in self.faults if f not in FAULT_KINDS]
         if bad:
             raise ValueError(f"unknown fault(s) {', '.join(bad)}; choose from {', '.join(FAULT_KINDS)}")
+        if self.network not in NETWORK_MODES:
+            raise ValueError(f"--network must be one of {', '.join(NETWORK_MODES)}, got {self.network!r}")
         make_workloads(self.workloads)  # raises on unknown names
+        if self.unsafe_txn is not None and self.unsafe_txn not in UNSAFE_TXN_MODES:
+            raise ValueError(f"unknown unsafe_txn {self.unsafe_txn!r}; choose from {', '.join(UNSAFE_TXN_MODES)}")
         if not self.workloads:
             raise ValueError("at least one workload is needed")
+        from kalamdb.live.service import UNSAFE_MODES as UNSAFE_LIVE_MODES
+
+        if self.unsafe_live is not None and self.unsafe_live not in UNSAFE_LIVE_MODES:
+            raise ValueError(f"unknown unsafe_live {self.unsafe_live!r}; choose from {', '.join(UNSAFE_LIVE_MODES)}")
 
 
 def schedule_for(cfg: ChaosConfig) -> list[FaultStep]:
     """The nemesis schedule of a configuration: a pure function of (seed, time, faults, nodes)."""
     return make_schedule(cfg.seed, cfg.time, cfg.faults, list(range(1, cfg.nodes + 1)),
                          quiet=cfg.quiet, active=cfg.active)
-
-
-class ChaosCluster(FaultyCluster):
-    """The fault-injection cluster (every peer link, Raft and HTTP forwarding, through proxies)
-    plus the node-id based interface the nemesis drives (`FaultBackend`)."""
-
-    def node_ids(self) -> list[int]:
-        return [n.node_id for n in self.nodes]
-
-    def _ix(self, ids: list[int]) -> list[int]:
-        return [n.index for n in self.nodes if n.node_id in ids]
-
-    def leader_id(self) -> int | None:
-        for nid, h in self._health_all().items():
-            if isinstance(h, dict) and h.get("is_leader"):
-                return nid
-        return None
-
-    def supports(self, kind: str) -> bool:
-        return kind in FAULT_KINDS
-
-    def inject(self, kind: str, nodes: list[int], params: dict) -> Any:
-        ix = self._ix(nodes)
-        every = set(nodes) == set(self.node_ids())
-        if kind == "kill":
-            self.kill_nodes(ix)
-        elif kind == "pause":
-            # a node that an overlapping kill already stopped is down anyway: pause the others
-            self.pause_nodes([i for i in ix if self.get_node(i).is_running()])
-        elif kind == "partition":
-            if every:
-                self.partition_majorities_ring()
-            else:
-                self.partition([ix, [n.index for n in self.nodes if n.index not in ix]])
-        elif kind == "delay":
-            self._links_fault(nodes, lambda net, links: net.delay(params.get("ms", 50), params.get("jitter_ms", 0),
-                                                                  links=links))
-        elif kind == "loss":
-            self._links_fault(nodes, lambda net, links: net.loss(params.get("p", 0.1), links=links)
-                              if net is self.rpc_net else None)
-        elif kind == "disk":
-            spec = "delay(50)" if params.get("mode") == "slow" else "1*eio"
-            self.set_failpoints([i for i in ix if self.get_node(i).is_running()], {"log.fsync": spec})
-        elif kind == "clock":
-            for i in ix:
-                self.set_clock(i, offset_ms=params.get("offset_s", 1.0) * 1000)
-            self.restart_nodes(ix, kill=False)
-        elif kind == "cpu":
-            up = [i for i in ix if self.get_node(i).is_running()]
-            return self.cpu_starve(up, fraction=params.get("fraction", 0.1))
-        elif kind == "memory":
-            recs = []
-            for i in ix:
-                n = self.get_node(i)
-                if n.is_running():
-                    rss = n.stats().rss_mb or 64.0
-                    recs += self.memory_pressure([i], limit_bytes=int((rss + params.get("extra_mb", 64)) * (1 << 20)))
-            return recs
-        else:
-            raise ValueError(f"unknown fault {kind!r}")
-        return None
-
-    def _links_fault(self, nodes: list[int], apply: Callable[[Any, Any], None]) -> None:
-        ids = self.node_ids()
-        links = [(a, b) for a in ids for b in ids if a != b and (a in nodes or b in nodes)]
-        for net in (self.rpc_net, self.http_net):
-            apply(net, links)
-
-    def undo(self, kind: str, nodes: list[int], token: Any) -> None:
-        ix = self._ix(nodes)
-        if kind == "pause":
-            self.resume_nodes(ix)
-        elif kind == "partition":
-            for net in (self.rpc_net, self.http_net):
-                net.heal()
-        elif kind == "delay":
-            self._links_fault(nodes, lambda net, links: net.delay(0, 0, links=links))
-        elif kind == "loss":
-            self._links_fault(nodes, lambda net, links: net.loss(0.0, links=links) if net is self.rpc_net else None)
-        elif kind == "disk":
-            with contextlib.suppress(Exception):
-                self.set_failpoints([i for i in ix if self.get_node(i).is_running()], {"log.fsync": "off"})
-        elif kind == "clock":
-            for i in ix:
-                self.set_clock(i, 0.0)
-            self.restart_nodes(ix, kill=False)
-        elif kind in ("cpu", "memory"):
-            for rec in token or []:
-                rec.handle.release()
-                with contextlib.suppress(ValueError):
-                    self.pressures.remove(rec)
-        # kills, OOM kills under a memory cap and fsync failures all end in a stopped process
-        self.restart_crashed()
-        for i in ix:
-            if not self.get_node(i).is_running():
-                self.start_node(i)
-
-    def heal_all(self) -> None:
-        self.clear_network()
-        self.release_pressure()
-        self.resume_nodes("all")
-        for n in self.nodes:
-            if self.node_env.get(n.index):
-                self.set_clock(n.index, 0.0)
-        self.restart_crashed()
-        for n in self.nodes:
-            if not n.is_running():
-                self.start_node(n.index)
-
-    def recovery_barrier(self, timeout: float) -> int:
-        return self.recover(timeout)
 
 
 @dataclass
@@ -210,21 +112,29 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
     workloads = make_workloads(cfg.workloads)
     root = Path(tempfile.mkdtemp(prefix="kalamdb-chaos-"))
     extra_env = {"KALAMDB_UNSAFE_LOCAL_READS": "1"} if cfg.unsafe_local_reads else {}
-    cluster = ChaosCluster(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
-                           seed=cfg.seed)
+    if cfg.unsafe_txn:
+        extra_env["KALAMDB_UNSAFE_TXN"] = cfg.unsafe_txn
+    if cfg.unsafe_live:
+        extra_env["KALAMDB_UNSAFE_LIVE"] = cfg.unsafe_live
+    cluster = ClusterTestServer(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
+                                seed=cfg.seed, network=cfg.network)
     results: dict[str, Any] = {"seed": cfg.seed, "config": asdict(cfg), "valid": False}
     history_file = open(out / "history.jsonl", "w")  # noqa: SIM115 - closed in finally
     try:
         say("starting cluster", 0.0)
         cluster.start()
+        results["network"] = cluster.network_mode
+        backend = KitFaultBackend(cluster)
         admin = cluster.leader().client(timeout=30)
         with admin:
             for wl in workloads:
                 wl.setup(admin)
         cluster.wait_for_replication(timeout=30)
+        for wl in workloads:
+            wl.begin(cluster, cfg.seed)
         rec = HistoryRecorder(history_file)
         t0 = time.monotonic_ns()
-        nemesis = Nemesis(cluster, schedule, t0)
+        nemesis = Nemesis(backend, schedule, t0)
         stop = threading.Event()
         threads, contexts = [], []
         n_clients = cfg.nodes * cfg.clients_per_node
@@ -232,7 +142,7 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
             node = cluster.nodes[i % cfg.nodes]
             # straight to the node, not via the kit's client proxy: a dead node then refuses the
             # connection (a definite failure) instead of a proxy hanging up after the request was sent
-            url = getattr(node, "real_url", node.url)
+            url = node.listen_url
             ctx = ClientContext(i, node.node_id, url, cluster.root_password,
                                 random.Random(f"{cfg.seed}:client:{i}"), n_clients, timeout=cfg.client_timeout)
             contexts.append(ctx)
@@ -261,12 +171,14 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         finally:
             for c in finals.values():
                 c.close()
+        for wl in workloads:
+            wl.end(cluster, cfg.barrier_timeout)
         replica_checks = _replica_checks(cluster, workloads, cfg.barrier_timeout)
         say("checking", 1.0)
         ops = rec.operations()
         checks = []
         for wl in workloads:
-            checks.extend(wl.check(ops, timeout=cfg.check_timeout))
+            checks.extend(wl.check(ops, timeout=cfg.check_timeout, events=rec.events))
         checks.extend(replica_checks)
         results.update({
             "checkers": checks,
@@ -295,14 +207,13 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         results["exit_code"] = EXIT_ERROR
         raise
     finally:
+        for wl in workloads:
+            with contextlib.suppress(Exception):
+                wl.close()
         with contextlib.suppress(Exception):
             history_file.close()
-        # unpause before stopping so SIGTERM is handled; kill whatever does not stop
         with contextlib.suppress(Exception):
-            for n in cluster.nodes:
-                n.send_signal(signal.SIGCONT)
-        with contextlib.suppress(Exception):
-            cluster.shutdown()
+            cluster.shutdown()  # resumes paused nodes first, kills whatever does not stop
         logs = out / "logs"
         logs.mkdir(exist_ok=True)
         for p in root.glob("node*.log"):
@@ -312,7 +223,7 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         _write_json(out / "results.json", results)
 
 
-def _replica_checks(cluster: ChaosCluster, workloads: list[Workload], timeout: float) -> list[dict]:
+def _replica_checks(cluster: ClusterTestServer, workloads: list[Workload], timeout: float) -> list[dict]:
     """Final-state equality (every table read locally on every node at one applied index) and
     digest equality."""
     digest = cluster.verify_state_digest(timeout=timeout)
@@ -336,4 +247,4 @@ def _replica_checks(cluster: ChaosCluster, workloads: list[Workload], timeout: f
     return out
 
 
-__all__ = ["ChaosCluster", "ChaosConfig", "RunResult", "run_chaos", "schedule_for"]
+__all__ = ["ChaosConfig", "RunResult", "run_chaos", "schedule_for"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kalamdb.chaos.bank import check_bank
-from kalamdb.chaos.history import HistoryRecorder, Operation
+from kalamdb.chaos.history import Event, HistoryRecorder, Operation
 from kalamdb.chaos.linearizability import check_operations
 from kalamdb.chaos.models import model_for
 from kalamdb.chaos.replicas import check_monotonic_reads
@@ -28,7 +28,7 @@ from kalamdb.chaos.set_full import check_set_full
 from kalamdb.client import Client, Response
 
 NAMESPACE = "chaos"
-WORKLOAD_NAMES = ("register", "set", "bank")
+WORKLOAD_NAMES = ("register", "set", "bank", "append", "rw-register", "live")
 TRANSPORT_BACKOFF_S = 0.05
 
 
@@ -128,7 +128,18 @@ class Workload:
     def final_reads(self, clients: dict[int, Client], rec: HistoryRecorder) -> None:
         """Reads through every node after the recovery barrier (recorded in the history)."""
 
-    def check(self, ops: list[Operation], *, timeout: float) -> list[dict]:
+    def begin(self, cluster: Any, seed: int) -> None:
+        """Start background activity besides the client operations (the live workload's subscribers)."""
+
+    def end(self, cluster: Any, timeout: float) -> None:
+        """After recovery and final reads: finish background activity (let it catch up, then stop)."""
+
+    def close(self) -> None:
+        """Stop background activity whatever happened (called when the run ends, even on error)."""
+
+    def check(self, ops: list[Operation], *, timeout: float, events: Sequence[Event] = ()) -> list[dict]:
+        """Checker results for this workload; `events` is the raw history (transactional checkers
+        need the failed operations that pairing drops)."""
         raise NotImplementedError
 
     # helper shared by the workloads: record invoke, run, record the outcome
@@ -155,7 +166,7 @@ class Workload:
             if process is None:
                 ctx.crashed()
             return None
-        rec.ok(proc, f, key, out if f.endswith("read") else value, node)
+        rec.ok(proc, f, key, out if f.endswith(("read", "txn")) else value, node)
         return out
 
 
@@ -228,7 +239,7 @@ class RegisterWorkload(Workload):
                 return value
             self._call(ctx, rec, "write", key, value, write)
 
-    def check(self, ops: list[Operation], *, timeout: float) -> list[dict]:
+    def check(self, ops: list[Operation], *, timeout: float, events: Sequence[Event] = ()) -> list[dict]:
         mine = [o for o in ops if o.f in ("read", "write", "cas")]
         res = check_operations(mine, model_for("register"), timeout=timeout)
         out = {"name": "linearizability", "workload": self.name, "valid": res.verdict.value == "LINEARIZABLE",
@@ -276,7 +287,7 @@ class SetWorkload(Workload):
             ctx = ClientContext(-1, node_id, client.url, "", random.Random(0), 1, client=client)
             self._call(ctx, rec, "set-read", None, None, self._read, process=f"final-set-{node_id}")
 
-    def check(self, ops: list[Operation], *, timeout: float) -> list[dict]:
+    def check(self, ops: list[Operation], *, timeout: float, events: Sequence[Event] = ()) -> list[dict]:
         mine = [o for o in ops if o.f in ("add", "set-read")]
         out = [_result(check_set_full(mine, read="set-read"), self.name)]
         out.append(_result(check_monotonic_reads(mine, version=lambda o: len(o.output or []), read="set-read"),
@@ -328,7 +339,7 @@ class BankWorkload(Workload):
             ctx = ClientContext(-1, node_id, client.url, "", random.Random(0), 1, client=client)
             self._call(ctx, rec, "bank-read", None, None, self._read, process=f"final-bank-{node_id}")
 
-    def check(self, ops: list[Operation], *, timeout: float) -> list[dict]:
+    def check(self, ops: list[Operation], *, timeout: float, events: Sequence[Event] = ()) -> list[dict]:
         mine = [o for o in ops if o.f in ("bank-read", "transfer")]
         return [_result(check_bank(mine, total=self.total, accounts=[str(a) for a in range(self.accounts)],
                                    negative_allowed=True, read="bank-read"), self.name)]
@@ -351,8 +362,12 @@ def _jsonable(x: Any) -> Any:
 
 def make_workloads(names: Sequence[str]) -> list[Workload]:
     """Workload objects by name; unknown names are a clear error."""
+    from kalamdb.chaos.live import LiveWorkload
+    from kalamdb.chaos.txn_workloads import AppendWorkload, RwRegisterWorkload
+
     table: dict[str, Callable[[], Workload]] = {
-        "register": RegisterWorkload, "set": SetWorkload, "bank": BankWorkload}
+        "register": RegisterWorkload, "set": SetWorkload, "bank": BankWorkload,
+        "append": AppendWorkload, "rw-register": RwRegisterWorkload, "live": LiveWorkload}
     out = []
     for n in names:
         if n not in table:

@@ -18,6 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgpack
 
@@ -31,19 +32,19 @@ CHANGE_RETENTION_ROWS = 1_000_000
 PRUNE_EVERY = 1024  # the log is pruned when a command's index is a multiple of this
 
 CHANGES_SQL = [
+    # keyed by seq alone, so each change is an append to one b-tree; a resume scans from its seq
+    # to the end (resumes are recent, and the log is bounded)
     """CREATE TABLE IF NOT EXISTS _kdb_changes (seq INTEGER PRIMARY KEY, idx INTEGER NOT NULL,
         tbl TEXT NOT NULL, owner TEXT NOT NULL, op TEXT NOT NULL, data BLOB NOT NULL) STRICT""",
-    "CREATE INDEX IF NOT EXISTS _kdb_changes_by_table ON _kdb_changes (tbl, owner, seq)",
 ]
 
 OPS = ("insert", "update", "delete")
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One row changed by one applied command."""
+class Change(NamedTuple):
+    """One row changed by one applied command (a tuple: made for every row written, so cheap)."""
 
-    index: int  # Raft log index of the command (commit order; one command may make many changes)
+    index: int  # type: ignore[assignment]  # the command's Raft log index (shadows tuple.index, unused)
     seq: int  # the row's new `_seq` (insert, update) or its tombstone's (delete); unique, increasing
     table: str  # "ns.t"
     table_type: str  # USER | SHARED | STREAM

@@ -9,19 +9,25 @@ compilation serves every user and every request with the same text (cached by th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlglot import exp
 
 from kalamdb.engine.authorizer import RESERVED_PREFIXES, is_cte_name
-from kalamdb.engine.catalog import OWNED_TYPES, SYSTEM_VIEWS, Catalog, TableInfo, quote_ident
+from kalamdb.engine.catalog import OWNED_TYPES, SYSTEM_VIEWS, Catalog, TableInfo
 from kalamdb.errors import KalamError
-from kalamdb.sql.types import COERCE_FN
 
 HIDDEN = ("_seq", "_deleted")
+ROWID = "_kdb_rowid"  # the row views' name for the storage table's rowid (writes address rows by it)
 
 
 @dataclass
 class Compiled:
+    """A statement compiled against one catalog version. For SELECT, `sql` is the query. For
+    writes it is phase 1 (see engine/writes.py): the SELECT (or VALUES) that finds or computes
+    the rows to write; `sql` is empty when an INSERT's rows are all literals and parameters
+    (`pure_rows`)."""
+
     kind: str  # select | insert | update | delete
     sql: str
     types: list[str | None] = field(default_factory=list)  # select: data_type per output column
@@ -29,9 +35,14 @@ class Compiled:
     target: TableInfo | None = None
     local_tables: set[str] = field(default_factory=set)  # node-local system tables to materialise
     max_param: int = 0
-    row_count: int = 0  # insert: rows in VALUES
-    pk_values: list = field(default_factory=list)  # insert: per row ("lit", v) | ("param", n) | None
+    row_count: int = 0  # insert: rows in VALUES (-1: INSERT ... SELECT)
     uses_owner: bool = False
+    #: insert: the target columns the rows give values for; update: the SET columns, in order
+    columns: list[str] = field(default_factory=list)
+    #: insert: VALUES rows of ("v", value) / ("p", parameter number) cells, evaluated without SQL
+    pure_rows: list[list[tuple[str, object]]] | None = None
+    #: the executor's per-statement plan, built on first use (engine/writes.py)
+    plan: object = None
     #: the SQLite objects this statement may read directly (row views, system views, node-local
     #: tables): the authorizer's allowlist, so a reference the rewrite missed fails closed
     allow: frozenset[str] = frozenset()
@@ -125,10 +136,12 @@ class _Compiler:
             raise KalamError("TABLE_NOT_FOUND", f"Table '{ns}.{name}' not found")
         return info
 
-    def visible_source(self, info: TableInfo, alias: str) -> exp.Subquery:
+    def visible_source(self, info: TableInfo, alias: str, *, with_rowid: bool = False) -> exp.Subquery:
         """The rows a statement sees: the table's row view (which applies the owner filter of USER
         and STREAM tables), without soft-deleted rows and the internal columns."""
         cols = [exp.column(c.name, quoted=True) for c in info.columns] + [exp.column(h) for h in HIDDEN]
+        if with_rowid:
+            cols.insert(0, exp.column(ROWID))
         cond: exp.Expression = exp.EQ(this=exp.column("_deleted"), expression=exp.Literal.number(0))
         if info.table_type in OWNED_TYPES:
             self.out.uses_owner = True
@@ -183,6 +196,8 @@ class _Compiler:
                 return _param(f"p{n}")
             if isinstance(node, exp.Placeholder):
                 raise KalamError("INVALID_SQL", "Use $1..$n for parameters")
+            if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and node.this.is_string:
+                raise KalamError("SQL_EXECUTION_ERROR", f"Cannot negate the text value {node.this.sql()}")
             if isinstance(node, exp.Column) and node.args.get("db") is not None:
                 node = node.copy()
                 node.set("db", None)
@@ -216,7 +231,10 @@ class _Compiler:
                 self.out.tables.append((info, info.full_name, "r"))
                 new = self.visible_source(info, alias)
                 self.known[id(new)] = info
-            table.replace(new)
+            target: exp.Expression = table
+            while isinstance(target.parent, exp.Subquery) and target.parent.this is target and not target.parent.alias:
+                target = target.parent  # FROM (ns.t): the parentheses go with the table
+            target.replace(new)
 
     def system_source(self, name: str, alias: str) -> exp.Expression:
         if name in SYSTEM_VIEWS:
@@ -263,11 +281,12 @@ class _Compiler:
                 if isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)):
                     qualifier = e.table if isinstance(e, exp.Column) else None
                     picked = [s for s in sources if not qualifier or s.alias_or_name == qualifier]
-                    cols = [self.source_columns(s) for s in picked]
-                    if picked and all(c is not None for c in cols):
+                    found = [self.source_columns(s) for s in picked]
+                    cols = [c for c in found if c is not None]
+                    if picked and len(cols) == len(found):
                         for s, cs in zip(picked, cols):
                             for cname, _ in cs:
-                                new_exprs.append(exp.column(cname, table=s.alias_or_name, quoted=True))
+                                new_exprs.append(exp.column(cname, table=s.alias_or_name or None, quoted=True))
                         changed = True
                         continue
                 new_exprs.append(e)
@@ -275,7 +294,7 @@ class _Compiler:
                 select.set("expressions", new_exprs)
 
     def output_types(self, root: exp.Expression) -> list[str | None]:
-        select = root
+        select: Any = root  # narrowed to exp.Select below
         while isinstance(select, (exp.Union, exp.Intersect, exp.Except)):
             select = select.this
         if isinstance(select, exp.Subquery):
@@ -336,6 +355,7 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
         c.out.types = c.output_types(ast)
         c.out.sql = ast.sql("sqlite")
     elif kind == "insert":
+        assert isinstance(ast, exp.Insert)
         _compile_insert(c, ast)
     elif kind in ("update", "delete"):
         _compile_update_delete(c, ast, kind)
@@ -373,11 +393,6 @@ def _target(c: _Compiler, table: exp.Table, verb: str) -> TableInfo:
     return info
 
 
-def _coerce(info: TableInfo, col: str, value: exp.Expression) -> exp.Expression:
-    fn = COERCE_FN.get(info.by_name[col].data_type)
-    return _fn(fn, value) if fn else value
-
-
 def _check_column(info: TableInfo, name: str) -> str:
     name = name.lower()
     if name in HIDDEN or name.startswith("_"):
@@ -387,24 +402,28 @@ def _check_column(info: TableInfo, name: str) -> str:
     return name
 
 
-def default_expr(col) -> exp.Expression:
-    d = col.default
-    if d is None:
-        return exp.Null()
-    if "fn" in d:
-        return _fn({"NOW": "kdb_now", "SNOWFLAKE_ID": "kdb_snowflake", "UUID_V7": "kdb_uuid7",
-                    "ULID": "kdb_ulid", "CURRENT_USER": "kdb_current_user"}[d["fn"]])
-    v = d["lit"]
-    if v is None:
-        return exp.Null()
-    if isinstance(v, bool):
-        return exp.Literal.number(1 if v else 0)
-    if isinstance(v, (int, float)):
-        return exp.Literal.number(v)
-    return exp.Literal.string(v)
+def _pure_cell(v: exp.Expression) -> tuple[str, object] | None:
+    """A VALUES cell that needs no SQL to evaluate: ("v", value) or ("p", parameter number)."""
+    if isinstance(v, exp.Literal):
+        return ("v", v.this if v.is_string else v.to_py())
+    if isinstance(v, exp.Null):
+        return ("v", None)
+    if isinstance(v, exp.Boolean):
+        return ("v", bool(v.this))
+    if isinstance(v, exp.Placeholder) and v.name.startswith("p") and v.name[1:].isdigit():
+        return ("p", int(v.name[1:]))
+    if isinstance(v, exp.Neg) and isinstance(v.this, exp.Literal) and not v.this.is_string:
+        value = v.this.to_py()
+        if isinstance(value, (int, float)):
+            return ("v", -value)
+    return None
 
 
-def _compile_insert(c: _Compiler, ast: exp.Insert) -> Compiled:
+def _compile_insert(c: _Compiler, ast: exp.Insert) -> None:
+    """Phase 1 of an INSERT: the rows to insert, as raw values in `columns` order. VALUES of
+    literals and parameters need no SQL at all (`pure_rows`); anything else becomes a VALUES or
+    SELECT statement that reads only through row views. Defaults, coercion, `_seq` and the write
+    itself happen in the executor (engine/writes.py), from Python values."""
     if ast.args.get("conflict") or ast.args.get("returning"):
         raise KalamError("INVALID_SQL", "INSERT ... ON CONFLICT / RETURNING is not supported")
     target = ast.this
@@ -419,76 +438,44 @@ def _compile_insert(c: _Compiler, ast: exp.Insert) -> Compiled:
         cols = [_check_column(info, g) for g in given]
         if len(set(cols)) != len(cols):
             raise KalamError("SQL_EXECUTION_ERROR", "A column appears twice in the INSERT column list")
-    missing = [col for col in info.columns if col.name not in cols]
-    for col in missing:
-        if col.not_null and col.default is None:
+    for col in info.columns:
+        if col.name not in cols and col.not_null and col.default is None:
             raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' cannot be NULL (no value and no DEFAULT)")
-    source = ast.expression
-    extra_names = [m.name for m in missing] + ["_seq", "_deleted"]
-    extra_vals = [default_expr(m) for m in missing] + [_fn("kdb_seq"), exp.Literal.number(0)]
+    c.out.columns = cols
     if info.table_type in OWNED_TYPES:
-        extra_names.append("_owner")
-        extra_vals.append(_param("_owner"))
         c.out.uses_owner = True
-    if info.table_type == "STREAM":
-        extra_names.append("_ts")
-        extra_vals.append(_fn("kdb_now"))
-    pk_index = cols.index(info.primary_key) if info.primary_key in cols else None
+    source = ast.expression
     if isinstance(source, exp.Values):
-        rows = []
+        rows: list[list[exp.Expression]] = []
         for tup in source.expressions:
             values = tup.expressions if isinstance(tup, exp.Tuple) else [tup]
             if len(values) != len(cols):
                 raise KalamError("SQL_EXECUTION_ERROR", f"INSERT has {len(cols)} column(s) but a row has "
                                  f"{len(values)} value(s)")
-            if pk_index is not None:
-                v = values[pk_index]
-                if isinstance(v, exp.Literal):
-                    c.out.pk_values.append(("lit", v.this if v.is_string else v.to_py()))
-                elif isinstance(v, exp.Placeholder) and v.name.startswith("p"):
-                    c.out.pk_values.append(("param", int(v.name[1:])))
-                elif isinstance(v, exp.Neg) and isinstance(v.this, exp.Literal):
-                    c.out.pk_values.append(("lit", -v.this.to_py()))
-                else:
-                    c.out.pk_values.append(None)
-            for v in values:
-                c.rewrite_sources(v)  # a subquery in VALUES reads through row views like any other
-            values = tup.expressions if isinstance(tup, exp.Tuple) else [tup]
-            new = [_coerce(info, col, v.copy()) for col, v in zip(cols, values)]
-            rows.append(exp.Tuple(expressions=new + [e.copy() for e in extra_vals]))
+            rows.append(values)
         c.out.row_count = len(rows)
-        new_source = exp.Values(expressions=rows)
+        cells = [[_pure_cell(v) for v in row] for row in rows]
+        pure = [[cell for cell in row if cell is not None] for row in cells]
+        if all(len(p) == len(r) for p, r in zip(pure, cells)):
+            c.out.pure_rows = pure
+            return
+        for row in rows:
+            for v in row:
+                c.rewrite_sources(v)  # a subquery in VALUES reads through row views like any other
+        c.out.sql = exp.Values(expressions=[exp.Tuple(expressions=row) for row in rows]).sql("sqlite")
     elif isinstance(source, (exp.Select, exp.Union)):
         c.rewrite_sources(source)
         c.expand_stars(source)
-        names = [f"c{i}" for i in range(len(cols))]
-        cte_alias = exp.TableAlias(this=exp.to_identifier("_kdb_src"),
-                                   columns=[exp.to_identifier(n) for n in names])
-        proj = [_coerce(info, col, exp.column(n)) for col, n in zip(cols, names)] + extra_vals
-        new_source = exp.select(*proj).from_("_kdb_src").where(exp.true())
-        new_source.set("with_", exp.With(expressions=[exp.CTE(this=source, alias=cte_alias)]))
+        c.out.sql = source.sql("sqlite")
         c.out.row_count = -1
     else:
         raise KalamError("INVALID_SQL", "INSERT needs VALUES or SELECT")
-    all_cols = cols + extra_names
-    table = exp.Table(this=exp.to_identifier(info.storage, quoted=True))
-    insert = exp.Insert(this=exp.Schema(this=table, expressions=[exp.to_identifier(n, quoted=True) for n in all_cols]),
-                        expression=new_source)
-    sql = insert.sql("sqlite")
-    if info.primary_key:
-        key = [quote_ident(info.primary_key)]
-        if info.table_type in OWNED_TYPES:
-            key.insert(0, "_owner")
-        sets = [f"{quote_ident(n)} = excluded.{quote_ident(n)}" for n in all_cols if n not in ("_owner",)]
-        # a soft-deleted row with the same key is replaced; a live one makes the row a no-op, which
-        # the executor detects (affected rows < rows) and reports as a primary key violation
-        sql += (f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(sets)} "
-                f"WHERE {quote_ident(info.storage)}._deleted = 1")
-    c.out.sql = sql
-    return c.out
 
 
-def _compile_update_delete(c: _Compiler, ast: exp.Expression, kind: str) -> Compiled:
+def _compile_update_delete(c: _Compiler, ast: exp.Expression, kind: str) -> None:
+    """Phase 1 of UPDATE/DELETE: a SELECT over the target's row view that returns, per matching
+    row, its rowid, every column, its `_seq`, and (UPDATE) the new value of each SET column. The
+    executor writes those rows with fixed templates, so user SQL itself never writes."""
     table = ast.this
     info = _target(c, table, "update" if kind == "update" else "delete from")
     alias = table.alias or table.name
@@ -499,30 +486,30 @@ def _compile_update_delete(c: _Compiler, ast: exp.Expression, kind: str) -> Comp
     for src in ("from_", "joins", "using"):
         if ast.args.get(src):
             raise KalamError("INVALID_SQL", f"{kind.upper()} ... {src.strip('_').upper()} is not supported")
+    if ast.args.get("returning"):
+        raise KalamError("INVALID_SQL", "RETURNING is not supported")
     if cond is not None:
         c.rewrite_sources(cond)
-    sets: list[exp.Expression] = []
+    projection = [exp.column(ROWID, table=alias)]
+    projection += [exp.column(col.name, table=alias, quoted=True) for col in info.columns]
+    projection.append(exp.column("_seq", table=alias))
     if kind == "update":
+        set_cols = []
         for e in ast.expressions:
             if not isinstance(e, exp.EQ) or not isinstance(e.this, exp.Column):
                 raise KalamError("INVALID_SQL", "UPDATE SET needs column = value")
             col = _check_column(info, e.this.name)
+            if col in set_cols:
+                raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col}' is assigned twice in UPDATE SET")
             value = e.expression
             c.rewrite_sources(value)
-            sets.append(exp.EQ(this=exp.column(col, quoted=True), expression=_coerce(info, col, value)))
-        if ast.args.get("returning"):
-            raise KalamError("INVALID_SQL", "RETURNING is not supported")
-    else:
-        sets.append(exp.EQ(this=exp.column("_deleted"), expression=exp.Literal.number(1)))
-    sets.append(exp.EQ(this=exp.column("_seq"), expression=_fn("kdb_seq")))
-    guard: exp.Expression = exp.EQ(this=exp.column("_deleted", table=alias),
-                                   expression=exp.Literal.number(0))
+            set_cols.append(col)
+            projection.append(value)
+        c.out.columns = set_cols
     if info.table_type in OWNED_TYPES:
-        guard = exp.and_(guard, exp.EQ(this=exp.column("_owner", table=alias), expression=_param("_owner")))
         c.out.uses_owner = True
-    full = exp.and_(guard, exp.Paren(this=cond)) if cond is not None else guard
-    new_table = exp.Table(this=exp.to_identifier(info.storage, quoted=True),
-                          alias=exp.TableAlias(this=exp.to_identifier(alias)))
-    update = exp.Update(this=new_table, expressions=sets, where=exp.Where(this=full))
-    c.out.sql = update.sql("sqlite")
-    return c.out
+    source = c.visible_source(info, alias, with_rowid=True)
+    select = exp.select(*projection).from_(source)
+    if cond is not None:
+        select = select.where(cond)
+    c.out.sql = select.sql("sqlite")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import click
@@ -77,9 +77,17 @@ def _cluster_secret(data_dir: Path) -> str:
     path = data_dir / "cluster.secret"
     if path.exists():
         return path.read_text().strip()
-    secret = uuid.uuid4().hex
-    path.write_text(secret + "\n")
-    path.chmod(0o600)
+    secret = secrets.token_hex(32)
+    # private from creation, and complete or absent: never readable by others, never half-written
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (secret + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
     return secret
 
 

@@ -152,9 +152,6 @@ class ClusterNode:
         }
 
     async def start(self) -> None:
-        if self.cfg.secret_is_default:
-            log.warning("KALAMDB_CLUSTER_SECRET is not set: peers authenticate with a secret derived from "
-                        "the cluster id; anyone who can reach the RPC port could join. Set it in production.")
         if self.unsafe_local_reads:
             log.critical("UNSAFE MODE: KALAMDB_UNSAFE_LOCAL_READS=1 -- data reads skip ReadIndex and may be "
                          "stale; never use this outside checker tests")

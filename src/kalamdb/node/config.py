@@ -6,14 +6,15 @@ environment spelling, and every mistake names the field to fix.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kalamdb.config import ConfigError
+
+MIN_SECRET_CHARS = 16  # a cluster secret shorter than this is refused at start
 
 _SNAPSHOT_POLICY = re.compile(r"^\s*LogsSinceLast\(\s*(\d+)\s*\)\s*$|^\s*Never\s*$", re.IGNORECASE)
 DEFAULT_SNAPSHOT_EVERY = 20_000
@@ -44,7 +45,6 @@ class ClusterConfig:
     leader_wait_ms: int = 3000  # how long a write waits for a leader before 503
     write_timeout_ms: int = 10000  # proposed but not committed by then: indefinite 503
     forward_timeout_ms: int = 10000
-    secret_is_default: bool = field(default=False, compare=False)
 
     @property
     def rpc_hostport(self) -> tuple[str, int]:
@@ -175,11 +175,15 @@ def load_cluster_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | 
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cluster_id):
         raise ConfigError("cluster.cluster_id", f"'{cluster_id}' must be 1-64 of A-Z a-z 0-9 _ . -")
     secret = str(values.get("secret", ""))
-    secret_is_default = not secret
-    if not secret:
-        # Every node derives the same secret, so a cluster forms without one; the node logs a
-        # warning because anyone who can reach the RPC port could then join the traffic.
-        secret = hashlib.sha256(f"kalamdb-insecure-default:{cluster_id}".encode()).hexdigest()
+    if len(secret) < MIN_SECRET_CHARS:
+        # A secret derived from public data would let anyone who reaches the RPC port join the
+        # cluster, read every replicated write, and sign a root token for the HTTP API.
+        raise ConfigError("cluster.secret", (
+            "is not set" if not secret else f"is shorter than {MIN_SECRET_CHARS} characters") + ": without "
+            "a secret shared by the nodes, anyone who can reach the RPC port could join the cluster, read every "
+            "replicated write and sign a root token for the HTTP API. Set KALAMDB_CLUSTER_SECRET (the same "
+            "random value on every node, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`) or "
+            "[cluster] secret in server.toml; `kalamdb cluster up` generates one for a local cluster")
 
     hb = _int(values.get("heartbeat_interval_ms", 250), "cluster.heartbeat_interval_ms", 1, 60_000)
     et = values.get("election_timeout_ms", (500, 1000))
@@ -205,5 +209,4 @@ def load_cluster_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | 
         leader_wait_ms=_int(values.get("leader_wait_ms", 3000), "cluster.leader_wait_ms", 0, 600_000),
         write_timeout_ms=_int(values.get("write_timeout_ms", 10000), "cluster.write_timeout_ms", 1, 600_000),
         forward_timeout_ms=_int(values.get("forward_timeout_ms", 10000), "cluster.forward_timeout_ms", 1, 600_000),
-        secret_is_default=secret_is_default,
     )

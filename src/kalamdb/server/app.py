@@ -11,6 +11,7 @@ from aiohttp import web
 
 from kalamdb import __version__
 from kalamdb.errors import KalamError
+from kalamdb.live.endpoint import LIVE_KEY, add_live_routes
 from kalamdb.node.cluster_view import add_node_report_route
 from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
@@ -59,6 +60,7 @@ def create_app(state: ServerState) -> web.Application:
     add_cluster_routes(app, STATE_KEY)
     add_admin_routes(app, STATE_KEY)
     add_node_report_route(app, STATE_KEY)
+    add_live_routes(app, state)  # GET /v1/ws, system.live, KILL LIVE QUERY
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -76,8 +78,8 @@ async def _metrics(request: web.Request) -> web.Response:
     cheap = state.sql.cheap
     stats = {**state.node.stats(), **state.workers.stats(), "sql_prepared_inline_total": cheap.inline,
              "sql_prepared_on_workers_total": cheap.offloaded}
-    return web.Response(text=metrics.render(state.sql.metrics, stats, applied_index=state.node.applied_index),
-                        content_type="text/plain")
+    text = metrics.render(state.sql.metrics, stats, applied_index=state.node.applied_index)
+    return web.Response(text=text + request.app[LIVE_KEY].metrics_text(), content_type="text/plain")
 
 
 async def _login(request: web.Request) -> web.Response:

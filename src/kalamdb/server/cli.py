@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -24,6 +25,9 @@ from kalamdb.config import ConfigError, load_config, prepare_data_dir
 def serve_command(config_path, host, port, data_dir, log_level, max_body_bytes, port_file, listen_fd,
                   rpc_fd) -> None:
     """Run a kalamdb server (a single node unless server.toml has a [cluster] section)."""
+    # Everything the node writes (the database with its password hashes, the Raft log, snapshots,
+    # logs) is private to the user running it, from creation on: 0600 files, 0700 directories.
+    os.umask(0o077)
     try:
         cfg = load_config(config_path, overrides={
             "server.host": host,

@@ -24,6 +24,7 @@ from kalamdb.config import Config, prepare_data_dir, resolve_jwt_secret
 from kalamdb.server.admission import SqlWorkers
 from kalamdb.server.app import ServerState, create_app
 from kalamdb.server.auth import Authenticator
+from kalamdb.server.connguard import ConnectionGuard
 from kalamdb.server.standalone import StandaloneNode
 
 log = logging.getLogger("kalamdb.server")
@@ -112,6 +113,9 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
 
         state.sql.forwarder = Forwarder(cluster_cfg.node_id, cluster_cfg.forward_timeout_ms / 1000)
     app = create_app(state)
+    guard = ConnectionGuard(idle_timeout_s=cfg.limits.http_idle_timeout_s,  # idle/partial-request timeout,
+                            max_per_address=cfg.limits.max_connections_per_address)  # per-address cap
+    guard.install(app)
     access_log = logging.getLogger("aiohttp.access") if cfg.logging.level == "debug" else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     stop = stop or asyncio.Event()
@@ -123,6 +127,7 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     try:
         await node.start()
         await runner.setup()
+        guard_task = asyncio.create_task(guard.run(runner.server), name="connection-guard")
         if listen_fd is not None:
             site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=listen_fd))
         else:
@@ -143,6 +148,8 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         await stop.wait()
         log.info("shutting down: refusing new connections, finishing in-flight requests")
     finally:
+        if "guard_task" in locals():
+            guard_task.cancel()
         await runner.cleanup()
         if state.sql.forwarder is not None:
             await state.sql.forwarder.close()

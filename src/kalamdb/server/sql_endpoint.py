@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from kalamdb.node.api import Node
     from kalamdb.server.auth import Authenticator
     from kalamdb.server.forward import Forwarder
+from kalamdb.server.unsafe_txn import UnsafeTxn
+from kalamdb.sql.statements import KillLiveQuery
 
 log = logging.getLogger("kalamdb.sql")
 
@@ -121,7 +123,9 @@ class SqlHandler:
         self.workers = workers
         self.cheap = CheapStatements()
         self.forwarder: Forwarder | None = None  # cluster mode: CLUSTER statements to the leader
+        self.live: Any = None  # the node's LiveService (kalamdb.live): executes KILL LIVE QUERY here
         self.metrics = SqlMetrics()
+        self.unsafe_txn = UnsafeTxn.from_env()  # None unless a checker test plants a transaction bug
 
     async def __call__(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -170,8 +174,12 @@ class SqlHandler:
             cheap.offloaded += 1
             if not touches_users(prepared):
                 cheap.learn(req.sql, cpu_s)
+        if any(isinstance(s, KillLiveQuery) for s in prepared.statements):
+            return _kill_live_statement(prepared.statements, principal, self.live), None
         if prepared.cluster_op is not None:
             return await self.node.cluster(prepared.cluster_op, principal), None
+        if self.unsafe_txn is not None and self.unsafe_txn.applies(prepared):
+            return await self.unsafe_txn.run(self.db, self.node, prepared)
         if command is None:
             await self.node.read_barrier(prepared, consistency=req.consistency,
                                          min_applied_index=req.min_applied_index)
@@ -192,6 +200,16 @@ class SqlHandler:
         """(worker thread) parse and check the SQL; a write's command with its fixed values (password
         hashing, tens of ms with argon2, happens here too)."""
         prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
-        if prepared.cluster_op is not None or not prepared.is_write:
+        if (prepared.cluster_op is not None or not prepared.is_write
+                or any(isinstance(s, KillLiveQuery) for s in prepared.statements)):
             return prepared, None
         return prepared, self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id)
+
+
+def _kill_live_statement(statements: list, principal: Any, live: Any) -> list[dict]:
+    """KILL LIVE QUERY runs on the node that received it (live queries are node-local)."""
+    if len(statements) != 1:
+        raise KalamError("INVALID_SQL", "KILL LIVE QUERY must be sent alone")
+    if live is None:
+        raise KalamError("INVALID_SQL", "This server does not serve live queries")
+    return [live.kill(statements[0].live_id, principal)]

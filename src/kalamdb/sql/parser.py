@@ -258,7 +258,30 @@ def parse_statement(sql: str, cache: ParseCache) -> st.Statement:
         return _parse_execute_as(c, cache)
     if first == "CLUSTER":
         return _parse_cluster(c)
+    if first == "KILL" and c.at("KILL", "LIVE", "QUERY"):
+        return _parse_kill_live(c)
     raise KalamError("INVALID_SQL", f"Unsupported statement: {sql[:60]!r}")
+
+
+_LIVE_ID_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,600}$")
+
+
+def _parse_kill_live(c: _Cursor) -> st.KillLiveQuery:
+    """`KILL LIVE QUERY <live_id>`: the id (`{user_id}-{connection_id}-{subscription_id}`) is the
+    rest of the statement, optionally quoted."""
+    c.i += 3
+    t = c.peek()
+    if t is None:
+        raise KalamError("INVALID_SQL", "KILL LIVE QUERY needs a live query id (see system.live)")
+    text = c.sql[t.pos:].strip()
+    if t.kind == "str" and len(c.toks) == c.i + 1:  # quoted: any subscription id (no control characters)
+        text = str(t.value)
+        ok = 0 < len(text) <= 600 and text.isprintable()
+    else:
+        ok = _LIVE_ID_RE.match(text) is not None
+    if not ok:
+        raise KalamError("INVALID_SQL", f"Invalid live query id {text[:80]!r} (see system.live for the ids)")
+    return st.KillLiveQuery(text)
 
 
 def parameterize_values(sql: str) -> tuple[str, list] | None:

@@ -217,6 +217,15 @@ class ClusterStatement(Statement):
     op: ClusterOp
 
 
+@dataclass
+class KillLiveQuery(Statement):
+    """KILL LIVE QUERY <live_id>: ends one live subscription on the node that receives it (the node
+    layer executes it; it changes no replicated state)."""
+
+    tag: ClassVar[str] = "kill_live"
+    live_id: str
+
+
 STATEMENT_TYPES: dict[str, type[Statement]] = {
     cls.tag: cls
     for cls in (Query, CreateNamespace, DropNamespace, ShowNamespaces, UseNamespace, CreateTable, DropTable,

@@ -8,8 +8,12 @@ from typing import Any
 
 _EXPORTS = {
     "ClusterTestServer": "kalamdb.testing.cluster",
-    "ClusterError": "kalamdb.testing.cluster",
-    "ProcessControlUnavailable": "kalamdb.testing.cluster",
+    "ClusterError": "kalamdb.testing.nodes",
+    "NodeHandle": "kalamdb.testing.nodes",
+    "NodeProcess": "kalamdb.testing.process",
+    "ProcessControl": "kalamdb.testing.process",
+    "ClusterNetwork": "kalamdb.testing.network",
+    "FaultNotSupported": "kalamdb.testing.network",
     "get_cluster_server": "kalamdb.testing.cluster",
     "start_cluster_server": "kalamdb.testing.cluster",
     "shutdown_cluster_server": "kalamdb.testing.cluster",

@@ -1,9 +1,10 @@
 """Clusters the kit did not start: `KALAMDB_CLUSTER_URLS=http://a,http://b,http://c`.
 
 Everything that needs only HTTP (SQL on nodes, leader discovery, replication barriers, consistency
-and digest checks, stats) works as on a kit-started cluster. Process control (kill, stop, pause,
-restart, add or remove nodes) is impossible from here: inside a pytest test it skips the test with
-a reason that says so; elsewhere it raises ProcessControlUnavailable.
+and digest checks, stats, run-time failpoints) works as on a kit-started cluster. Process control,
+network faults and pressure are things the kit cannot have over processes it did not start, so an
+`ExternalCluster` simply has no `processes`, `net` or `pressure`: tests that need them carry
+`@pytest.mark.process_control` (or use `fresh_cluster`) and the plugin skips them in external mode.
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ import os
 from typing import Self
 from urllib.parse import urlsplit
 
-from kalamdb.testing.cluster import (
-    ClusterError,
-    ClusterOps,
-    NodeHandle,
-    ProcessControlUnavailable,
-    default_seed,
-)
+from kalamdb.testing.nodes import ClusterError, NodeHandle
+from kalamdb.testing.ops import ClusterOps
+from kalamdb.testing.seeds import default_seed
 
 
 class ExternalNode(NodeHandle):
@@ -42,18 +39,8 @@ class ExternalNode(NodeHandle):
         return f"<external node {self.node_id} (index {self.index}) {self.url}>"
 
 
-def _needs_process_control(what: str) -> None:
-    reason = (f"{what} needs process control, which the kit does not have over an external cluster "
-              "(KALAMDB_CLUSTER_URLS)")
-    if os.environ.get("PYTEST_CURRENT_TEST"):
-        import pytest
-
-        pytest.skip(reason)
-    raise ProcessControlUnavailable(reason)
-
-
 class ExternalCluster(ClusterOps):
-    """The ClusterOps helpers over nodes at fixed URLs; lifecycle methods skip or refuse."""
+    """The ClusterOps helpers over nodes at fixed URLs (no process control, no network faults)."""
 
     external = True
     root = None
@@ -84,43 +71,6 @@ class ExternalCluster(ClusterOps):
         ids = [n.node_id for n in self.nodes]
         if len(set(ids)) != len(ids):
             raise ClusterError(f"KALAMDB_CLUSTER_URLS name the same node twice (node ids {ids} for {urls})")
-
-    # ---- process control: not ours --------------------------------------------------------------
-    def start(self, i: int | None = None, **_: object) -> None:
-        _needs_process_control(f"start({i})" if i is not None else "start()")
-
-    def start_node(self, i: int, **_: object) -> None:
-        _needs_process_control(f"start_node({i})")
-
-    def kill(self, i: int) -> None:
-        _needs_process_control(f"kill({i})")
-
-    def stop(self, i: int) -> None:
-        _needs_process_control(f"stop({i})")
-
-    def restart(self, i: int, **_: object) -> None:
-        _needs_process_control(f"restart({i})")
-
-    def pause(self, i: int) -> None:
-        _needs_process_control(f"pause({i})")
-
-    def resume(self, i: int) -> None:
-        _needs_process_control(f"resume({i})")
-
-    def kill_all(self) -> None:
-        _needs_process_control("kill_all()")
-
-    def restart_all(self, **_: object) -> None:
-        _needs_process_control("restart_all()")
-
-    def add_node(self, **_: object) -> None:
-        _needs_process_control("add_node()")
-
-    def remove_node(self, i: int, **_: object) -> None:
-        _needs_process_control(f"remove_node({i})")
-
-    def heal(self) -> None:
-        """Nothing to heal from here."""
 
     def shutdown(self) -> None:
         """Leave the cluster running (it is not ours); close our connections."""

@@ -4,11 +4,15 @@ Fixtures:
   cluster        the shared 3-node cluster of the test process (get_cluster_server()), or the
                  external cluster named by KALAMDB_CLUSTER_URLS; for tests that leave it as they
                  found it (stopped or paused nodes are brought back before the next test).
-  fresh_cluster  a new cluster for one test; `@pytest.mark.cluster(nodes=5, heartbeat_ms=...)`
-                 sets its options. Skipped against an external cluster.
+  fresh_cluster  a new cluster for one test; `@pytest.mark.cluster(nodes=5, faults=True, ...)`
+                 sets its options (ClusterTestServer fields). Skipped against an external cluster.
   make_cluster   a factory of fresh clusters (several per test, each shut down at its end).
   server, unique_ns, fresh_server   one real single-node server (see fixtures_single).
   chaos_run      runs one chaos scenario (`@pytest.mark.chaos(...)`) and returns its result.
+
+Markers: `cluster(**options)` (options of `fresh_cluster`), `process_control` (the test kills,
+pauses or restarts nodes of the shared `cluster`: skipped when that cluster is external, since the
+kit has no process control over it).
 
 `--kalamdb-keep` keeps data dirs and logs. A failed test keeps them too, and its report gets a
 "kalamdb cluster" section with each node's log tail, the seed and where the artifacts are.
@@ -39,6 +43,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "cluster(nodes=3, **options): a test against real multi-node kalamdb clusters; the "
                    "options configure the `fresh_cluster` fixture (see ClusterTestServer's fields)")
+    config.addinivalue_line(
+        "markers", "process_control: the test stops, kills, pauses or restarts nodes of the shared `cluster` "
+                   "(skipped against an external cluster, KALAMDB_CLUSTER_URLS)")
 
 
 def _verbose(config: pytest.Config) -> bool:
@@ -72,6 +79,9 @@ def cluster(request: pytest.FixtureRequest):
     """The shared cluster (started on first use, reused by every test of the process)."""
     from kalamdb.testing.cluster import get_cluster_server
 
+    if _is_external() and request.node.get_closest_marker("process_control") is not None:
+        pytest.skip(f"{request.node.name} needs process control (@pytest.mark.process_control), which the kit "
+                    "does not have over an external cluster (KALAMDB_CLUSTER_URLS)")
     c = get_cluster_server(verbose=_verbose(request.config))
     if request.config.getoption("kalamdb_keep") and hasattr(c, "keep"):
         c.keep = True

@@ -1,0 +1,75 @@
+"""The engine's value types: who asks (Principal), a prepared request (Prepared), what applying a
+command produced (Outcome), and the state of one request while its statements run (ExecContext)."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from kalamdb.engine.authorizer import Guard
+from kalamdb.engine.changes import Change, FeedEvent
+from kalamdb.engine.functions import FnState
+from kalamdb.errors import KalamError
+from kalamdb.sql import statements as st
+
+ADMIN_ROLES = ("dba", "system")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    username: str
+    role: str  # user | service | dba | system
+
+
+@dataclass
+class Prepared:
+    sql: str
+    statements: list[st.Statement]
+    params: list
+    namespace: str
+    principal: Principal
+    is_write: bool
+    cluster_op: st.ClusterOp | None = None
+    #: the request may change users, passwords or roles (credential caches must be refreshed)
+    touches_users: bool = False
+
+
+@dataclass
+class Outcome:
+    results: list[dict] = field(default_factory=list)
+    error: KalamError | None = None
+
+
+class ExecContext:
+    """One request being executed: which connection, whose rows, which fixed inputs, and (when
+    applying) the row changes and feed events it made so far."""
+
+    def __init__(self, conn: sqlite3.Connection, state: FnState, principal: Principal, namespace: str,
+                 params: list, writing: bool, index: int = 0):
+        self.conn = conn
+        self.state = state
+        self.principal = principal
+        self.namespace = namespace
+        self.params = params
+        self.writing = writing
+        self.index = index  # the log index of the command being applied (0 on reads)
+        self.ddl_done = False
+        self.changes: list[Change] = []
+        self.events: list[FeedEvent] = []
+
+
+def require_admin(principal: Principal, what: str) -> None:
+    if principal.role not in ADMIN_ROLES:
+        raise KalamError("PERMISSION_DENIED", f"{what} requires role dba or system")
+
+
+def message(text: str, ctx: ExecContext, row_count: int = 0) -> dict:
+    return {"row_count": row_count, "message": text, "as_user": ctx.principal.username}
+
+
+def guard_of(ctx: ExecContext) -> Guard:
+    """The connection's authorizer (every engine connection has one: see authorizer.install)."""
+    if ctx.state.guard is None:
+        raise KalamError("INTERNAL_ERROR", "connection without an authorizer")
+    return ctx.state.guard

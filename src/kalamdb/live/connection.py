@@ -1,0 +1,192 @@
+"""One WebSocket connection: who it is, its subscriptions, and an ordered, bounded send queue
+drained by one writer task.
+
+Every frame to the client (acks, batches, changes, errors) goes through the queue, so the client
+sees them in the order the service produced them. The queue is bounded in frames and bytes: a
+client that stops reading (the socket's buffers full, the writer waiting) makes it grow until the
+bound, and then the connection is closed with a SLOW_CONSUMER error instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from kalamdb.live import protocol as p
+
+log = logging.getLogger("kalamdb.live")
+
+MAX_QUEUED_FRAMES = 10_000
+slow_consumers_closed = 0  # process-wide count, for /metrics
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+CLOSE_TIMEOUT_S = 2.0
+SLOW_CLOSE_TIMEOUT_S = 10.0  # a slow consumer gets this long to read up to the error before an abort
+
+
+class LiveConnection:
+    def __init__(self, ws: web.WebSocketResponse, *, remote: str | None, compress: bool,
+                 transport: asyncio.BaseTransport | None = None):
+        self.id = uuid.uuid4().hex
+        self.ws = ws
+        self.remote = remote
+        self.compress = compress
+        self.transport = transport
+        self.protocol = p.Protocol()
+        self.principal: Any = None  # set once authenticated
+        self.token_exp: float | None = None  # unix seconds
+        self.subs: dict[str, Any] = {}
+        self.opened = time.monotonic()
+        self.last_inbound = self.opened
+        self.last_inbound_wall = time.time()
+        self.busy = 0  # handlers in progress (a long initial load must not look like silence)
+        self.closed = False
+        self._tokens = float(p.MAX_MESSAGES_PER_S)
+        self._refilled = self.opened
+        self._queue: deque[p.Frame] = deque()
+        self._queued_bytes = 0
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=f"ws-writer-{self.id[:8]}")
+        self._closing_task: asyncio.Task | None = None
+
+    # ---- identity --------------------------------------------------------------------------
+    @property
+    def authenticated(self) -> bool:
+        return self.principal is not None
+
+    @property
+    def user_id(self) -> str:
+        return self.principal.user_id if self.principal is not None else ""
+
+    @property
+    def serialization(self) -> str:
+        return self.protocol.serialization
+
+    # ---- inbound ---------------------------------------------------------------------------
+    def touch(self) -> None:
+        self.last_inbound = time.monotonic()
+        self.last_inbound_wall = time.time()
+
+    def allow_message(self) -> bool:
+        """Upstream's per-connection token bucket: 50 messages, refilled at 50 per second."""
+        now = time.monotonic()
+        elapsed = now - self._refilled
+        if elapsed >= 0.01:
+            self._tokens = min(float(p.MAX_MESSAGES_PER_S), self._tokens + elapsed * p.MAX_MESSAGES_PER_S)
+            self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    # ---- outbound --------------------------------------------------------------------------
+    def send_message(self, message: dict) -> None:
+        self.send(p.encode(message, self.serialization, compress=self.compress))
+
+    def send(self, frame: p.Frame) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= MAX_QUEUED_FRAMES or self._queued_bytes + len(frame.data) > MAX_QUEUED_BYTES:
+            self.close_slow_consumer()
+            return
+        self._queue.append(frame)
+        self._queued_bytes += len(frame.data)
+        self._drained.clear()
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def drained(self, below: int = 0, timeout: float = 30.0) -> None:
+        """Wait until at most `below` frames are queued (pacing a long replay to the reader)."""
+        deadline = time.monotonic() + timeout
+        while len(self._queue) > below and not self.closed:
+            self._drained.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), min(left, 0.5))
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        queue = self._queue
+        try:
+            while True:
+                if not queue:
+                    self._drained.set()
+                    if self.closed:
+                        return  # closing: everything queued before the close has been written
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                frame = queue.popleft()
+                self._queued_bytes -= len(frame.data)
+                await ws.send_frame(frame.data, WSMsgType.BINARY if frame.binary else WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass  # the peer went away, or we are closing: the read loop ends the connection
+        except Exception:
+            log.exception("websocket writer of connection %s failed", self.id)
+        finally:
+            self._drained.set()
+
+    # ---- closing ---------------------------------------------------------------------------
+    def close_slow_consumer(self) -> None:
+        global slow_consumers_closed
+        slow_consumers_closed += 1
+        log.warning("closing live connection %s of user %s: it stopped reading (more than %d frames or "
+                    "%d bytes queued)", self.id, self.user_id, MAX_QUEUED_FRAMES, MAX_QUEUED_BYTES)
+        msg = p.error("connection", p.SLOW_CONSUMER,
+                      f"The client did not read its notifications fast enough (more than {MAX_QUEUED_FRAMES} "
+                      f"messages or {MAX_QUEUED_BYTES} bytes waiting); reconnect and resume with `from`")
+        self._queue.clear()
+        self._queued_bytes = 0
+        frame = p.encode(msg, p.JSON, compress=False)
+        self._writer.cancel()  # it waits for the socket to drain; what it wrote stays in order
+        self.close(p.CLOSE_POLICY, "Slow consumer", final=frame, timeout=SLOW_CLOSE_TIMEOUT_S)
+
+    def close(self, code: int, reason: str, *, final: p.Frame | None = None,
+              timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the connection (idempotent): nothing more is queued; what was queued is written,
+        then `final` and a close frame, within CLOSE_TIMEOUT_S; a peer that does not cooperate gets
+        its transport aborted."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake.set()
+        self._closing_task = asyncio.get_running_loop().create_task(self._close(code, reason, final, timeout))
+
+    async def _close(self, code: int, reason: str, final: p.Frame | None, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._writer)
+                if final is not None and not self.ws.closed:
+                    await self.ws.send_frame(final.data, WSMsgType.BINARY if final.binary else WSMsgType.TEXT)
+                await self.ws.close(code=code, message=reason.encode()[:120].decode("utf-8", "ignore").encode())
+        except (TimeoutError, ConnectionError, RuntimeError):
+            self._writer.cancel()
+            if self.transport is not None:
+                self.transport.abort()
+        except Exception:
+            log.exception("closing live connection %s failed", self.id)
+            if self.transport is not None:
+                self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        if self._closing_task is not None:
+            with contextlib.suppress(Exception):
+                await self._closing_task
+        else:
+            self._writer.cancel()
+            with contextlib.suppress(BaseException):
+                await self._writer
