@@ -74,3 +74,23 @@ def test_cli_prints_the_same_schedule_for_the_same_seed_and_refuses_bad_options(
     assert bad.exit_code == 2 and "unknown fault meteor" in bad.output
     bad = runner.invoke(chaos_command, ["--workload", "", "--print-schedule"])
     assert bad.exit_code == 2 and "at least one workload" in bad.output
+
+
+def test_targets_follow_the_members_after_membership_changes():
+    step = FaultStep(1.0, 1.0, "kill", "minority", (3, 1, 2, 5, 4))
+    assert resolve_targets(step, leader=None) == [3, 1]
+    # nodes 1 and 2 were replaced by 6 and 7: the same ranking positions pick the current members
+    assert resolve_targets(step, leader=None, current=[3, 4, 5, 6, 7]) == [5, 3]
+    assert resolve_targets(step, leader=None, current=[1, 2, 3]) == [3]  # a minority of 3 is one node
+    one = FaultStep(1.0, 1.0, "membership", "leader", (2, 1, 3), (("op", "remove"),))
+    assert resolve_targets(one, leader=7, current=[1, 3, 7]) == [7]
+
+
+def test_membership_and_transfer_are_opt_in_and_scheduled_with_their_params():
+    from kalamdb.chaos.nemesis import DEFAULT_FAULTS
+
+    assert "membership" not in DEFAULT_FAULTS and "transfer" not in DEFAULT_FAULTS
+    steps = [s for seed in range(10) for s in make_schedule(seed, 60.0, ["membership", "transfer"], [1, 2, 3])]
+    ops = {s.param("op") for s in steps if s.kind == "membership"}
+    assert ops == {"add", "remove", "replace"}
+    assert {s.target for s in steps if s.kind == "transfer"} == {"one"}

@@ -44,3 +44,14 @@ def test_disagreement_and_no_leader_are_explained():
     lid, why = agreed_leader({1: h(1, None, 4), 2: h(2, None, 4)})
     assert lid is None and "no node knows a leader" in why
     assert agreed_leader({})[0] is None
+
+
+def test_nodes_outside_the_configuration_have_no_say():
+    # node 4 started but has not joined (no configuration, no leader); node 5 was removed and still
+    # runs with its old view, naming nobody
+    fresh = {"node_id": 4, "leader_id": None, "is_leader": False, "current_term": 0, "voters": [], "learners": []}
+    removed = h(5, None, 4, voters=(1, 2, 3, 5))
+    assert agreed_leader({1: h(1, 1, 4, leads=True), 2: h(2, 1, 4), 3: h(3, 1, 4), 4: fresh, 5: removed}) == (1, "")
+    # but a removed node that still claims to lead in a newer term than the others is no leader either
+    lid, _ = agreed_leader({1: h(1, 1, 4, leads=True), 2: h(2, 1, 4), 5: h(5, 5, 6, leads=True, voters=(5,))})
+    assert lid is None

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from kalamdb.chaos.nemesis import FAULT_KINDS
+from kalamdb.chaos.nemesis import DEFAULT_FAULTS, FAULT_KINDS
 from kalamdb.chaos.runner import EXIT_ERROR, ChaosConfig, run_chaos, schedule_for
 from kalamdb.chaos.workloads import WORKLOAD_NAMES
 from kalamdb.live.service import UNSAFE_MODES as UNSAFE_LIVE_MODES
@@ -35,8 +35,8 @@ def _csv(kinds: tuple[str, ...], what: str):
               help="seconds of workload under faults")
 @click.option("--workload", default="register,set,bank", show_default=True,
               callback=_csv(WORKLOAD_NAMES, "workload"), help="comma-separated workloads")
-@click.option("--faults", default=",".join(FAULT_KINDS), show_default=True, callback=_csv(FAULT_KINDS, "fault"),
-              help="comma-separated fault kinds (empty: none)")
+@click.option("--faults", default=",".join(DEFAULT_FAULTS), show_default=True, callback=_csv(FAULT_KINDS, "fault"),
+              help=f"comma-separated fault kinds (empty: none); all kinds: {','.join(FAULT_KINDS)}")
 @click.option("--seed", type=int, default=None, help="seed of every random choice (default: random, printed)")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="run folder (default: chaos-runs/seed-<seed>)")
@@ -45,6 +45,9 @@ def _csv(kinds: tuple[str, ...], what: str):
 @click.option("--unsafe-txn", type=click.Choice(UNSAFE_TXN_MODES), default=None,
               help="start nodes with a planted transaction bug (KALAMDB_UNSAFE_TXN; proves the append and "
               "rw-register checkers bite)")
+@click.option("--unsafe-removed-votes", is_flag=True,
+              help="planted bug (KALAMDB_UNSAFE_REMOVED_VOTES=1): removed voters keep running and the leader keeps "
+                   "counting their acks toward commits; with membership faults the checkers must catch it")
 @click.option("--unsafe-live", type=click.Choice(UNSAFE_LIVE_MODES), default=None,
               help="start nodes with a planted live-query bug (KALAMDB_UNSAFE_LIVE; proves the live checker bites)")
 @click.option("--clients-per-node", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -55,7 +58,8 @@ def _csv(kinds: tuple[str, ...], what: str):
                    "namespace with its own IP, faults as kernel rules (root; falls back to proxy with a warning)")
 @click.option("--print-schedule", is_flag=True, help="print the nemesis schedule for the seed and exit")
 def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[str], seed: int | None,
-                  out: str | None, unsafe_local_reads: bool, unsafe_txn: str | None, unsafe_live: str | None,
+                  out: str | None, unsafe_local_reads: bool, unsafe_removed_votes: bool, unsafe_txn: str | None,
+                  unsafe_live: str | None,
                   clients_per_node: int,
                   check_timeout: float, network: str, print_schedule: bool) -> None:
     """Run workloads against a real local cluster while a seeded nemesis injects faults, then check
@@ -65,9 +69,8 @@ def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[s
         seed = random.SystemRandom().randrange(1 << 31)
     cfg = ChaosConfig(nodes=nodes, time=time_s, workloads=workload, faults=faults, seed=seed,
                       out=out or f"chaos-runs/seed-{seed}", unsafe_local_reads=unsafe_local_reads,
-                      unsafe_txn=unsafe_txn, unsafe_live=unsafe_live, clients_per_node=clients_per_node,
-                      check_timeout=check_timeout,
-                      network=network)
+                      unsafe_txn=unsafe_txn, unsafe_live=unsafe_live, unsafe_removed_votes=unsafe_removed_votes,
+                      clients_per_node=clients_per_node, check_timeout=check_timeout, network=network)
     if print_schedule:
         for step in schedule_for(cfg):
             click.echo(f"{step.start:7.2f}s +{step.duration:5.2f}s {step.kind:9} {step.target:8} "
@@ -77,6 +80,7 @@ def chaos_command(nodes: int, time_s: float, workload: list[str], faults: list[s
                f"faults={','.join(faults) or '-'} network={network}"
                f"{' UNSAFE-LOCAL-READS' if unsafe_local_reads else ''}"
                f"{' UNSAFE-TXN=' + unsafe_txn if unsafe_txn else ''}"
+               f"{' UNSAFE-REMOVED-VOTES' if unsafe_removed_votes else ''}"
                f"{' UNSAFE-LIVE=' + unsafe_live if unsafe_live else ''} "
                f"-> {cfg.out}")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-FAULT_KINDS = ("partition", "kill", "pause", "delay", "loss", "disk", "cpu", "memory", "clock")
+FAULT_KINDS = ("partition", "kill", "pause", "delay", "loss", "disk", "cpu", "memory", "clock",
+               "membership", "transfer")
+# what `kalamdb chaos` runs without --faults: every kind that keeps the configuration as it is
+DEFAULT_FAULTS = FAULT_KINDS[:9]
+# kinds that change who is in the cluster or who leads: run last in a combined window, so the
+# other fault of the window is already in force while the change is made
+MEMBERSHIP_KINDS = ("membership", "transfer")
 TARGETS = ("one", "leader", "minority", "majority", "all")
 # which target shapes make sense for each fault (a delay on "one" node = on its links)
 _TARGETS_FOR = {
@@ -30,6 +36,8 @@ _TARGETS_FOR = {
     "cpu": ("one", "leader", "minority", "all"),
     "memory": ("one", "leader", "minority"),
     "clock": ("one", "leader", "minority", "all"),
+    "membership": ("one", "leader"),  # the node removed or replaced (an add needs none)
+    "transfer": ("one",),  # the node that should lead next
 }
 
 
@@ -98,12 +106,22 @@ def _params(kind: str, rng: random.Random) -> tuple[tuple[str, Any], ...]:
         return (("offset_s", rng.choice((-30.0, -1.0, 1.0, 30.0, 300.0))),)
     if kind == "disk":
         return (("mode", rng.choice(("slow", "eio"))),)
+    if kind == "membership":
+        return (("op", rng.choice(("add", "remove", "replace"))),)
     return ()
 
 
-def resolve_targets(step: FaultStep, leader: int | None) -> list[int]:
-    """Concrete node ids for a step, given who leads now (None: nobody known)."""
+def resolve_targets(step: FaultStep, leader: int | None, current: Sequence[int] | None = None) -> list[int]:
+    """Concrete node ids for a step, given who leads now (None: nobody known) and the current
+    members (`current`, sorted ids; default: the schedule's nodes). The ranking is a seeded order of
+    the schedule's nodes; after membership changes its k-th entry stands for the k-th current member,
+    so the same seed still picks the same positions."""
     ranking = list(step.ranking)
+    if current is not None and sorted(current) != sorted(ranking):
+        base = sorted(ranking)
+        members = sorted(current)
+        pos = [base.index(r) for r in ranking]
+        ranking = [members[p] for p in pos if p < len(members)] + members[len(base):]
     n = len(ranking)
     if step.target == "leader" and leader in ranking:
         return [leader]
@@ -174,8 +192,8 @@ class Nemesis:
                 return
             active = []
             leader = self._leader()
-            for s in steps:
-                nodes = resolve_targets(s, leader)
+            for s in sorted(steps, key=lambda st: st.kind in MEMBERSHIP_KINDS):
+                nodes = resolve_targets(s, leader, self._members())
                 w = FaultWindow(s.kind, s.target, nodes, self._now(), params=dict(s.params))
                 try:
                     token = self.backend.inject(s.kind, nodes, dict(s.params))
@@ -197,6 +215,12 @@ class Nemesis:
                 w.end = self._now()
             if stopped:
                 return
+
+    def _members(self) -> list[int] | None:
+        try:
+            return sorted(self.backend.node_ids())
+        except Exception:  # noqa: BLE001 - keep the schedule's own nodes
+            return None
 
     def _leader(self) -> int | None:
         try:

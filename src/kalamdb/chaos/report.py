@@ -17,10 +17,12 @@ from typing import Any
 from kalamdb.chaos.anomaly_graph import render_section as render_anomaly_graph
 from kalamdb.chaos.history import Event
 from kalamdb.chaos.live_report import live_section
+from kalamdb.chaos.membership_report import membership_section
 
 COLORS = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
 FAULT_COLORS = {"partition": "#90caf9", "kill": "#ef9a9a", "pause": "#ce93d8", "delay": "#fff59d",
-                "loss": "#ffcc80", "disk": "#bcaaa4", "cpu": "#a5d6a7", "memory": "#80cbc4", "clock": "#b0bec5"}
+                "loss": "#ffcc80", "disk": "#bcaaa4", "cpu": "#a5d6a7", "memory": "#80cbc4", "clock": "#b0bec5",
+                "membership": "#ffab91", "transfer": "#e6ee9c"}
 WIDTH = 1100
 LEFT = 90
 RIGHT = 20
@@ -290,7 +292,9 @@ def render(events: Sequence[Event], results: dict) -> str:
         out.append(f"<tr><td>{_esc(w.get('kind'))}</td><td>{_esc(w.get('target'))}</td><td>{_esc(w.get('nodes'))}</td>"
                    f"<td>{w.get('start', 0):.2f}s</td><td>{'' if end is None else f'{end:.2f}s'}</td>"
                    f"<td>{_esc(w.get('params'))}</td><td>{_esc(w.get('error') or '')}</td></tr>")
-    out.append("</table></body></html>")
+    out.append("</table>")
+    out.append(membership_section(results))  # configuration over time, next to the fault windows
+    out.append("</body></html>")
     return "\n".join(out)
 
 

@@ -24,11 +24,19 @@ from typing import Any
 
 import orjson
 
-from kalamdb.chaos.cluster_faults import KitFaultBackend
+from kalamdb.chaos.cluster_faults import KitFaultBackend, MemberView
 from kalamdb.chaos.history import HistoryRecorder
-from kalamdb.chaos.nemesis import FAULT_KINDS, FaultStep, Nemesis, make_schedule
+from kalamdb.chaos.nemesis import (
+    DEFAULT_FAULTS,
+    FAULT_KINDS,
+    MEMBERSHIP_KINDS,
+    FaultStep,
+    Nemesis,
+    make_schedule,
+)
 from kalamdb.chaos.replicas import check_digests, check_final_states
 from kalamdb.chaos.workloads import ClientContext, Workload, client_loop, make_workloads
+from kalamdb.client import Client, Response
 from kalamdb.server.unsafe_txn import MODES as UNSAFE_TXN_MODES
 from kalamdb.testing.cluster import NETWORK_MODES, ClusterTestServer
 
@@ -42,10 +50,11 @@ class ChaosConfig:
     nodes: int = 3
     time: float = 60.0
     workloads: list[str] = field(default_factory=lambda: ["register", "set", "bank"])
-    faults: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
+    faults: list[str] = field(default_factory=lambda: list(DEFAULT_FAULTS))
     seed: int = 0
     out: str = "chaos-run"
     unsafe_local_reads: bool = False
+    unsafe_removed_votes: bool = False  # planted bug: removed voters keep counting (KALAMDB_UNSAFE_REMOVED_VOTES)
     unsafe_txn: str | None = None  # a planted transaction bug (KALAMDB_UNSAFE_TXN), see server/unsafe_txn.py
     unsafe_live: str | None = None  # a planted live-query bug (KALAMDB_UNSAFE_LIVE), see live/service.py
     clients_per_node: int = 2
@@ -114,6 +123,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
     extra_env = {"KALAMDB_UNSAFE_LOCAL_READS": "1"} if cfg.unsafe_local_reads else {}
     if cfg.unsafe_txn:
         extra_env["KALAMDB_UNSAFE_TXN"] = cfg.unsafe_txn
+    if cfg.unsafe_removed_votes:
+        extra_env["KALAMDB_UNSAFE_REMOVED_VOTES"] = "1"
     if cfg.unsafe_live:
         extra_env["KALAMDB_UNSAFE_LIVE"] = cfg.unsafe_live
     cluster = ClusterTestServer(size=cfg.nodes, root=root, extra_env=extra_env, log_level=cfg.log_level,
@@ -124,8 +135,9 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         say("starting cluster", 0.0)
         cluster.start()
         results["network"] = cluster.network_mode
-        backend = KitFaultBackend(cluster)
-        admin = cluster.leader().client(timeout=30)
+        cluster.membership.keep_removed = cfg.unsafe_removed_votes  # the planted bug needs its ghosts
+        lead = cluster.leader()
+        admin = SetupClient(lead.url, user="root", password=cluster.root_password, timeout=30)
         with admin:
             for wl in workloads:
                 wl.setup(admin)
@@ -134,6 +146,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
             wl.begin(cluster, cfg.seed)
         rec = HistoryRecorder(history_file)
         t0 = time.monotonic_ns()
+        view = MemberView(cluster)
+        backend = KitFaultBackend(cluster, rec, view, t0_ns=t0)
         nemesis = Nemesis(backend, schedule, t0)
         stop = threading.Event()
         threads, contexts = [], []
@@ -143,8 +157,9 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
             # straight to the node, not via the kit's client proxy: a dead node then refuses the
             # connection (a definite failure) instead of a proxy hanging up after the request was sent
             url = node.listen_url
-            ctx = ClientContext(i, node.node_id, url, cluster.root_password,
-                                random.Random(f"{cfg.seed}:client:{i}"), n_clients, timeout=cfg.client_timeout)
+            ctx = FollowingContext(i, node.node_id, url, cluster.root_password,
+                                   random.Random(f"{cfg.seed}:client:{i}"), n_clients, timeout=cfg.client_timeout,
+                                   view=view)
             contexts.append(ctx)
             t = threading.Thread(target=client_loop, args=(workloads, ctx, rec, stop), name=f"client-{i}",
                                  daemon=True)
@@ -180,6 +195,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
         for wl in workloads:
             checks.extend(wl.check(ops, timeout=cfg.check_timeout, events=rec.events))
         checks.extend(replica_checks)
+        if set(cfg.faults) & set(MEMBERSHIP_KINDS):
+            checks.append(_membership_check(cluster, backend, cfg.barrier_timeout))
         results.update({
             "checkers": checks,
             "windows": [asdict(w) for w in nemesis.windows],
@@ -187,6 +204,8 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
             "nemesis_errors": nemesis.errors,
             "client_errors": [e for ctx in contexts for e in ctx.unexpected][:100],
             "recovery": recovery,
+            "membership": backend.changes,
+            "configurations": backend.configurations,
             "events": len(rec.events),
             "operations": len(ops),
             "t0_ns": t0,
@@ -221,6 +240,111 @@ def run_chaos(cfg: ChaosConfig, on_progress: Callable[[str, float], None] | None
                 shutil.copy(p, logs / p.name)
         shutil.rmtree(root, ignore_errors=True)
         _write_json(out / "results.json", results)
+
+
+class SetupClient(Client):
+    """The client that creates the workload tables before any fault. On a loaded machine an early
+    election can refuse a setup statement (definite: certainly not applied) or leave it open
+    (indefinite): the statement is sent again, and a primary-key violation on a retry after an
+    indefinite answer means the first attempt was applied."""
+
+    ATTEMPTS = 20
+
+    def sql(self, text: str, params: list | None = None, namespace_id: str | None = None, **extra: Any) -> Response:
+        maybe_applied = False
+        for attempt in range(self.ATTEMPTS):
+            try:
+                resp = super().sql(text, params, namespace_id, **extra)
+            except OSError:
+                if attempt == self.ATTEMPTS - 1:
+                    raise
+                maybe_applied = True
+                time.sleep(0.25)  # an answer was lost; bounded by ATTEMPTS
+                continue
+            err = resp.error or {}
+            if resp.ok or attempt == self.ATTEMPTS - 1:
+                return resp
+            if maybe_applied and "Primary key violation" in str(err.get("message")):
+                return Response({"status": "success", "results": []})  # the earlier attempt was applied
+            details = str(err.get("details") or "")
+            if details.startswith("indefinite"):
+                maybe_applied = True
+            elif not details.startswith("definite"):
+                return resp  # a real error: the workload's setup reports it
+            time.sleep(0.25)  # a new leader is being elected; bounded by ATTEMPTS
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class FollowingContext(ClientContext):
+    """A client pinned to one member that follows the configuration: when the members change, it
+    re-pins to the member at its position (index modulo the member count), so new nodes get
+    clients and removed ones stop being used. It connects with the same `kalamdb.Client` users have."""
+
+    view: MemberView | None = None
+    seen_version: int = -1
+
+    def connection(self) -> Client:
+        if self.view is not None:
+            version, members = self.view.snapshot()
+            if version != self.seen_version and members:
+                self.seen_version = version
+                node_id, url = members[self.index % len(members)]
+                if (node_id, url) != (self.node_id, self.url):
+                    self.node_id, self.url = node_id, url
+                    if self.client is not None:
+                        self.client.close()
+                        self.client = None
+        return super().connection()
+
+
+def _membership_check(cluster: ClusterTestServer, backend: KitFaultBackend, timeout: float) -> dict:
+    """Every acknowledged membership change holds in the final configuration (a node whose removal
+    was acknowledged is not a voter, one whose join was acknowledged is, unless removed later), no
+    learner is left, and every member reports the same voters. Indeterminate changes may go either
+    way. Waits (bounded) for the leader to finish changes whose intent is committed."""
+    state: dict[int, str] = {nid: "in" for nid in backend.configurations[0]["voters"]}
+    for ch in backend.changes:
+        if ch["op"] == "transfer" or ch["outcome"] == "fail":
+            continue
+        sure = "in" if ch["outcome"] == "ok" else "maybe"
+        gone = "out" if ch["outcome"] == "ok" else "maybe"
+        if ch.get("node") is not None and ch["op"] in ("remove", "replace"):
+            state[ch["node"]] = gone
+        if ch.get("new_node") is not None:
+            state[ch["new_node"]] = sure
+    must_in = sorted(n for n, s in state.items() if s == "in")
+    must_out = sorted(n for n, s in state.items() if s == "out")
+    problems: list[str] = []
+    deadline = time.monotonic() + min(timeout, 20.0)
+    while True:
+        problems = []
+        try:
+            views = {n.node_id: n.health(timeout=2.0) for n in cluster.nodes}
+        except OSError as exc:
+            views, problems = {}, [f"a member does not answer: {exc}"]
+        voter_sets = {nid: tuple(h.get("voters") or []) for nid, h in views.items()}
+        learners = {nid: h.get("learners") for nid, h in views.items() if h.get("learners")}
+        final = sorted(set().union(*voter_sets.values())) if voter_sets else []
+        if len(set(voter_sets.values())) > 1:
+            problems.append(f"members disagree on the voters: {voter_sets}")
+        if learners:
+            problems.append(f"learners left: {learners}")
+        missing = [n for n in must_in if n not in final]
+        if missing:
+            problems.append(f"acknowledged joins missing from the final voters {final}: {missing}")
+        stale = [n for n in must_out if n in final]
+        if stale:
+            problems.append(f"acknowledged removals still voters in {final}: {stale}")
+        if sorted(n.node_id for n in cluster.nodes) != final and not problems:
+            problems.append(f"the kit runs {sorted(n.node_id for n in cluster.nodes)}, the voters are {final}")
+        if not problems or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)  # the leader's membership reconciliation runs periodically; bounded by the deadline
+    summary = (f"membership: valid (final voters {final}, {len(backend.changes)} changes)" if not problems
+               else "membership: INVALID: " + "; ".join(problems))
+    return {"name": "membership", "workload": "replicas", "valid": not problems, "summary": summary,
+            "anomalies": {"problems": problems, "must_be_voters": must_in, "must_not_be_voters": must_out}}
 
 
 def _replica_checks(cluster: ClusterTestServer, workloads: list[Workload], timeout: float) -> list[dict]:

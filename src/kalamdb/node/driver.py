@@ -128,8 +128,12 @@ class RaftDriver:
         self._maintenance = maintenance  # runs on the Raft thread every maintenance_every_s
         self._maintenance_every_s = maintenance_every_s
         self._rng = random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
+        unsafe_removed_votes = os.environ.get("KALAMDB_UNSAFE_REMOVED_VOTES") == "1"  # planted bug, chaos only
+        if unsafe_removed_votes:
+            log.critical("UNSAFE MODE: KALAMDB_UNSAFE_REMOVED_VOTES=1 -- removed voters still count toward "
+                         "commits; never use this outside checker tests")
         self._raft_cfg = RaftConfig(node_id=node_id, election_ticks=election_ticks,
-                                    heartbeat_ticks=heartbeat_ticks)
+                                    heartbeat_ticks=heartbeat_ticks, unsafe_removed_votes=unsafe_removed_votes)
         self.transport = PeerTransport(node_id, rpc_listen, transport_secret, on_message=self._on_message,
                                        cluster_id=cluster_id, logger=logging.getLogger("kalamdb.raft.transport"),
                                        rng=random.Random(self._rng.getrandbits(64)))

@@ -66,6 +66,10 @@ class RaftConfig:
     max_entries_per_msg: int = 1024
     max_bytes_per_msg: int = 1 << 20
     snapshot_chunk_bytes: int = 1 << 20
+    # PLANTED BUG for the chaos membership checks (KALAMDB_UNSAFE_REMOVED_VOTES=1, never in
+    # production): the leader keeps replicating to voters it removed and counts their acks toward
+    # the commit majority, so a removed node keeps "voting" for commits.
+    unsafe_removed_votes: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.node_id, int) and self.node_id > 0):
@@ -822,7 +826,12 @@ class RaftCore:
             self._bcast_heartbeat()
 
     def _maybe_commit(self) -> bool:
-        c = quorum.committed_index(self.membership, {n: p.match for n, p in self.prs.items()})
+        acked = {n: p.match for n, p in self.prs.items()}
+        c = quorum.committed_index(self.membership, acked)
+        if self.cfg.unsafe_removed_votes and not self.membership.is_joint:  # the planted bug
+            need = len(self.membership.voters) // 2 + 1
+            voting = sorted((p.match for p in self.prs.values() if not p.is_learner), reverse=True)
+            c = max(c, voting[need - 1] if len(voting) >= need else 0)
         if c <= self.commit or self.log.term(c) != self.term:
             return False  # Figure 8: only current-term entries are committed by counting
         first_in_term = self.log.term(self.commit) != self.term
@@ -985,7 +994,8 @@ class RaftCore:
                 self.prs[n] = Progress(nxt, mi)
             self.prs[n].is_learner = n in m.learners
         for n in [n for n in self.prs if n not in members]:
-            del self.prs[n]
+            if not self.cfg.unsafe_removed_votes:  # the planted bug keeps removed voters' progress
+                del self.prs[n]
 
     def _check_can_change(self) -> None:
         if self.role is not Role.LEADER:

@@ -30,6 +30,7 @@ from typing import Any, Self
 from kalamdb.testing.faults import Pressure
 from kalamdb.testing.launchers import Launcher, LoopbackLauncher, ProxyLauncher
 from kalamdb.testing.leader import agreed_leader
+from kalamdb.testing.membership import MembershipChanges
 from kalamdb.testing.network import ClusterNetwork
 from kalamdb.testing.nodes import ClusterError, NodeHandle, NodeStats
 from kalamdb.testing.ops import ClusterOps, NodeRef
@@ -96,11 +97,13 @@ class ClusterTestServer(ClusterOps):
         self.root.mkdir(parents=True, exist_ok=True)
         self.run_record = RunRecord(self.root, owns_root=self._owns_root)
         self.start_seconds: float | None = None
+        self._last_id = 0  # node ids are never reused, not even after a node is removed
         self._init_ops()
         self.launcher: Launcher = self._make_launcher()
         self._net = ClusterNetwork(self, self.launcher.network) if self.launcher.network is not None else None
         self.processes = ProcessControl(self)
         self.pressure = Pressure(self)
+        self.membership = MembershipChanges(self)
 
     def _make_launcher(self) -> Launcher:
         if not self.faults:
@@ -131,6 +134,7 @@ class ClusterTestServer(ClusterOps):
 
     # ---- nodes and their processes ----------------------------------------------------------------
     def _make_node(self, node_id: int) -> NodeProcess:
+        self._last_id = max(self._last_id, node_id)
         return NodeProcess(len(self.nodes), node_id, self.root, self.root_password, self.launcher.place(node_id),
                            self.launcher, self.run_record.add_process, self.run_record.forget_process)
 
@@ -219,11 +223,16 @@ class ClusterTestServer(ClusterOps):
     def new_node(self, timeout: float = STARTUP_TIMEOUT_S) -> NodeProcess:
         """Start a node process that is not a member yet (it answers HTTP, knows no leader), under
         a node id never used in this cluster; `add_node` joins it, or a test drives CLUSTER JOIN."""
-        nid = max(n.node_id for n in self.nodes) + 1
+        nid = self._last_id + 1
         n = self._make_node(nid)
         self.nodes.append(n)
-        self.launch(n)
-        self.wait_until(f"new node {nid} to answer", lambda: (answers(n), f"{n!r} not answering"), timeout)
+        try:
+            self.launch(n)
+            self.wait_until(f"new node {nid} to answer", lambda: (answers(n), f"{n!r} not answering"), timeout)
+        except BaseException:
+            n.terminate(signal.SIGKILL)
+            self._drop(n)
+            raise
         return n
 
     def add_node(self, timeout: float = STARTUP_TIMEOUT_S) -> NodeProcess:
@@ -280,7 +289,7 @@ class ClusterTestServer(ClusterOps):
         for n in self.nodes:
             n.send_signal(signal.SIGCONT)
             n.send_signal(signal.SIGTERM)
-        for n in self.nodes:
+        for n in [*self.nodes, *self.membership.ghosts]:
             n.terminate(signal.SIGTERM, timeout=10)
         self._pool.shutdown(wait=False)
         self.launcher.close()
