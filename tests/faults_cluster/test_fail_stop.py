@@ -23,11 +23,11 @@ def test_a_raft_loop_that_dies_stops_the_node_and_the_majority_goes_on(faulty, s
     follower = next(n.index for n in c.nodes if n is not c.leader())
     with Writers(c, ns, clients=3, seed=seed) as w:
         w.wait_for_acks(10, timeout=10)
-        c.set_failpoints(follower, {"raft.ready": "1*eio"})  # stands for any bug that kills the loop
-        assert c.wait_for_exit(follower, timeout=15) == STORAGE_FAILURE_EXIT_CODE
+        c.failpoints.set(follower, {"raft.ready": "1*eio"})  # stands for any bug that kills the loop
+        assert c.processes.wait_for_exit(follower, timeout=15) == STORAGE_FAILURE_EXIT_CODE
         assert "failpoint raft.ready" in c.get_node(follower).log_tail(5)
         w.wait_for_acks(20, timeout=10)
-        assert c.restart_crashed() == {follower: STORAGE_FAILURE_EXIT_CODE}
+        assert c.processes.restart_crashed() == {follower: STORAGE_FAILURE_EXIT_CODE}
         w.wait_for_acks(10, timeout=10)
     assert_converged_and_nothing_lost(c, ns, w.acked, w.attempted)
 
@@ -36,7 +36,7 @@ def test_refuse_mode_keeps_the_node_up_with_the_reason_in_its_health(faulty):
     c = faulty(3, extra_env={"KALAMDB_ON_STORAGE_FAILURE": "refuse"})
     ns = make_table(c, "refuse")
     follower = next(n for n in c.nodes if n is not c.leader())
-    c.set_failpoints(follower.index, {"raft.ready": "1*eio"})
+    c.failpoints.set(follower.index, {"raft.ready": "1*eio"})
     c.execute_sql_on_leader(f"INSERT INTO {ns}.t (id, v) VALUES (1, 'wakes the loop')").raise_for_error()
     deadline = time.monotonic() + 10
     while (h := follower.health())["status"] != "unhealthy":  # bounded poll: health has no push
