@@ -18,6 +18,7 @@ import base64
 import http.client as httpclient
 import itertools
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ USER_PASSWORD = "UserPass123!"  # the password the harness gives every user it c
 ROOT_PASSWORD = "UpstreamRoot123!"  # root's password on the servers the replay starts
 OUTCOMES: list[Outcome] = []  # every scenario run in this session, for the report
 _run_ids = itertools.count(1)
+_WHOLE = re.compile(r"^\{(\w+)\}$")
 
 
 # ------------------------------------------------------------------------------------------ answers
@@ -128,6 +130,9 @@ class Run:
     def fmt(self, value: Any) -> Any:
         """Fill `{name}` placeholders (recursively in lists and dicts)."""
         if isinstance(value, str):
+            whole = _WHOLE.match(value)
+            if whole and not isinstance(self.vars.get(whole.group(1), ""), str):
+                return self.vars[whole.group(1)]  # a captured number stays a number
             return value.format_map(_Names(self))
         if isinstance(value, list):
             return [self.fmt(v) for v in value]

@@ -509,6 +509,8 @@ def _reads_data(prepared: Any) -> bool:
     tables are answered from this node's own state (as upstream does). A table name without the
     `system` schema (a data table, or a CTE name) counts as data: the safe side."""
     for s in prepared.statements:
+        if s.reads_data:
+            return True  # e.g. CONSUME: topic messages are data
         if not isinstance(s, st.Query):
             continue  # SHOW, DESCRIBE, USE: catalog reads
         if s.ast is None:

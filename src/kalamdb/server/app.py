@@ -19,6 +19,7 @@ from kalamdb.server.admission import SqlWorkers
 from kalamdb.server.auth import Authenticator, is_local_address
 from kalamdb.server.cluster_routes import add_cluster_routes
 from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
+from kalamdb.server.topic_routes import add_topic_routes
 
 if TYPE_CHECKING:
     from kalamdb.engine import Database
@@ -59,6 +60,7 @@ def create_app(state: ServerState) -> web.Application:
     app.router.add_get(METRICS_PATH, _metrics)
     add_cluster_routes(app, STATE_KEY)
     add_admin_routes(app, STATE_KEY)
+    add_topic_routes(app, STATE_KEY)
     add_node_report_route(app, STATE_KEY)
     add_live_routes(app, state)  # GET /v1/ws, system.live, KILL LIVE QUERY
     app.router.add_route("*", "/{tail:.*}", _not_found)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from kalamdb.engine.types import public_error
 from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
 from kalamdb.server import responses
@@ -157,6 +158,12 @@ class SqlHandler:
         return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
 
     async def run(self, req: SqlRequest, principal: Principal) -> tuple[list, int | None]:
+        try:
+            return await self._run(req, principal)
+        except KalamError as err:
+            raise public_error(err, principal) from None  # upstream's redaction for non-admins
+
+    async def _run(self, req: SqlRequest, principal: Principal) -> tuple[list, int | None]:
         """Prepare (and for a write, build the command) on a worker, or right here for a statement
         text known to be cheap (server/fast_path.py); read after the node's consistency barrier,
         on a worker; write through the node (Raft)."""
