@@ -47,7 +47,9 @@ def add_topic_routes(app: web.Application, state_key: web.AppKey) -> None:
                 return responses.json_response({"messages": [], "next_offset": 0, "has_more": False})
             stmt = Consume(topic, group, position, limit, partition, claims=True)
             prepared = Prepared("", [stmt], [], "default", principal, False)
-            result = (await state.node.read(prepared))[0]
+            with state.workers.admit(principal.user_id):  # SQL work: on the workers (server/admission.py)
+                await state.node.read_barrier(prepared)
+                result = (await state.workers.run(principal.user_id, state.db.execute_read, prepared))[0]
         except KalamError as err:
             return _error(err)
         messages = []
