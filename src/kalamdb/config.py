@@ -46,6 +46,22 @@ class AuthSection:
     root_password: str | None = None
     jwt_secret: str | None = None
     jwt_expiry_hours: float = 24.0
+    # root with no password may log in with an empty one from this machine (`make run` sets this);
+    # off: root without a password answers 428 setup_required until POST /v1/api/auth/setup
+    allow_empty_root_on_localhost: bool = False
+    # POST /v1/api/auth/setup and GET /v1/api/auth/status from other machines (upstream's key)
+    allow_remote_setup: bool = False
+    # this many failed logins in a row lock an account for lockout_minutes (upstream: 5, 15)
+    max_failed_logins: int = 5
+    lockout_minutes: int = 15
+    # password checks per user name and second, on each node (429 beyond)
+    max_login_attempts_per_user_per_sec: int = 10
+
+
+@dataclass
+class RateLimitSection:
+    # password checks (login, refresh, setup, Basic credentials) per client address and second
+    max_auth_requests_per_ip_per_sec: int = 20
 
 
 @dataclass
@@ -70,6 +86,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    rate_limit: RateLimitSection = field(default_factory=RateLimitSection)
     # `[cluster]` is parsed by the cluster layer; kept raw here (None = single node)
     cluster: dict[str, Any] | None = None
 
@@ -86,6 +103,7 @@ ENV_VARS: dict[str, str] = {
     "KALAMDB_ROOT_PASSWORD": "auth.root_password",
     "KALAMDB_JWT_SECRET": "auth.jwt_secret",
     "KALAMDB_JWT_EXPIRY_HOURS": "auth.jwt_expiry_hours",
+    "KALAMDB_ALLOW_EMPTY_ROOT": "auth.allow_empty_root_on_localhost",
     "KALAMDB_LOG": "logging.level",
     "KALAMDB_MAX_BODY_BYTES": "limits.max_body_bytes",
 }
@@ -199,6 +217,11 @@ def validate(cfg: Config) -> None:
     cfg.logging.level = level
     if not cfg.auth.jwt_expiry_hours > 0:
         raise ConfigError("auth.jwt_expiry_hours", "must be greater than 0")
+    for name in ("max_failed_logins", "lockout_minutes", "max_login_attempts_per_user_per_sec"):
+        if getattr(cfg.auth, name) < 1:
+            raise ConfigError(f"auth.{name}", "must be at least 1")
+    if cfg.rate_limit.max_auth_requests_per_ip_per_sec < 1:
+        raise ConfigError("rate_limit.max_auth_requests_per_ip_per_sec", "must be at least 1")
     if cfg.auth.jwt_secret is not None and len(cfg.auth.jwt_secret) < 16:
         raise ConfigError("auth.jwt_secret", "must be at least 16 characters")
     if cfg.limits.max_body_bytes < 1024:

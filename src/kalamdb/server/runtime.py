@@ -24,6 +24,7 @@ from kalamdb.config import Config, prepare_data_dir, resolve_jwt_secret
 from kalamdb.server.app import ServerState, create_app
 from kalamdb.server.auth import Authenticator
 from kalamdb.server.connguard import ConnectionGuard
+from kalamdb.server.logins import LoginPolicy
 from kalamdb.server.standalone import StandaloneNode
 
 log = logging.getLogger("kalamdb.server")
@@ -102,6 +103,7 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         jwt_expiry_hours=cfg.auth.jwt_expiry_hours,
         # followers learn of user changes only through the log: the storage's counter tells the cache
         users_version=(lambda: db.users_version) if hasattr(db, "users_version") else None,
+        policy=LoginPolicy.from_config(cfg),
     )
     state = ServerState(db=db, node=node, authenticator=authenticator, max_body_bytes=cfg.limits.max_body_bytes)
     if cluster_cfg is not None:
