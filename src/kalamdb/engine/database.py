@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 
-from kalamdb.engine import authorizer, executor, limits, topics, users
+from kalamdb.engine import authorizer, executor, limits, logins, topics, users
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import (
     CHANGE_RETENTION_ROWS,
@@ -134,6 +134,7 @@ class Database:
             for sql in CHANGES_SQL:  # data directories of versions before the change log
                 conn.execute(sql)
             topics.ensure_schema(conn)
+            logins.ensure_schema(conn)
             conn.execute("INSERT OR IGNORE INTO _kdb_meta VALUES ('changes_pruned_upto', 0)")
             meta = dict(conn.execute("SELECT key, value FROM _kdb_meta"))
             self._applied_index = int(meta["applied_index"])

@@ -53,6 +53,19 @@ class ServerSetup(st.Statement):
 st.register(LoginEvent, ServerSetup)
 LOGIN_STATEMENTS = (LoginEvent, ServerSetup)
 
+# the columns of _kdb_users this module keeps (system.users shows them, as upstream does)
+_USER_COLUMNS = [("failed_login_attempts", "INTEGER NOT NULL DEFAULT 0"), ("locked_until", "INTEGER"),
+                 ("last_login_at", "INTEGER")]
+
+
+def ensure_schema(conn) -> None:
+    """Add the lockout columns to _kdb_users where a data directory lacks them (at load; the same
+    on every replica, since they all run the same code on the same schema)."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(_kdb_users)")}
+    for name, decl in _USER_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE _kdb_users ADD COLUMN {name} {decl}")
+
 
 def execute(db: Database, ctx: ExecContext, s: LoginEvent | ServerSetup) -> dict:
     if ctx.principal.role != "system" or not ctx.writing:
@@ -107,12 +120,21 @@ class UserRecord:
     password_hash: str | None
 
 
+_RECORD = ("SELECT user_id, role, email, created_at, updated_at, failed_login_attempts, locked_until, "
+           "password_hash FROM _kdb_users WHERE {} = ? AND deleted_at IS NULL")
+
+
 def user_record(db: Database, user_id: str) -> UserRecord | None:
-    """A live (not dropped) user, by id (= the name it was created with)."""
+    """A live (not dropped) user, by id (what tokens name)."""
     conn, _ = db.reader()
-    row = conn.execute("SELECT user_id, role, email, created_at, updated_at, failed_login_attempts, locked_until, "
-                       "password_hash FROM _kdb_users WHERE user_id = ? AND deleted_at IS NULL",
-                       (user_id,)).fetchone()
+    row = conn.execute(_RECORD.format("user_id"), (user_id,)).fetchone()
+    return UserRecord(*row) if row else None
+
+
+def user_by_name(db: Database, name: str) -> UserRecord | None:
+    """A live user by the name it logs in with."""
+    conn, _ = db.reader()
+    row = conn.execute(_RECORD.format("username"), (name,)).fetchone()
     return UserRecord(*row) if row else None
 
 

@@ -33,7 +33,8 @@ def create_user(db: Database, ctx: ExecContext, s: st.CreateUser) -> dict:
     if find_user(ctx.conn, s.username) is not None:
         raise KalamError("SQL_EXECUTION_ERROR", f"User '{s.username}' already exists")
     user_id = f"u_{db.next_seq(ctx.state.now_us // 1000, ctx.state.node_id)}"
-    ctx.conn.execute("INSERT INTO _kdb_users VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+    ctx.conn.execute("INSERT INTO _kdb_users (user_id, username, role, email, password_hash, created_at, "
+                     "updated_at, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                      (user_id, s.username, s.role, s.email, s.password_hash, ctx.state.now_us, ctx.state.now_us))
     return message(f"User '{s.username}' created successfully", ctx)
 

@@ -147,7 +147,7 @@ def add_auth_routes(app: web.Application, state_key: web.AppKey) -> None:
                 return _answer(400, "invalid_user", "Invalid user value")
             if user == "root":
                 return _answer(400, "invalid_user", "Cannot create a DBA user with user 'root'. Choose a different user.")
-            if elogins.user_record(state.db, user) is not None:
+            if elogins.user_by_name(state.db, user) is not None:
                 return _answer(409, "user_exists", f"User '{user}' already exists")
             loop = asyncio.get_running_loop()
             user_hash, root_hash = await asyncio.gather(loop.run_in_executor(None, hash_password, password),
@@ -163,7 +163,7 @@ def add_auth_routes(app: web.Application, state_key: web.AppKey) -> None:
                 if "already exists" in outcome.error.message:
                     return _answer(409, "user_exists", f"User '{user}' already exists")
                 raise outcome.error
-            rec = elogins.user_record(state.db, user)
+            rec = elogins.user_by_name(state.db, user)
             if rec is None:
                 raise KalamError("INTERNAL_ERROR", "the new dba user is missing after setup")
             log.info("server setup completed: root password set, dba user %r created", user)

@@ -107,14 +107,17 @@ class Logins:
             raise _invalid()
         self.admit(username, remote)
         loop = asyncio.get_running_loop()
-        rec = await loop.run_in_executor(None, elogins.user_record, self.db, username)
-        self._check_lock(username, rec)
-        root_unset = rec is not None and rec.user_id == "root" and not rec.password_hash and not self.db.root_password
-        if root_unset and password == "":
-            if self.policy.allow_empty_root_on_localhost and is_local:
+        rec = await loop.run_in_executor(None, elogins.user_by_name, self.db, username)
+        if rec is not None and rec.user_id == "root" and not rec.password_hash and not self.db.root_password:
+            # root has no password at all: nothing to guess, so nothing to count or lock
+            if password == "" and self.policy.allow_empty_root_on_localhost and is_local:
                 return ROOT
-            raise KalamError("SETUP_REQUIRED", "Server requires initial setup. Root password is not configured.",
-                             status=428)
+            if password == "":
+                raise KalamError("SETUP_REQUIRED", "Server requires initial setup. Root password is not configured.",
+                                 status=428)
+            await loop.run_in_executor(None, self._dummy_verify, password)
+            raise _invalid()
+        self._check_lock(username, rec)
         if rec is None or (not rec.password_hash and rec.user_id != "root"):
             await loop.run_in_executor(None, self._dummy_verify, password)  # as long as a real check
             self._unknown_failed(username)

@@ -74,6 +74,9 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     """Run until SIGTERM/SIGINT (or until `stop` is set)."""
     from kalamdb.engine import Database
 
+    if cfg.ignored:  # an upstream server.toml: say once what it asks for that kalamdb does not have
+        log.warning("server.toml: %d setting(s) ignored (parts of upstream KalamDB that kalamdb does not have): %s",
+                    len(cfg.ignored), ", ".join(cfg.ignored))
     data_dir = prepare_data_dir(cfg)
     cluster_cfg = load_cluster(cfg)
     if cluster_cfg is not None and not cfg.auth.jwt_secret:
