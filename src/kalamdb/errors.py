@@ -31,12 +31,16 @@ STATUS_BY_CODE: dict[str, int] = {
 class KalamError(Exception):
     """An error with an API code, an HTTP status and a message that says what to fix."""
 
-    def __init__(self, code: str, message: str, *, status: int | None = None, details: str | None = None):
+    def __init__(self, code: str, message: str, *, status: int | None = None, details: str | None = None,
+                 sensitive: bool = False):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status if status is not None else STATUS_BY_CODE.get(code, 400)
         self.details = details
+        #: the message may reveal what the caller must not learn (names of tables they cannot see,
+        #: raw engine errors): answered to non-admins as upstream's generic message (engine/types.py)
+        self.sensitive = sensitive
 
     def to_dict(self) -> dict:
         out = {"code": self.code, "message": self.message}

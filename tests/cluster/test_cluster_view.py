@@ -46,14 +46,14 @@ def test_knowledge_of_a_paused_node_ages_and_the_leader_reports_it_offline(make_
     followers = [n for n in c.nodes if n is not leader]
     paused, reader = followers
     wait_for(lambda: complete(view(reader)), timeout=20, what="a complete system.cluster on a follower")
-    c.pause(paused.index)
+    c.processes.pause(paused)
     try:
         def stale() -> bool:
             row = next(r for r in view(reader) if r["node_id"] == paused.node_id)
             return row["status"] == "offline" and row["info_age_ms"] >= 2500 and row["memory_usage_mb"] > 1
         wait_for(stale, timeout=20, what="the paused node offline with old knowledge, seen from the other follower")
     finally:
-        c.resume(paused.index)
+        c.processes.resume(paused)
     wait_for(lambda: complete(view(reader), max_age_ms=2500), timeout=20, what="fresh knowledge after resume")
 
 

@@ -46,7 +46,7 @@ def test_table_kinds_and_messages(node):
         "Table app.s already exists (IF NOT EXISTS)"
     assert "already exists" in node.error("CREATE TABLE app.s (id INT PRIMARY KEY)").message
     types = {r[1]: r[2] for r in node.rows("SHOW TABLES IN app")}
-    assert types == {"s": "SHARED", "u": "USER", "w": "USER", "ev": "STREAM"}
+    assert types == {"s": "shared", "u": "user", "w": "user", "ev": "stream"}  # as upstream shows them
 
 
 @pytest.mark.parametrize("sql, fragment", [
@@ -83,7 +83,7 @@ def test_serial_types_default_to_snowflake(node):
     rows = node.rows("SELECT id, n FROM t ORDER BY id")
     ids = [int(r[0]) for r in rows]
     assert len(set(ids)) == 2 and all(i > 0 for i in ids)
-    desc = {r[0]: r[4] for r in node.rows("DESCRIBE TABLE t")}
+    desc = {r[0]: r[6] for r in node.rows("DESCRIBE TABLE t")}
     assert desc["id"] == "SNOWFLAKE_ID()"
 
 
@@ -94,11 +94,12 @@ def test_alter_table_add_and_drop_column(node):
     assert node.rows("SELECT id, a, score FROM t") == [[1, "x", 7]]
     node.sql("ALTER TABLE t DROP COLUMN a")
     assert node.sql("SELECT * FROM t")[0]["schema"] == [
-        {"name": "id", "data_type": "Int", "index": 0}, {"name": "score", "data_type": "Int", "index": 1}]
+        {"name": "id", "data_type": "Int", "index": 0}, {"name": "score", "data_type": "Int", "index": 1},
+        {"name": "_seq", "data_type": "BigInt", "index": 2}, {"name": "_deleted", "data_type": "Boolean", "index": 3}]
     assert "primary key" in node.error("ALTER TABLE t DROP COLUMN id").message
     assert "already exists" in node.error("ALTER TABLE t ADD COLUMN score INT").message
     assert "literal" in node.error("ALTER TABLE t ADD COLUMN z INT NOT NULL").message
-    schema_version = node.rows("SELECT schema_version FROM system.tables WHERE table_name = 't'")[0][0]
+    schema_version = node.rows("SELECT schema_version FROM system.schemas WHERE table_name = 't'")[0][0]
     assert schema_version == 3
 
 
@@ -113,9 +114,12 @@ def test_drop_table(node):
 def test_describe_and_system_tables(node):
     node.sql("CREATE TABLE t (id BIGINT PRIMARY KEY, body TEXT NOT NULL, at TIMESTAMP DEFAULT NOW())")
     desc = node.rows("DESCRIBE TABLE default.t")
-    assert [r[:4] for r in desc] == [["id", "BigInt", False, True], ["body", "Text", False, False],
-                                     ["at", "Timestamp", True, False]]
+    # upstream's describe view: column_name, ordinal_position, column_id, data_type, is_nullable,
+    # is_primary_key, column_default, column_comment, schema_version
+    assert desc == [["id", 1, "1", "BIGINT", False, True, None, None, 1],
+                    ["body", 2, "2", "TEXT", False, False, None, None, 1],
+                    ["at", 3, "3", "TIMESTAMP", True, False, "NOW()", None, 1]]
     rows = node.rows("SELECT table_id, table_type FROM system.schemas WHERE namespace_id = 'default'")
-    assert rows == [["default.t", "SHARED"]]
+    assert rows == [["default:t", "shared"]]  # upstream's table ids and type names
     counts = dict(node.rows("SELECT name, table_count FROM system.namespaces"))
-    assert counts["default"] == "1"
+    assert counts["default"] == 1  # table_count is an Int upstream

@@ -23,7 +23,7 @@ def test_cell_encoding_and_schema_names(items):
     items.sql("INSERT INTO app.items (id, name, qty, small, price, ok, at, meta, uid, d, amount) VALUES "
               "(9007199254740993, 'a', 5, 2, 1.5, true, '2024-01-01T00:00:01Z', '{\"b\": 1}', "
               "'6f1c1c5e-1d2f-4c39-9d5e-2c7a5a3f0e11', '2024-02-29', '12.50')")
-    res = items.sql("SELECT *, _seq, COUNT(*) OVER () AS n FROM app.items")[0]
+    res = items.sql("SELECT *, COUNT(*) OVER () AS n FROM app.items")[0]  # * ends with _seq, _deleted
     types = [c["data_type"] for c in res["schema"]]
     assert types[:11] == ["BigInt", "Text", "Int", "SmallInt", "Double", "Boolean", "Timestamp", "Json", "Uuid",
                           "Date", "Decimal"]
@@ -31,7 +31,8 @@ def test_cell_encoding_and_schema_names(items):
     assert row[:11] == ["9007199254740993", "a", 5, 2, 1.5, True, 1_704_067_201_000_000, '{"b":1}',
                         "6f1c1c5e-1d2f-4c39-9d5e-2c7a5a3f0e11", "2024-02-29", "12.50"]
     assert isinstance(row[11], str) and int(row[11]) > 0  # _seq is a JSON string
-    assert row[12] == "1"  # untyped 64-bit integer
+    assert row[12] is False and types[11:13] == ["BigInt", "Boolean"]
+    assert row[13] == "1"  # untyped 64-bit integer
     assert items.rows("SELECT COUNT(*) FROM app.items") == [["1"]]
 
 

@@ -41,7 +41,7 @@ def people(node, people_snapshot):
 
 def test_authenticate_and_principal_for(node, people):
     alice = people["alice"]
-    assert alice.role == "user" and alice.username == "alice" and alice.user_id.startswith("u_")
+    assert alice.role == "user" and alice.username == "alice" and alice.user_id == "alice"  # ADR-019
     assert node.db.principal_for(alice.user_id) == alice
     with pytest.raises(KalamError) as info:
         node.login("alice", "wrong")
@@ -71,12 +71,19 @@ def test_command_carries_hash_never_plaintext(node):
     assert node.login("carol", "hunter2-plain").username == "carol"
 
 
-def test_system_users_never_shows_hash_and_needs_admin(node, people):
-    res = node.sql("SELECT * FROM system.users")[0]
+def test_system_users_columns_as_upstream_and_admins_only(node, people):
+    res = node.sql("SELECT * FROM system.users WHERE user_id = 'alice'")[0]
     names = [c["name"] for c in res["schema"]]
-    assert "password_hash" not in names and "email" in names
-    assert any(r[1] == "alice" and r[3] == "alice@example.com" for r in res["rows"])
-    assert node.error("SELECT * FROM system.users", who=people["alice"]).code == "PERMISSION_DENIED"
+    assert names == ["user_id", "password_hash", "role", "email", "auth_type", "auth_data", "storage_mode",
+                     "storage_id", "failed_login_attempts", "locked_until", "last_login_at", "created_at",
+                     "updated_at", "last_seen", "deleted_at"]
+    row = dict(zip(names, res["rows"][0]))
+    assert row["email"] == "alice@example.com" and row["auth_type"] == "password"
+    assert row["password_hash"].startswith("$argon2id$")  # upstream shows the hash to admins
+    for who in ("alice", "svc"):
+        err = node.error("SELECT * FROM system.users", who=people[who])
+        assert err.code == "PERMISSION_DENIED" and "System tables require 'dba' or 'system' role" in err.message
+    assert node.rows("SELECT COUNT(*) FROM system.users", who=people["ops"]) == [["5"]]
 
 
 def test_alter_and_drop_user(node, people):
@@ -91,9 +98,9 @@ def test_alter_and_drop_user(node, people):
     with pytest.raises(KalamError):
         node.login("bob", "b-pw")
     assert node.db.principal_for(people["bob"].user_id) is None
-    deleted_at = node.rows("SELECT deleted_at FROM system.users WHERE username = 'bob'")[0][0]
+    deleted_at = node.rows("SELECT deleted_at FROM system.users WHERE user_id = 'bob'")[0][0]
     assert deleted_at == node.now_us - 1000 or deleted_at > 0  # soft delete keeps the row
-    assert "does not exist" in node.error("DROP USER bob").message
+    assert "not found" in node.error("DROP USER bob").message
     node.sql("DROP USER IF EXISTS bob")
     assert "cannot be dropped" in node.error("DROP USER root").message
     assert node.error("CREATE USER x WITH PASSWORD 'p'", who=people["svc"]).code == "PERMISSION_DENIED"
@@ -138,7 +145,11 @@ def test_execute_as_user_refused_on_shared_tables(node, people):
     node.sql("CREATE TABLE shared_t (id INT PRIMARY KEY)")
     err = node.error("EXECUTE AS USER 'alice' (SELECT * FROM shared_t)")
     assert "SHARED" in err.message
-    assert "does not exist" in node.error("EXECUTE AS USER 'ghost' (SELECT * FROM notes)").message
+    # as upstream, an id that is no user here is an application user (role user) a service may act for
+    assert node.rows("EXECUTE AS USER 'ghost' (SELECT * FROM notes)", who=people["svc"]) == []
+    err = node.error("EXECUTE AS USER 'ops' (SELECT * FROM notes)", who=people["alice"])
+    assert err.message.endswith("Unauthorized: EXECUTE AS USER is not authorized: actor 'alice' with role User "
+                                "cannot target 'ops' with role Dba")
 
 
 def test_shared_table_access_for_role_user(node, people):

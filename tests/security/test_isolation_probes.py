@@ -23,7 +23,10 @@ SCOPED = ["chat.m", "CHAT.M", '"chat"."m"', "chat.s", "Chat.S"]
 FORBIDDEN = ['"chat.m"', '"chat.m@v"', 'chat."m@v"', 'main."chat.m"', '"chat.s"', '"chat.s@v"',
              "_kdb_users", '"_kdb_users"', "main._kdb_users", "_kdb_meta", "_kdb_tables",
              "sqlite_master", "sqlite_schema", "main.sqlite_master", 'temp.sqlite_master',
-             '"system.users"', "system.users", "chat.p", "CHAT.P", '"chat.p"', '"chat.p@v"', 'chat."p"']
+             '"system.users"', "system.users", "chat.p", "CHAT.P", '"chat.p"', '"chat.p@v"', 'chat."p"',
+             # upstream's system tables (dba/system only): the manifest and audit log name other users
+             "system.manifest", "system.audit_log", "system.jobs", "information_schema.columns",
+             '"information_schema.columns"', "_kdb_manifest", "_kdb_audit", "_kdb_jobs"]
 
 READ_SHAPES = [
     "SELECT * FROM {src}",

@@ -51,9 +51,12 @@ def test_create_table_full_grammar():
 
 
 def test_table_level_primary_key_and_type_option():
-    s = parse("CREATE TABLE t (a INT, b TEXT, PRIMARY KEY (a)) WITH (TYPE = 'user', ACCESS_LEVEL = 'public')")
+    s = parse("CREATE TABLE t (a INT, b TEXT, PRIMARY KEY (a)) WITH (TYPE = 'user')")
     assert s.table_type == "USER" and s.primary_key == "a" and s.columns[0].not_null
-    assert s.options == {"ACCESS_LEVEL": "PUBLIC"}
+    s = parse("CREATE TABLE t (a INT PRIMARY KEY) WITH (TYPE = 'shared', ACCESS_LEVEL = 'public')")
+    assert s.table_type == "SHARED" and s.options == {"ACCESS_LEVEL": "PUBLIC"}
+    with pytest.raises(KalamError, match="ACCESS_LEVEL is only supported for SHARED tables"):
+        parse("CREATE TABLE t (a INT PRIMARY KEY) WITH (TYPE = 'user', ACCESS_LEVEL = 'public')")
 
 
 @pytest.mark.parametrize("sql, cls", [

@@ -8,10 +8,11 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
+from kalamdb.engine import sysviews
 from kalamdb.sql.statements import ColumnDef
 from kalamdb.sql.types import STORAGE
 
-GENESIS_US = 1_704_067_200_000_000  # fixed created_at of the objects every replica starts with
+GENESIS_US = sysviews.GENESIS_US
 ROOT_USER_ID = "root"
 
 SYSTEM_COLUMN_TYPES = {"_seq": "BigInt", "_deleted": "Boolean"}
@@ -28,39 +29,16 @@ BOOTSTRAP_SQL = [
         email TEXT, password_hash TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
         deleted_at INTEGER) STRICT""",
     "CREATE INDEX _kdb_users_by_name ON _kdb_users (username)",
-    """CREATE VIEW "system.namespaces" AS SELECT n.name AS namespace_id, n.name AS name, n.created_at,
-        n.options, (SELECT COUNT(*) FROM _kdb_tables t WHERE t.namespace = n.name) AS table_count
-        FROM _kdb_namespaces n""",
-    """CREATE VIEW "system.tables" AS SELECT namespace || '.' || name AS table_id, name AS table_name,
-        namespace AS namespace_id, table_type, created_at, schema_version, columns, primary_key, options
-        FROM _kdb_tables""",
-    """CREATE VIEW "system.schemas" AS SELECT * FROM "system.tables" """,
-    """CREATE VIEW "system.users" AS SELECT user_id, username, role, email, created_at, updated_at,
-        deleted_at FROM _kdb_users""",
     "INSERT INTO _kdb_meta VALUES ('applied_index', 0), ('last_snowflake', 0), ('catalog_version', 0)",
     f"INSERT INTO _kdb_namespaces VALUES ('default', {GENESIS_US}, '{{}}')",
     (f"INSERT INTO _kdb_users VALUES ('{ROOT_USER_ID}', 'root', 'system', NULL, NULL, {GENESIS_US}, "
     f"{GENESIS_US}, NULL)"),
 ]
 
-# data types of the system views' columns (for cell encoding)
-SYSTEM_VIEWS: dict[str, dict[str, str]] = {
-    "namespaces": {"namespace_id": "Text", "name": "Text", "created_at": "Timestamp", "options": "Json",
-                   "table_count": "BigInt"},
-    "tables": {"table_id": "Text", "table_name": "Text", "namespace_id": "Text", "table_type": "Text",
-               "created_at": "Timestamp", "schema_version": "Int", "columns": "Json", "primary_key": "Text",
-               "options": "Json"},
-    "users": {"user_id": "Text", "username": "Text", "role": "Text", "email": "Text",
-              "created_at": "Timestamp", "updated_at": "Timestamp", "deleted_at": "Timestamp"},
-}
-SYSTEM_VIEWS["schemas"] = SYSTEM_VIEWS["tables"]
-# the catalog tables each system view reads (the authorizer lets a view's body read exactly these)
-SYSTEM_VIEW_BASES: dict[str, frozenset[str]] = {
-    "system.namespaces": frozenset({"_kdb_namespaces", "_kdb_tables"}),
-    "system.tables": frozenset({"_kdb_tables"}),
-    "system.schemas": frozenset({"_kdb_tables", "system.tables"}),
-    "system.users": frozenset({"_kdb_users"}),
-}
+# data types of the replicated system views' columns, and the catalog tables each view reads (the
+# authorizer lets a view's body read exactly these)
+SYSTEM_VIEWS: dict[str, dict[str, str]] = sysviews.VIEW_TYPES
+SYSTEM_VIEW_BASES: dict[str, frozenset[str]] = sysviews.VIEW_BASES
 
 
 @dataclass(frozen=True)

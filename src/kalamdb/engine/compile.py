@@ -18,6 +18,7 @@ from kalamdb.engine.catalog import OWNED_TYPES, SYSTEM_VIEWS, Catalog, TableInfo
 from kalamdb.errors import KalamError
 
 HIDDEN = ("_seq", "_deleted")
+SYSTEM_NAMESPACES = ("system", "information_schema")
 ROWID = "_kdb_rowid"  # the row views' name for the storage table's rowid (writes address rows by it)
 
 
@@ -118,6 +119,10 @@ class _Compiler:
         self.known: dict[int, TableInfo | dict[str, str]] = {}  # id(new source node) -> columns info
         self.ctes: dict[str, exp.CTE] = {}
         self.allow: set[str] = set()
+        #: `SELECT *` shows `_seq` and `_deleted` (upstream); not in INSERT ... SELECT *
+        self.star_hidden = True
+        #: a SELECT whose WHERE mentions `_deleted` sees tombstones too (upstream's rule)
+        self.show_deleted = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -142,12 +147,12 @@ class _Compiler:
         cols = [exp.column(c.name, quoted=True) for c in info.columns] + [exp.column(h) for h in HIDDEN]
         if with_rowid:
             cols.insert(0, exp.column(ROWID))
-        cond: exp.Expression = exp.EQ(this=exp.column("_deleted"), expression=exp.Literal.number(0))
         if info.table_type in OWNED_TYPES:
             self.out.uses_owner = True
         self.allow.add(info.row_view)
         inner = exp.select(*cols).from_(exp.Table(this=exp.to_identifier(info.row_view, quoted=True)))
-        inner = inner.where(cond)
+        if not (self.show_deleted and not with_rowid):
+            inner = inner.where(exp.EQ(this=exp.column("_deleted"), expression=exp.Literal.number(0)))
         return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias)))
 
     def rewrite_functions(self, root: exp.Expression) -> exp.Expression:
@@ -224,8 +229,8 @@ class _Compiler:
                 continue
             ns, name = self.resolve(table)
             alias = table.alias or table.name
-            if ns == "system":
-                new = self.system_source(name, alias)
+            if ns in SYSTEM_NAMESPACES:
+                new = self.system_source(ns, name, alias)
             else:
                 info = self.lookup(ns, name)
                 self.out.tables.append((info, info.full_name, "r"))
@@ -236,17 +241,18 @@ class _Compiler:
                 target = target.parent  # FROM (ns.t): the parentheses go with the table
             target.replace(new)
 
-    def system_source(self, name: str, alias: str) -> exp.Expression:
-        if name in SYSTEM_VIEWS:
+    def system_source(self, ns: str, name: str, alias: str) -> exp.Expression:
+        full = f"{ns}.{name}"
+        if ns == "system" and name in SYSTEM_VIEWS:
             cols = SYSTEM_VIEWS[name]
-        elif name in self.local:
-            cols = dict(self.local[name])
-            self.out.local_tables.add(name)
+        elif full in self.local:
+            cols = dict(self.local[full])
+            self.out.local_tables.add(full)
         else:
-            raise KalamError("TABLE_NOT_FOUND", f"Table 'system.{name}' not found")
-        self.out.tables.append((None, f"system.{name}", "r"))
-        self.allow.add(f"system.{name}")
-        new = exp.Table(this=exp.to_identifier(f"system.{name}", quoted=True),
+            raise KalamError("TABLE_NOT_FOUND", f"Table '{full}' not found")
+        self.out.tables.append((None, full, "r"))
+        self.allow.add(full)
+        new = exp.Table(this=exp.to_identifier(full, quoted=True),
                         alias=exp.TableAlias(this=exp.to_identifier(alias)))
         self.known[id(new)] = cols
         return new
@@ -265,7 +271,10 @@ class _Compiler:
                 return None
             return [(e.alias_or_name, t) for e, t in zip(inner.expressions, self.output_types(inner))]
         if isinstance(info, TableInfo):
-            return [(c.name, c.data_type) for c in info.columns]
+            cols = [(c.name, c.data_type) for c in info.columns]
+            if self.star_hidden:
+                cols += [("_seq", "BigInt"), ("_deleted", "Boolean")]
+            return cols
         return list(info.items())
 
     def expand_stars(self, root: exp.Expression) -> None:
@@ -318,10 +327,8 @@ class _Compiler:
             for s in sources:
                 if e.table and s.alias_or_name != e.table:
                     continue
-                if name in HIDDEN:
-                    if self.known.get(id(s)) is not None:
-                        return "BigInt" if name == "_seq" else "Boolean"
-                    continue
+                if name in HIDDEN and isinstance(self.known.get(id(s)), TableInfo):
+                    return "BigInt" if name == "_seq" else "Boolean"
                 cols = self.source_columns(s)
                 if cols:
                     for cname, ctype in cols:
@@ -350,6 +357,8 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
     # user-written functions and parameters first, before the compiler adds its own kdb_* calls
     ast = c.rewrite_functions(ast)
     if kind == "select":
+        c.show_deleted = any(col.name.lower() == "_deleted" for where in ast.find_all(exp.Where)
+                             for col in where.find_all(exp.Column))
         c.rewrite_sources(ast)
         c.expand_stars(ast)
         c.out.types = c.output_types(ast)
@@ -385,8 +394,8 @@ def _target(c: _Compiler, table: exp.Table, verb: str) -> TableInfo:
     if not isinstance(table, exp.Table):
         raise KalamError("INVALID_SQL", f"{verb} needs a table name")
     ns, name = c.resolve(table)
-    if ns == "system":
-        raise KalamError("PERMISSION_DENIED", f"Cannot {verb} system table 'system.{name}'")
+    if ns in SYSTEM_NAMESPACES:
+        raise KalamError("PERMISSION_DENIED", f"Cannot {verb} system table '{ns}.{name}'")
     info = c.lookup(ns, name)
     c.out.target = info
     c.out.tables.append((info, info.full_name, "w"))
@@ -464,6 +473,7 @@ def _compile_insert(c: _Compiler, ast: exp.Insert) -> None:
                 c.rewrite_sources(v)  # a subquery in VALUES reads through row views like any other
         c.out.sql = exp.Values(expressions=[exp.Tuple(expressions=row) for row in rows]).sql("sqlite")
     elif isinstance(source, (exp.Select, exp.Union)):
+        c.star_hidden = False
         c.rewrite_sources(source)
         c.expand_stars(source)
         c.out.sql = source.sql("sqlite")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgpack
 
-from kalamdb.engine import authorizer, executor, limits, logins, topics, users
+from kalamdb.engine import authorizer, executor, limits, localviews, sysviews, topics, users
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import (
     CHANGE_RETENTION_ROWS,
@@ -48,7 +48,7 @@ from kalamdb.sql import statements as st
 from kalamdb.sql.parser import ParseCache, parse_statement
 from kalamdb.sql.splitter import split_statements
 from kalamdb.sql.topics import TopicStatement
-from kalamdb.sql.types import TYPE_ALIASES
+from kalamdb.sql.types import SQL_NAMES, TYPE_ALIASES
 
 MAX_SQL_BYTES = limits.MAX_SQL_BYTES
 MAX_PARAMS = limits.MAX_PARAMS
@@ -78,6 +78,9 @@ class Database:
         self._compile_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._local_tables: dict[str, tuple[list[tuple[str, str]], Callable[[], list[tuple]]]] = {}
+        #: the node-local views' columns by name, and a number that changes with them (compile cache key)
+        self._local_columns: dict[str, list[tuple[str, str]]] = {}
+        self._local_version = 0
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._tls = threading.local()
@@ -97,6 +100,7 @@ class Database:
             self._wconn.execute("COMMIT")
         self._wstate.guard = authorizer.install(self._wconn, cat.SYSTEM_VIEW_BASES)
         self._load_state()
+        localviews.install(self)
 
     # ------------------------------------------------------------------ connections and state
 
@@ -134,11 +138,11 @@ class Database:
             for sql in CHANGES_SQL:  # data directories of versions before the change log
                 conn.execute(sql)
             topics.ensure_schema(conn)
-            logins.ensure_schema(conn)
             conn.execute("INSERT OR IGNORE INTO _kdb_meta VALUES ('changes_pruned_upto', 0)")
             meta = dict(conn.execute("SELECT key, value FROM _kdb_meta"))
             self._applied_index = int(meta["applied_index"])
             self._last_snowflake = int(meta["last_snowflake"])
+            sysviews.upgrade(conn)
             self.reload_catalog()
             cat.ensure_row_views(conn, self._catalog)
         finally:
@@ -158,6 +162,15 @@ class Database:
     def writer_catalog(self) -> cat.Catalog:
         """The catalog as of the command being applied (DDL earlier in the batch included)."""
         return self._catalog
+
+    @property
+    def compile_cache_size(self) -> int:
+        return len(self._compile_cache)
+
+    @property
+    def published_catalog(self) -> cat.Catalog:
+        """The catalog as of the last committed batch (what readers see)."""
+        return self._published
 
     def catalog_for(self, ctx: ExecContext) -> cat.Catalog:
         return self._catalog if ctx.writing else self._published
@@ -182,15 +195,20 @@ class Database:
             raise KalamError("INVALID_SQL", f"SQL is larger than {MAX_SQL_BYTES} bytes")
         params = list(params or [])
         if len(params) > MAX_PARAMS:
-            raise KalamError("INVALID_PARAMETER", f"Too many parameters: {len(params)} (at most {MAX_PARAMS})")
+            raise KalamError("INVALID_PARAMETER", "Statement 1 failed: Parameter count exceeded: maximum "
+                             f"{MAX_PARAMS} parameters allowed, got {len(params)}")
         for i, p in enumerate(params, 1):
             if p is not None and not isinstance(p, (bool, int, float, str, bytes)):
                 raise KalamError("INVALID_PARAMETER", f"Parameter ${i} must be a scalar (string, number, "
                                  f"boolean or null), got {type(p).__name__}")
             if isinstance(p, int) and not -(2**63) <= p < 2**63:
                 raise KalamError("INVALID_PARAMETER", f"Parameter ${i} does not fit in 64 bits")
-            if isinstance(p, (str, bytes)) and len(p) > limits.MAX_PARAM_BYTES:
-                raise KalamError("INVALID_PARAMETER", f"Parameter ${i} is larger than {limits.MAX_PARAM_BYTES} bytes")
+            size = len(p) if isinstance(p, bytes) else (len(p.encode("utf-8", "surrogatepass"))
+                                                         if isinstance(p, str) and len(p) * 4 > limits.MAX_PARAM_BYTES
+                                                         else len(p) if isinstance(p, str) else 0)
+            if size > limits.MAX_PARAM_BYTES:
+                raise KalamError("INVALID_PARAMETER", f"Statement 1 failed: Parameter size exceeded: parameter at "
+                                 f"index {i - 1} is {size} bytes (max {limits.MAX_PARAM_BYTES} bytes)")
         texts = split_statements(sql)
         if not texts:
             raise KalamError("EMPTY_SQL", "SQL statement is empty")
@@ -277,8 +295,8 @@ class Database:
 
     def compiled(self, q: st.Query, ctx: ExecContext) -> Compiled:
         catalog = self.catalog_for(ctx)
-        local = {name: cols for name, (cols, _) in self._local_tables.items()}
-        key = (q.sql, ctx.namespace, catalog.version, tuple(local))
+        local = self._local_columns
+        key = (q.sql, ctx.namespace, catalog.version, self._local_version)
         with self._compile_lock:
             hit = self._compile_cache.get(key)
             if hit is not None:
@@ -526,17 +544,34 @@ class Database:
     # ------------------------------------------------------------------ node-local system tables
 
     def register_system_table(self, name: str, columns: list[tuple[str, str]], rows: Callable[[], list[tuple]]):
+        """A node-local `system.<name>` (replaces an earlier one of the same name)."""
         name = name.lower()
         if not re.fullmatch(r"[a-z0-9_]+", name) or name in cat.SYSTEM_VIEWS:
             raise ValueError(f"invalid or reserved system table name {name!r}")
+        self.register_local_view(f"system.{name}", columns, rows)
+
+    def register_local_view(self, full_name: str, columns: list[tuple[str, str]],
+                            rows: Callable[[], list[tuple]]) -> None:
+        """A node-local view by its full name (`system.x`, `information_schema.x`): materialised as a
+        TEMP table on the connection that reads it, so WHERE/ORDER/joins work."""
         typed = [(c.lower(), TYPE_ALIASES.get(t.upper(), t)) for c, t in columns]
-        self._local_tables[name] = (typed, rows)
+        self._local_tables[full_name] = (typed, rows)
+        self._local_columns = {name: cols for name, (cols, _) in self._local_tables.items()}
+        self._local_version += 1
+
+    def system_columns(self) -> dict[str, list[tuple[str, str]]]:
+        """Every system view's columns with their SQL type names, by full name (information_schema)."""
+        out = {f"system.{name}": [(c, SQL_NAMES.get(t, t.upper())) for c, t in types.items()]
+               for name, types in cat.SYSTEM_VIEWS.items()}
+        for name, (cols, _) in self._local_tables.items():
+            out[name] = [(c, SQL_NAMES.get(t, t.upper())) for c, t in cols]
+        return dict(sorted(out.items()))
 
     def materialise_local(self, conn: sqlite3.Connection, name: str) -> None:
         cols, rows_fn = self._local_tables[name]
-        table = cat.quote_ident(f"system.{name}")
-        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({', '.join(cat.quote_ident(c) for c, _ in cols)})")
-        conn.execute(f"DELETE FROM temp.{table}")
+        table = cat.quote_ident(name)
+        conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        conn.execute(f"CREATE TEMP TABLE {table} ({', '.join(cat.quote_ident(c) for c, _ in cols)})")
         rows = [tuple(r) for r in rows_fn()]
         if rows:
             marks = ", ".join("?" for _ in cols)
@@ -632,5 +667,10 @@ def _check_statement_permission(s: st.Statement, principal: Principal) -> None:
             raise KalamError("PERMISSION_DENIED", "Only dba or system may change another user's password")
     elif isinstance(s, st.CreateTable) and s.table_type == "SHARED" and principal.role == "user":
         raise KalamError("PERMISSION_DENIED", "Role 'user' may create USER and STREAM tables only")
-    elif isinstance(s, (st.DropTable, st.AlterTableAddColumn, st.AlterTableDropColumn)) and principal.role == "user":
-        raise KalamError("PERMISSION_DENIED", "Role 'user' may not drop or alter tables")
+    elif isinstance(s, st.DropTable) and principal.role not in ("dba", "system"):
+        raise KalamError("PERMISSION_DENIED", "Unauthorized: Insufficient privileges to drop table")
+    elif isinstance(s, (st.CreateStorage, st.AlterStorage, st.DropStorage, st.KillJob)):
+        require_admin(principal, type(s).__name__)
+    elif isinstance(s, (st.StorageFlush, st.StorageCompact)) and principal.role == "user":
+        raise KalamError("PERMISSION_DENIED", "Unauthorized: STORAGE FLUSH and STORAGE COMPACT require Service, "
+                         "DBA, or System role")

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kalamdb.engine import authorizer, ddl, limits, logins, topics, users, writes
+from kalamdb.engine import alter, authorizer, ddl, limits, logins, storage, topics, users, writes
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.compile import Compiled
 from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, guard_of, message
@@ -33,8 +33,8 @@ class TransactionLost(Exception):
 
 
 def environmental(e: BaseException) -> bool:
-    if isinstance(e, TransactionLost):
-        return True
+    if isinstance(e, (TransactionLost, OSError)):
+        return True  # OSError: writing a flushed file failed on this machine (engine/storage.py)
     return isinstance(e, sqlite3.Error) and any(m in str(e).lower() for m in _ENVIRONMENTAL)
 
 
@@ -43,6 +43,9 @@ _DDL: dict[type, Callable[..., dict]] = {
     st.CreateTable: ddl.create_table, st.DropTable: ddl.drop_table,
     st.AlterTableAddColumn: ddl.alter_add, st.AlterTableDropColumn: ddl.alter_drop,
     st.CreateUser: users.create_user, st.AlterUser: users.alter_user, st.DropUser: users.drop_user,
+    st.AlterTable: alter.alter_table, st.CreateStorage: storage.create_storage,
+    st.AlterStorage: storage.alter_storage, st.DropStorage: storage.drop_storage,
+    st.StorageFlush: storage.storage_flush, st.StorageCompact: storage.storage_compact, st.KillJob: storage.kill_job,
 }
 
 
@@ -91,12 +94,15 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
         if ctx.writing:
             conn.execute("SAVEPOINT kdb_stmt")
         try:
+            if txn_mark is not None:
+                _refuse_stream_in_transaction(db, ctx, s)
             results.append(execute(db, ctx, s))
             if ctx.writing:
                 topics.publish(db, ctx, marks[0])  # the statement's row changes -> topic messages
                 conn.execute("RELEASE kdb_stmt")
         except KalamError as e:
-            error = KalamError(e.code, f"Statement {i} failed: {e.message}", details=e.details)
+            error = KalamError(e.code, f"Statement {i} failed: {e.message}", details=e.details,
+                               sensitive=e.sensitive)
         except Exception as e:
             if environmental(e):
                 raise  # not the command's fault: abort the batch, nothing of it commits
@@ -120,6 +126,16 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
         error = KalamError("SQL_EXECUTION_ERROR", "Transaction was not committed: the request ended "
                            "inside BEGIN without COMMIT, so it was rolled back")
     return results, error
+
+
+def _refuse_stream_in_transaction(db: Database, ctx: ExecContext, s: st.Statement) -> None:
+    """As upstream: STREAM tables are not transactional, so writing one inside BEGIN ... COMMIT is
+    refused (and the transaction with it)."""
+    q = s.inner if isinstance(s, st.ExecuteAs) else s
+    if isinstance(q, st.Query) and q.kind != "select":
+        target = db.compiled(q, ctx).target
+        if target is not None and target.table_type == "STREAM":
+            raise KalamError("SQL_EXECUTION_ERROR", "stream tables are not supported inside explicit transactions")
 
 
 def execute(db: Database, ctx: ExecContext, s: st.Statement) -> dict:
@@ -152,6 +168,11 @@ def execute(db: Database, ctx: ExecContext, s: st.Statement) -> dict:
             "ORDER BY namespace_id, table_name", (ns,) if ns else (), cat.SYSTEM_VIEWS["tables"])
     if isinstance(s, st.DescribeTable):
         return ddl.describe(db, ctx, s)
+    if isinstance(s, st.ShowStorages):
+        if ctx.principal.role not in ADMIN_ROLES:
+            raise KalamError("PERMISSION_DENIED", "Unauthorized: SHOW STORAGES requires DBA or System role")
+        return internal_select(ctx, 'SELECT * FROM "system.storages" ORDER BY storage_id', (),
+                               cat.SYSTEM_VIEWS["storages"])
     if isinstance(s, st.ClusterStatement):
         raise KalamError("SQL_EXECUTION_ERROR", "CLUSTER statements are executed by the node layer")
     if not ctx.writing:
@@ -163,17 +184,20 @@ def execute(db: Database, ctx: ExecContext, s: st.Statement) -> dict:
 def check_access(compiled: Compiled, me: Principal, owner: Principal | None) -> None:
     """Table-level permissions of a compiled statement (rows are scoped by the row views)."""
     for info, name, mode in compiled.tables:
-        if info is None:
-            if name == "system.users" and me.role not in ADMIN_ROLES:
-                raise KalamError("PERMISSION_DENIED", "Reading system.users requires role dba or system")
+        if info is None:  # system.* and information_schema.*: as upstream, for dba and system only
+            if me.role not in ADMIN_ROLES:
+                raise KalamError("PERMISSION_DENIED", f"Access denied: Role '{me.role.title()}' cannot access "
+                                 f"table '{name}'. System tables require 'dba' or 'system' role.")
             continue
         if info.table_type == "SHARED":
             if owner is not None:
                 raise KalamError("SQL_EXECUTION_ERROR",
                                  f"EXECUTE AS USER is not allowed on SHARED table {info.full_name}")
             if me.role == "user" and (mode == "w" or info.options.get("ACCESS_LEVEL") != "PUBLIC"):
-                raise KalamError("PERMISSION_DENIED", f"Role 'user' may not "
-                                 f"{'write' if mode == 'w' else 'read'} SHARED table {info.full_name}")
+                level = str(info.options.get("ACCESS_LEVEL", "PRIVATE")).title()
+                raise KalamError("PERMISSION_DENIED", f"Access denied: Role 'User' cannot access table "
+                                 f"'{info.full_name}'. Shared table {'write' if mode == 'w' else 'access'} "
+                                 f"denied (access_level={level})")
 
 
 def execute_query(db: Database, ctx: ExecContext, q: st.Query, owner: Principal | None) -> dict:
@@ -286,7 +310,7 @@ def sql_error(e: sqlite3.Error, ctx: ExecContext, compiled: Compiled | None) -> 
         return KalamError("SQL_EXECUTION_ERROR", "Statement exceeded its execution budget and was stopped")
     m = re.match(r"no such column: (.+)", msg)
     if m:
-        return KalamError("SQL_EXECUTION_ERROR", f"Column '{m.group(1)}' does not exist")
+        return KalamError("SQL_EXECUTION_ERROR", f"Column '{m.group(1)}' does not exist", sensitive=True)
     m = re.match(r"no such table: (.+)", msg)
     if m:
         return KalamError("TABLE_NOT_FOUND", f"Table '{m.group(1)}' not found")
@@ -301,4 +325,4 @@ def sql_error(e: sqlite3.Error, ctx: ExecContext, compiled: Compiled | None) -> 
     if "UNIQUE constraint failed" in msg and compiled is not None and compiled.target is not None:
         return KalamError("SQL_EXECUTION_ERROR", "Primary key violation: the new value already exists "
                           f"in column '{compiled.target.primary_key}'")
-    return KalamError("SQL_EXECUTION_ERROR", msg)
+    return KalamError("SQL_EXECUTION_ERROR", msg, sensitive=True)

@@ -53,20 +53,6 @@ class ServerSetup(st.Statement):
 st.register(LoginEvent, ServerSetup)
 LOGIN_STATEMENTS = (LoginEvent, ServerSetup)
 
-# the columns of _kdb_users this module keeps (system.users shows them, as upstream does)
-_USER_COLUMNS = [("failed_login_attempts", "INTEGER NOT NULL DEFAULT 0"), ("locked_until", "INTEGER"),
-                 ("last_login_at", "INTEGER")]
-
-
-def ensure_schema(conn) -> None:
-    """Add the lockout columns to _kdb_users where a data directory lacks them (at load; the same
-    on every replica, since they all run the same code on the same schema)."""
-    have = {r[1] for r in conn.execute("PRAGMA table_info(_kdb_users)")}
-    for name, decl in _USER_COLUMNS:
-        if name not in have:
-            conn.execute(f"ALTER TABLE _kdb_users ADD COLUMN {name} {decl}")
-
-
 def execute(db: Database, ctx: ExecContext, s: LoginEvent | ServerSetup) -> dict:
     if ctx.principal.role != "system" or not ctx.writing:
         raise KalamError("PERMISSION_DENIED", "Login bookkeeping is written by the server only")

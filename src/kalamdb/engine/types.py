@@ -55,6 +55,7 @@ class ExecContext:
         self.writing = writing
         self.index = index  # the log index of the command being applied (0 on reads)
         self.ddl_done = False
+        self.audits = 0  # audit_log rows written by this command (numbers their ids)
         self.changes: list[Change] = []
         self.events: list[FeedEvent] = []
 
@@ -66,6 +67,19 @@ def require_admin(principal: Principal, what: str) -> None:
 
 def message(text: str, ctx: ExecContext, row_count: int = 0) -> dict:
     return {"row_count": row_count, "message": text, "as_user": ctx.principal.username}
+
+
+def public_error(err: KalamError, principal: Principal | None) -> KalamError:
+    """An error as a non-admin may see it (upstream's redaction): table discovery failures and raw
+    engine errors become "SQL statement failed", internal errors "SQL request failed", without
+    details. Permission, validation, constraint and parameter errors keep their message."""
+    if principal is not None and principal.role in ADMIN_ROLES:
+        return err
+    if err.code == "INTERNAL_ERROR":
+        return KalamError("INTERNAL_ERROR", "SQL request failed")
+    if err.code == "TABLE_NOT_FOUND" or err.sensitive:
+        return KalamError("SQL_EXECUTION_ERROR", "SQL statement failed")
+    return err
 
 
 def guard_of(ctx: ExecContext) -> Guard:

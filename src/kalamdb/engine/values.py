@@ -118,6 +118,11 @@ def coerce_column(col: ColumnDef, value):
         out = fn(value) if fn is not None else value
     except KalamError as e:
         raise KalamError(e.code, f"{e.message} in column '{col.name}'") from None
+    if out is not None and col.data_type == "Embedding" and col.type_args:
+        dim = out.count(",") + 1
+        if dim != col.type_args[0]:
+            raise KalamError("SQL_EXECUTION_ERROR", f"Embedding for column '{col.name}' has {dim} values; "
+                             f"the column is EMBEDDING({col.type_args[0]})")
     if out is None:
         if col.not_null:
             raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' cannot be NULL")

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kalamdb.engine.types import public_error
 from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
 from kalamdb.server import responses
@@ -149,6 +150,12 @@ class SqlHandler:
         return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
 
     async def run(self, req: SqlRequest, principal: Any) -> tuple[list, int | None]:
+        try:
+            return await self._run(req, principal)
+        except KalamError as err:
+            raise public_error(err, principal) from None  # upstream's redaction for non-admins
+
+    async def _run(self, req: SqlRequest, principal: Any) -> tuple[list, int | None]:
         prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
         if any(isinstance(s, KillLiveQuery) for s in prepared.statements):
             return _kill_live_statement(prepared.statements, principal, self.live), None

@@ -4,6 +4,7 @@ to sqlglot, whose parse is cached by statement text because it costs ~120 us."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -16,7 +17,7 @@ from sqlglot.errors import ParseError, TokenError
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 from kalamdb.sql.topics import parse_topic_statement, starts_topic_statement
-from kalamdb.sql.types import SERIAL_TYPES, canonical_type
+from kalamdb.sql.types import EMBEDDING_MAX_DIM, SERIAL_TYPES, canonical_type
 
 # sqlglot warns on stderr for every statement it cannot parse fully; our callers get a KalamError
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -24,6 +25,7 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 NAME_RE = re.compile(r"^[a-zA-Z0-9_]+$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 ROLES = ("user", "service", "dba", "system")
+ROLE_ALIASES = {"admin": "dba", "developer": "service", "analyst": "service", "viewer": "user", "readonly": "user"}
 TABLE_TYPES = ("USER", "SHARED", "STREAM")
 TABLE_OPTIONS = ("TYPE", "STORAGE_ID", "TTL_SECONDS", "ACCESS_LEVEL", "FLUSH_POLICY")
 DEFAULT_FUNCTIONS = ("NOW", "CURRENT_TIMESTAMP", "SNOWFLAKE_ID", "UUID_V7", "ULID", "CURRENT_USER")
@@ -263,6 +265,16 @@ def parse_statement(sql: str, cache: ParseCache) -> st.Statement:
         return _parse_cluster(c)
     if first == "KILL" and c.at("KILL", "LIVE", "QUERY"):
         return _parse_kill_live(c)
+    if first == "KILL" and c.at("KILL", "JOB"):
+        c.i += 2
+        t = c.peek()
+        job_id = str(t.value) if t is not None and t.kind == "str" and len(c.toks) == c.i + 1 else (
+            c.sql[t.pos:].strip() if t is not None else "")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", job_id):
+            raise KalamError("INVALID_SQL", f"Invalid job id {job_id[:80]!r}")
+        return st.KillJob(job_id)
+    if first == "STORAGE":
+        return _parse_storage_maintenance(c)
     raise KalamError("INVALID_SQL", f"Unsupported statement: {sql[:60]!r}")
 
 
@@ -451,7 +463,9 @@ def _parse_create(c: _Cursor) -> st.Statement:
         return _parse_create_table(c, prefix)
     if c.accept("USER"):
         return _parse_create_user(c)
-    raise KalamError("INVALID_SQL", "Expected NAMESPACE, TABLE or USER after CREATE")
+    if c.accept("STORAGE"):
+        return _parse_create_storage(c)
+    raise KalamError("INVALID_SQL", "Expected NAMESPACE, TABLE, USER or STORAGE after CREATE")
 
 
 def _parse_default(c: _Cursor) -> dict:
@@ -506,7 +520,12 @@ def parse_column_def(c: _Cursor) -> st.ColumnDef:
             if c.accept_op(")"):
                 break
             c.expect_op(",")
-    col = st.ColumnDef(name, data_type, type_args=type_args if data_type == "Decimal" else None)
+    if data_type == "Embedding" and not (type_args and len(type_args) == 1 and isinstance(type_args[0], int)
+                                         and 1 <= type_args[0] <= EMBEDDING_MAX_DIM):
+        raise KalamError("INVALID_SQL", f"EMBEDDING dimension must be between 1 and {EMBEDDING_MAX_DIM}, "
+                             f"got {type_args[0] if type_args else 'none'} (column '{name}')")
+    col = st.ColumnDef(name, data_type,
+                       type_args=type_args if data_type in ("Decimal", "Embedding") else None)
     if type_word in SERIAL_TYPES:
         col.default = {"fn": "SNOWFLAKE_ID"}
     while not c.done() and not (c.peek().kind == "op" and c.peek().text in ",)"):
@@ -602,6 +621,8 @@ def _parse_create_table(c: _Cursor, prefix: str | None) -> st.CreateTable:
         if level not in ("PUBLIC", "PRIVATE", "RESTRICTED"):
             raise KalamError("INVALID_SQL", "ACCESS_LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
         options["ACCESS_LEVEL"] = level
+        if (prefix or type_opt or "SHARED") != "SHARED":
+            raise KalamError("INVALID_SQL", "ACCESS_LEVEL is only supported for SHARED tables")
     if table_type in ("USER", "SHARED") and not pk_cols:
         raise KalamError("INVALID_SQL", f"{table_type.title()} tables require a single-column PRIMARY KEY")
     if table_type == "STREAM" and "TTL_SECONDS" not in options:
@@ -613,9 +634,28 @@ def _parse_create_table(c: _Cursor, prefix: str | None) -> st.CreateTable:
 
 def _parse_role(c: _Cursor) -> str:
     role = c.name("role").lower()
+    role = ROLE_ALIASES.get(role, role)
     if role not in ROLES:
-        raise KalamError("INVALID_SQL", f"Invalid role '{role}': use user, service, dba or system")
+        raise KalamError("INVALID_SQL", f"Invalid role '{role}': valid roles are dba, admin, developer, analyst, "
+                         "viewer, readonly, user, service, system")
     return role
+
+
+def _oauth_data(payload: str | None) -> str:
+    """Upstream's OAuth identity: a JSON object with provider and subject."""
+    if payload is None:
+        raise KalamError("SQL_EXECUTION_ERROR", "OAuth user requires JSON payload with provider and subject")
+    try:
+        obj = json.loads(payload)
+    except ValueError as e:
+        raise KalamError("SQL_EXECUTION_ERROR", f"Invalid OAuth JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise KalamError("SQL_EXECUTION_ERROR", "Invalid OAuth JSON: expected an object")
+    for key in ("provider", "subject"):
+        if not isinstance(obj.get(key), str):
+            raise KalamError("SQL_EXECUTION_ERROR", f"OAuth user requires '{key}' field")
+    return json.dumps({"provider_type": obj["provider"].lower(), "issuer": obj["provider"],
+                       "subject": obj["subject"]}, sort_keys=True, separators=(",", ":"))
 
 
 def _username(c: _Cursor) -> str:
@@ -630,20 +670,28 @@ def _parse_create_user(c: _Cursor) -> st.CreateUser:
     if ine:
         raise KalamError("INVALID_SQL", "CREATE USER IF NOT EXISTS is not supported")
     name = _username(c)
-    password = role = email = None
+    password = role = email = auth_data = None
+    auth_type = None
     c.accept("WITH")
     while not c.done():
         if c.accept("PASSWORD"):
             password = c.string("password")
+            auth_type = "password"
+        elif c.accept("OAUTH"):
+            payload = c.string("OAuth payload") if c.peek() is not None and c.peek().kind == "str" else None
+            auth_type, auth_data = "oauth", _oauth_data(payload)
+        elif c.accept("INTERNAL"):
+            auth_type = "internal"
         elif c.accept("ROLE"):
             role = _parse_role(c)
         elif c.accept("EMAIL"):
             email = c.string("email")
         else:
             raise KalamError("INVALID_SQL", f"Unexpected {c.peek().text!r} in CREATE USER")
-    if password is None:
-        raise KalamError("INVALID_SQL", "CREATE USER needs WITH PASSWORD '...'")
-    return st.CreateUser(name, role or "user", email, password=password)
+    if auth_type is None:
+        raise KalamError("INVALID_SQL", "Expected PASSWORD, OAUTH, or INTERNAL after WITH: CREATE USER name "
+                         "WITH PASSWORD 'pass' | OAUTH '{\"provider\": ..., \"subject\": ...}' | INTERNAL ROLE role")
+    return st.CreateUser(name, role or "user", email, password=password, auth_type=auth_type, auth_data=auth_data)
 
 
 def _parse_drop(c: _Cursor) -> st.Statement:
@@ -668,7 +716,12 @@ def _parse_drop(c: _Cursor) -> st.Statement:
         name = _username(c)
         c.end()
         return st.DropUser(name, ie)
-    raise KalamError("INVALID_SQL", "Expected NAMESPACE, TABLE or USER after DROP")
+    if c.accept("STORAGE"):
+        ie = c.accept("IF", "EXISTS")
+        storage_id = _storage_id(c)
+        c.end()
+        return st.DropStorage(storage_id, ie)
+    raise KalamError("INVALID_SQL", "Expected NAMESPACE, TABLE, USER or STORAGE after DROP")
 
 
 def _parse_alter(c: _Cursor) -> st.Statement:
@@ -682,12 +735,17 @@ def _parse_alter(c: _Cursor) -> st.Statement:
             if col.primary_key:
                 raise KalamError("INVALID_SQL", "ALTER TABLE cannot add a PRIMARY KEY column")
             return st.AlterTableAddColumn(ns, name, col)
+        if c.at("DROP", "INDEX") or c.at("DROP", "VECTOR", "INDEX"):
+            c.i += 2 if c.at("DROP", "INDEX") else 3
+            col_name = check_name(c.name("column name").lower(), "column")
+            c.end()
+            return st.AlterTable(ns, name, "drop_index", col_name)
         if c.accept("DROP"):
             c.accept("COLUMN")
             col_name = check_name(c.name("column name").lower(), "column")
             c.end()
             return st.AlterTableDropColumn(ns, name, col_name)
-        raise KalamError("INVALID_SQL", "ALTER TABLE supports ADD COLUMN and DROP COLUMN")
+        return _parse_alter_table_op(c, ns, name)
     if c.accept("USER"):
         name = _username(c)
         c.expect("SET")
@@ -699,8 +757,14 @@ def _parse_alter(c: _Cursor) -> st.Statement:
             role = _parse_role(c)
             c.end()
             return st.AlterUser(name, role=role)
-        raise KalamError("INVALID_SQL", "ALTER USER supports SET PASSWORD '...' and SET ROLE r")
-    raise KalamError("INVALID_SQL", "Expected TABLE or USER after ALTER")
+        if c.accept("EMAIL"):
+            email = c.string("email")
+            c.end()
+            return st.AlterUser(name, email=email)
+        raise KalamError("INVALID_SQL", "Expected PASSWORD, ROLE, or EMAIL after SET")
+    if c.accept("STORAGE"):
+        return _parse_alter_storage(c)
+    raise KalamError("INVALID_SQL", "Expected TABLE, USER or STORAGE after ALTER")
 
 
 def _parse_show(c: _Cursor) -> st.Statement:
@@ -708,6 +772,9 @@ def _parse_show(c: _Cursor) -> st.Statement:
     if c.accept("NAMESPACES"):
         c.end()
         return st.ShowNamespaces()
+    if c.accept("STORAGES"):
+        c.end()
+        return st.ShowStorages()
     if c.accept("TABLES"):
         ns = None
         if c.accept("IN") or c.accept("FROM"):
@@ -717,11 +784,170 @@ def _parse_show(c: _Cursor) -> st.Statement:
     raise KalamError("INVALID_SQL", "SHOW supports NAMESPACES and TABLES [IN ns]")
 
 
+_ACCESS_LEVELS = ("PUBLIC", "PRIVATE", "RESTRICTED")
+_VECTOR_METRICS = ("COSINE", "L2", "DOT")
+
+
+def _parse_alter_table_op(c: _Cursor, ns: str | None, name: str) -> st.AlterTable:
+    """MODIFY COLUMN, ALTER COLUMN SET/DROP NOT NULL|DEFAULT, RENAME COLUMN, SET ACCESS LEVEL,
+    SET TBLPROPERTIES (ACCESS_LEVEL = ...), CREATE [VECTOR] INDEX."""
+    if c.accept("MODIFY"):
+        c.accept("COLUMN")
+        start = c.i
+        col = parse_column_def(c)
+        c.end()
+        if col.default is not None or col.primary_key:
+            raise KalamError("INVALID_SQL", "MODIFY COLUMN takes a type and NULL / NOT NULL only")
+        words = [t.upper for t in c.toks[start:]]
+        nullable = False if col.not_null else (True if "NULL" in words else None)
+        return st.AlterTable(ns, name, "modify", col.name, col.data_type, col.type_args, nullable)
+    if c.accept("ALTER"):
+        c.accept("COLUMN")
+        col = check_name(c.name("column name").lower(), "column")
+        if c.accept("SET", "NOT", "NULL"):
+            op, default = "set_not_null", None
+        elif c.accept("DROP", "NOT", "NULL"):
+            op, default = "drop_not_null", None
+        elif c.accept("SET", "DEFAULT"):
+            op, default = "set_default", _parse_default(c)
+        elif c.accept("DROP", "DEFAULT"):
+            op, default = "drop_default", None
+        else:
+            raise KalamError("INVALID_SQL", "ALTER COLUMN supports SET NOT NULL, DROP NOT NULL, SET DEFAULT x "
+                             "and DROP DEFAULT")
+        c.end()
+        return st.AlterTable(ns, name, op, col, default=default)
+    if c.accept("RENAME"):
+        c.accept("COLUMN")
+        old = check_name(c.name("column name").lower(), "column")
+        c.expect("TO")
+        new = check_name(c.name("new column name").lower(), "column")
+        c.end()
+        return st.AlterTable(ns, name, "rename", old, new_name=new)
+    if c.accept("SET", "ACCESS", "LEVEL"):
+        level = c.name("access level").upper()
+        c.end()
+        if level not in _ACCESS_LEVELS:
+            raise KalamError("INVALID_SQL", "ACCESS LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
+        return st.AlterTable(ns, name, "access_level", level=level)
+    if c.accept("SET", "TBLPROPERTIES"):
+        c.expect_op("(")
+        props = {}
+        while True:
+            key = c.name("property").upper()
+            c.expect_op("=")
+            props[key] = str(c.name("property value"))
+            if c.accept_op(")"):
+                break
+            c.expect_op(",")
+        c.end()
+        if set(props) != {"ACCESS_LEVEL"}:
+            raise KalamError("INVALID_SQL", "ACCESS_LEVEL property is required for SET ACCESS LEVEL "
+                             "(SET TBLPROPERTIES supports ACCESS_LEVEL only)")
+        level = props["ACCESS_LEVEL"].upper()
+        if level not in _ACCESS_LEVELS:
+            raise KalamError("INVALID_SQL", "ACCESS_LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
+        return st.AlterTable(ns, name, "access_level", level=level)
+    if c.at("CREATE", "INDEX") or c.at("CREATE", "VECTOR", "INDEX"):
+        c.i += 2 if c.at("CREATE", "INDEX") else 3
+        col = check_name(c.name("column name").lower(), "column")
+        metric = "COSINE"
+        if c.accept("USING"):
+            metric = c.name("metric").upper()
+            if metric not in _VECTOR_METRICS:
+                raise KalamError("INVALID_SQL", f"Unsupported vector index metric '{metric}'")
+        c.end()
+        return st.AlterTable(ns, name, "create_index", col, metric=metric)
+    raise KalamError("INVALID_SQL", "Unsupported ALTER TABLE operation: use ADD COLUMN, DROP COLUMN, MODIFY COLUMN, "
+                     "ALTER COLUMN, RENAME COLUMN, SET ACCESS LEVEL, SET TBLPROPERTIES or CREATE/DROP INDEX")
+
+
+_STORAGE_TYPES = ("filesystem", "s3", "gcs", "azure")
+_STORAGE_WORDS = ("TYPE", "NAME", "DESCRIPTION", "PATH", "BASE_DIRECTORY", "BUCKET", "REGION",
+                  "SHARED_TABLES_TEMPLATE", "USER_TABLES_TEMPLATE", "CREDENTIALS", "CONFIG")
+
+
+def _storage_id(c: _Cursor) -> str:
+    storage_id = c.name("storage id")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", storage_id):
+        raise KalamError("INVALID_SQL", f"Invalid storage id '{storage_id[:80]}': use letters, digits, _ and -")
+    return storage_id
+
+
+def _parse_create_storage(c: _Cursor) -> st.CreateStorage:
+    storage_id = _storage_id(c)
+    opts: dict[str, str] = {}
+    while not c.done():
+        key = c.name("storage option").upper()
+        if key not in _STORAGE_WORDS:
+            raise KalamError("INVALID_SQL", f"Unknown CREATE STORAGE option {key} (known: {', '.join(_STORAGE_WORDS)})")
+        t = c.peek()
+        if t is None or t.kind not in ("str", "word"):
+            raise KalamError("INVALID_SQL", f"Expected a value after {key}")
+        c.i += 1
+        opts[key] = str(t.value)
+    storage_type = opts.get("TYPE", "").lower()
+    if storage_type not in _STORAGE_TYPES:
+        raise KalamError("INVALID_SQL", f"Invalid storage type '{storage_type}'. Must be 'filesystem', 's3', "
+                         "'gcs', or 'azure'")
+    base = opts.get("PATH") or opts.get("BASE_DIRECTORY")
+    if storage_type == "s3" and "BUCKET" in opts:
+        base = opts["BUCKET"] if opts["BUCKET"].startswith("s3://") else f"s3://{opts['BUCKET']}"
+    if not base:
+        raise KalamError("INVALID_SQL", "CREATE STORAGE needs PATH or BASE_DIRECTORY '...'")
+    return st.CreateStorage(storage_id, storage_type, base, opts.get("NAME"), opts.get("DESCRIPTION"),
+                            opts.get("SHARED_TABLES_TEMPLATE"), opts.get("USER_TABLES_TEMPLATE"),
+                            opts.get("CREDENTIALS"), opts.get("CONFIG"))
+
+
+def _parse_alter_storage(c: _Cursor) -> st.AlterStorage:
+    storage_id = _storage_id(c)
+    sets: dict[str, str] = {}
+    fields = {"NAME": "storage_name", "DESCRIPTION": "description", "SHARED_TABLES_TEMPLATE": "shared_tables_template",
+              "USER_TABLES_TEMPLATE": "user_tables_template", "CONFIG": "config_json"}
+    while not c.done():
+        c.accept_op(",")
+        c.expect("SET")
+        key = c.name("storage setting").upper()
+        if key not in fields:
+            raise KalamError("INVALID_SQL", f"ALTER STORAGE can SET {', '.join(fields)}")
+        c.accept_op("=")
+        sets[fields[key]] = c.string(key)
+    if not sets:
+        raise KalamError("INVALID_SQL", "ALTER STORAGE needs SET NAME|DESCRIPTION|SHARED_TABLES_TEMPLATE|"
+                         "USER_TABLES_TEMPLATE|CONFIG '...'")
+    return st.AlterStorage(storage_id, **sets)
+
+
+def _parse_storage_maintenance(c: _Cursor) -> st.Statement:
+    """STORAGE FLUSH TABLE t | STORAGE FLUSH ALL [IN [NAMESPACE] ns] (and the same for COMPACT)."""
+    c.expect("STORAGE")
+    if c.accept("FLUSH"):
+        cls: type = st.StorageFlush
+    elif c.accept("COMPACT"):
+        cls = st.StorageCompact
+    else:
+        raise KalamError("INVALID_SQL", "Expected FLUSH or COMPACT after STORAGE")
+    if c.accept("TABLE"):
+        ns, name = _qualified(c)
+        c.end()
+        return cls(ns, name, False)
+    c.expect("ALL")
+    ns = None
+    if c.accept("IN"):
+        c.accept("NAMESPACE")
+        ns = check_name(c.name("namespace name").lower(), "namespace")
+    c.end()
+    return cls(ns, None, True)
+
+
 def _parse_execute_as(c: _Cursor, cache: ParseCache) -> st.ExecuteAs:
     c.expect("EXECUTE", "AS", "USER")
     t = c.peek()
     if t is None or t.kind not in ("str", "word"):
         raise KalamError("INVALID_SQL", "EXECUTE AS USER needs a user name")
+    if not USERNAME_RE.match(str(t.value)):  # the id may name rows and directories: a plain name only
+        raise KalamError("INVALID_SQL", f"Invalid user id {str(t.value)[:80]!r} in EXECUTE AS USER")
     c.i += 1
     open_tok = c.peek()
     if open_tok is None or open_tok.text != "(" or c.toks[-1].text != ")":

@@ -46,7 +46,14 @@ class ColumnDef:
     not_null: bool = False
     default: dict | None = None  # {"lit": value} or {"fn": "NOW"|"SNOWFLAKE_ID"|...}
     primary_key: bool = False
-    type_args: list | None = None  # e.g. DECIMAL(p, s)
+    type_args: list | None = None  # e.g. DECIMAL(p, s), EMBEDDING(n)
+
+    @property
+    def sql_type(self) -> str:
+        """The type as SQL spells it (upstream's sql_name): TEXT, DECIMAL(10, 2), EMBEDDING(384)."""
+        from kalamdb.sql.types import sql_name
+
+        return sql_name(self.data_type, self.type_args)
 
 
 @dataclass
@@ -157,6 +164,8 @@ class CreateUser(Statement):
     email: str | None = None
     password: str | None = field(default=None, repr=False, metadata={"wire": False})
     password_hash: str | None = field(default=None, repr=False)
+    auth_type: str = "password"  # password | oauth | internal
+    auth_data: str | None = None  # oauth: {"provider_type", "issuer", "subject"} as JSON
 
 
 @dataclass
@@ -167,6 +176,7 @@ class AlterUser(Statement):
     role: str | None = None
     password: str | None = field(default=None, repr=False, metadata={"wire": False})
     password_hash: str | None = field(default=None, repr=False)
+    email: str | None = None
 
 
 @dataclass
@@ -229,11 +239,101 @@ class KillLiveQuery(Statement):
     live_id: str
 
 
+@dataclass
+class AlterTable(Statement):
+    """ALTER TABLE forms other than ADD/DROP COLUMN (one operation per statement, as upstream):
+    modify (column, data_type, type_args, nullable), set_not_null / drop_not_null, set_default
+    (default) / drop_default, rename (column -> new_name), access_level (level), create_index
+    (column, metric) / drop_index (column)."""
+
+    tag: ClassVar[str] = "alter_table"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str
+    op: str
+    column: str | None = None
+    data_type: str | None = None
+    type_args: list | None = None
+    nullable: bool | None = None
+    default: dict | None = None
+    new_name: str | None = None
+    level: str | None = None
+    metric: str | None = None
+
+
+@dataclass
+class CreateStorage(Statement):
+    tag: ClassVar[str] = "create_storage"
+    writes: ClassVar[bool] = True
+    storage_id: str
+    storage_type: str
+    base_directory: str
+    storage_name: str | None = None
+    description: str | None = None
+    shared_tables_template: str | None = None
+    user_tables_template: str | None = None
+    credentials: str | None = None
+    config_json: str | None = None
+
+
+@dataclass
+class AlterStorage(Statement):
+    tag: ClassVar[str] = "alter_storage"
+    writes: ClassVar[bool] = True
+    storage_id: str
+    storage_name: str | None = None
+    description: str | None = None
+    shared_tables_template: str | None = None
+    user_tables_template: str | None = None
+    config_json: str | None = None
+
+
+@dataclass
+class DropStorage(Statement):
+    tag: ClassVar[str] = "drop_storage"
+    writes: ClassVar[bool] = True
+    storage_id: str
+    if_exists: bool = False
+
+
+@dataclass
+class ShowStorages(Statement):
+    tag: ClassVar[str] = "show_storages"
+
+
+@dataclass
+class StorageFlush(Statement):
+    """STORAGE FLUSH TABLE [ns.]t | STORAGE FLUSH ALL [IN ns] (engine/storage.py)."""
+
+    tag: ClassVar[str] = "storage_flush"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str | None
+    all: bool = False
+
+
+@dataclass
+class StorageCompact(Statement):
+    tag: ClassVar[str] = "storage_compact"
+    writes: ClassVar[bool] = True
+    namespace: str | None
+    name: str | None
+    all: bool = False
+
+
+@dataclass
+class KillJob(Statement):
+    tag: ClassVar[str] = "kill_job"
+    writes: ClassVar[bool] = True
+    job_id: str
+
+
 STATEMENT_TYPES: dict[str, type[Statement]] = {
     cls.tag: cls
     for cls in (Query, CreateNamespace, DropNamespace, ShowNamespaces, UseNamespace, CreateTable, DropTable,
                 AlterTableAddColumn, AlterTableDropColumn, ShowTables, DescribeTable, CreateUser, AlterUser,
-                DropUser, ExecuteAs, Begin, Commit, Rollback)
+                DropUser, ExecuteAs, Begin, Commit, Rollback, AlterTable, CreateStorage, AlterStorage, DropStorage,
+                ShowStorages, StorageFlush, StorageCompact, KillJob)
 }
 
 

@@ -21,8 +21,9 @@ TYPE_ALIASES: dict[str, str] = {
     "BOOLEAN": "Boolean", "BOOL": "Boolean",
     "TEXT": "Text", "VARCHAR": "Text", "STRING": "Text", "CHAR": "Text",
     "BYTES": "Bytes", "BLOB": "Bytes", "BYTEA": "Bytes",
-    "DATE": "Date", "TIME": "Time", "TIMESTAMP": "Timestamp", "DATETIME": "Timestamp",
+    "DATE": "Date", "TIME": "Time", "TIMESTAMP": "Timestamp", "DATETIME": "DateTime",
     "JSON": "Json", "JSONB": "Json", "UUID": "Uuid", "DECIMAL": "Decimal", "NUMERIC": "Decimal",
+    "EMBEDDING": "Embedding", "FILE": "File",
     # serial types are BIGINT with DEFAULT SNOWFLAKE_ID()
     "SERIAL": "BigInt", "BIGSERIAL": "BigInt",
 }
@@ -32,13 +33,31 @@ STORAGE: dict[str, str] = {
     "SmallInt": "INTEGER", "Int": "INTEGER", "BigInt": "INTEGER", "Timestamp": "INTEGER",
     "Boolean": "INTEGER", "Float": "REAL", "Double": "REAL", "Decimal": "TEXT",
     "Text": "TEXT", "Date": "TEXT", "Time": "TEXT", "Json": "TEXT", "Uuid": "TEXT", "Bytes": "BLOB",
+    "DateTime": "INTEGER", "Embedding": "TEXT", "File": "TEXT",
 }
+
+# canonical data_type -> its SQL spelling (upstream's sql_name; parameterised types add their arguments)
+SQL_NAMES: dict[str, str] = {
+    "SmallInt": "SMALLINT", "Int": "INT", "BigInt": "BIGINT", "Float": "FLOAT", "Double": "DOUBLE",
+    "Boolean": "BOOLEAN", "Text": "TEXT", "Bytes": "BYTES", "Date": "DATE", "Time": "TIME",
+    "Timestamp": "TIMESTAMP", "DateTime": "DATETIME", "Json": "JSON", "Uuid": "UUID", "Decimal": "DECIMAL",
+    "Embedding": "EMBEDDING", "File": "FILE",
+}
+EMBEDDING_MAX_DIM = 8192
+
+
+def sql_name(data_type: str, type_args: list | None = None) -> str:
+    base = SQL_NAMES.get(data_type, data_type.upper())
+    if type_args:
+        return f"{base}({', '.join(str(a) for a in type_args)})"
+    return base
 
 # types whose values go through a checking SQLite function on write (name of the function)
 COERCE_FN: dict[str, str] = {
     "SmallInt": "kdb_smallint", "Int": "kdb_int", "Timestamp": "kdb_timestamp", "Boolean": "kdb_bool",
     "Decimal": "kdb_decimal", "Date": "kdb_date", "Time": "kdb_time", "Json": "kdb_json",
-    "Uuid": "kdb_uuid", "Bytes": "kdb_bytes",
+    "Uuid": "kdb_uuid", "Bytes": "kdb_bytes", "DateTime": "kdb_timestamp", "Embedding": "kdb_embedding",
+    "File": "kdb_file",
 }
 
 
@@ -189,6 +208,35 @@ def coerce_bytes(v):
     raise _bad(v, "Bytes")
 
 
+def coerce_embedding(v):
+    """A vector: a JSON array of numbers (its dimension is checked per column), stored as JSON text."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            items = json.loads(v)
+        except ValueError:
+            raise _bad(v, "Embedding") from None
+        if isinstance(items, list) and items and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+            return json.dumps([float(x) for x in items], separators=(",", ":"))
+    raise _bad(v, "Embedding")
+
+
+def coerce_file(v):
+    """A file reference: a JSON object (upstream's FileRef: id, sub, name, size, mime, sha256)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            obj = json.loads(v)
+        except ValueError:
+            raise _bad(v, "File") from None
+        if isinstance(obj, dict):
+            return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+    raise _bad(v, "File")
+
+
 COERCERS = {
     "kdb_smallint": _int_range(-(2**15), 2**15 - 1, "SmallInt"),
     "kdb_int": _int_range(-(2**31), 2**31 - 1, "Int"),
@@ -200,6 +248,8 @@ COERCERS = {
     "kdb_json": coerce_json,
     "kdb_uuid": coerce_uuid,
     "kdb_bytes": coerce_bytes,
+    "kdb_embedding": coerce_embedding,
+    "kdb_file": coerce_file,
 }
 
 
@@ -209,8 +259,13 @@ def encode_cell(value, data_type: str | None):
         return None
     if data_type == "Boolean":
         return bool(value)
+    if data_type in ("Embedding", "File") and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
     if isinstance(value, int):
-        if data_type in ("SmallInt", "Int", "Timestamp", "Float", "Double"):
+        if data_type in ("SmallInt", "Int", "Timestamp", "DateTime", "Float", "Double"):
             return value
         return str(value)  # BigInt and untyped integers (COUNT(*), SUM, ...)
     if isinstance(value, bytes):
