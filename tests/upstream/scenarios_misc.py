@@ -148,6 +148,7 @@ SCENARIOS = [
     ]),
     Scenario("misc_password_change", MISC + "auth/test_e2e_auth_flow.rs::test_password_security_e2e", [
         user("pw"),
+        sql("SELECT 1", as_="pw"),  # logs in: the token the last step uses again
         sql("SELECT user_id, role FROM system.users WHERE user_id = '{pw}'", cell("role", "user")),
         sql("ALTER USER '{pw}' SET PASSWORD 'NewSecurePass456!'"),
         http("POST", "/v1/api/auth/login", status(401), json_body={"user": "{pw}", "password": USER_PASSWORD}),
