@@ -58,6 +58,7 @@ class Authenticator:
         self._cache_key = secrets.token_bytes(32)  # per process: cache keys mean nothing elsewhere
         # key -> (principal, trusted until (monotonic)); token cache: token -> (principal, exp, until)
         self._basic_cache: dict[bytes, tuple[Any, float]] = {}
+        self._inflight: dict[bytes, asyncio.Future] = {}  # credentials being verified right now
         self._token_cache: dict[str, tuple[Any, float, float]] = {}
         # A counter the storage bumps whenever users change (on every replica); None = not offered,
         # then only users_changed() and the TTL invalidate.
@@ -192,6 +193,28 @@ class Authenticator:
         return None
 
     async def _verify(self, key: bytes, username: str, password: str, remote: str | None) -> Any:
+        """Concurrent checks of the same credentials (a client opening many connections at once)
+        share one verification: one argon2 run, one throttling token."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            principal = await self._verify_once(key, username, password, remote)
+            fut.set_result(principal)
+            return principal
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved here: nobody else may be waiting
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _verify_once(self, key: bytes, username: str, password: str, remote: str | None) -> Any:
         generation = self._generation
         if self.logins is not None:  # throttling, lockout, setup state, no name enumeration
             principal = await self.logins.verify(username, password, remote, is_local=is_local_address(remote))

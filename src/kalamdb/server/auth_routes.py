@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
@@ -204,7 +203,7 @@ async def _tokens(request: web.Request, state: Any, user_id: str, principal: Any
     rec = elogins.user_record(state.db, user_id)
     if rec is None:  # root's convenience login without a row cannot happen; be explicit anyway
         raise _unauthorized("Invalid credentials")
-    now = time.time()
+    now = clock.time()  # the node's clock judges expiry too (kalamdb.node.clock)
     access, access_exp = state.auth.issue_token(principal, now=now)
     refresh_token, refresh_exp = state.auth.issue_token(principal, now=now, token_type="refresh")
     resp = responses.json_response({

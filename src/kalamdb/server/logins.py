@@ -1,7 +1,8 @@
 """Every password check (login, refresh's user check, Basic credentials) goes through `Logins`:
 
 1. Throttling: a token bucket per client address (upstream's `max_auth_requests_per_ip_per_sec`,
-   default 20) and one per user name; over either, 429 `RATE_LIMIT_EXCEEDED` with Retry-After.
+   default 20) and one per user name; every check spends a token of both and a successful one
+   gives them back; over either, 429 `RATE_LIMIT_EXCEEDED` with Retry-After.
 2. Lockout: a user with `max_failed_logins` (5) failures is locked for `lockout_minutes` (15): 401
    `ACCOUNT_LOCKED` before any password is checked. Failures and the reset after a success are
    replicated commands (engine/logins.py), so a lockout holds on every node and shows in
@@ -62,19 +63,27 @@ class Throttle:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
         self._lock = threading.Lock()
 
-    def take(self, key: str, now: float | None = None) -> float:
-        """0 if a request may go now, else the seconds until one may."""
+    def take(self, key: str, now: float | None = None, *, consume: bool = True) -> float:
+        """0 if a request may go now (using up one token when `consume`), else the seconds until
+        one may."""
         now = time.monotonic() if now is None else now
         with self._lock:
             tokens, at = self._buckets.pop(key, (float(self.rate), now))
             tokens = min(float(self.rate), tokens + (now - at) * self.rate)
             wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
-            if wait == 0.0:
+            if wait == 0.0 and consume:
                 tokens -= 1.0
             self._buckets[key] = (tokens, now)
             if len(self._buckets) > _BOOKS_LIMIT:
                 self._buckets.popitem(last=False)
             return wait
+
+    def refund(self, key: str) -> None:
+        """Give back the token of an attempt that succeeded."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, at = self._buckets[key]
+                self._buckets[key] = (min(float(self.rate), tokens + 1.0), at)
 
 
 def rate_limited(wait_s: float) -> RetryLater:
@@ -97,15 +106,30 @@ class Logins:
 
     # ---- the checks ---------------------------------------------------------------------------
     def admit(self, username: str, remote: str | None) -> None:
-        """Throttle an authentication attempt (login, refresh, setup) before it costs anything."""
-        wait = max(self.by_address.take(remote or "unknown"), self.by_user.take(username) if username else 0.0)
+        """Throttle an authentication attempt before it costs anything: each attempt spends a
+        token of its address and of its user name (none is spent when either has none left)."""
+        address = remote or "unknown"
+        wait = max(self.by_address.take(address, consume=False),
+                   self.by_user.take(username, consume=False) if username else 0.0)
         if wait:
             raise rate_limited(wait)
+        self.by_address.take(address)
+        if username:
+            self.by_user.take(username)
 
     async def verify(self, username: str, password: str, remote: str | None, *, is_local: bool) -> Principal:
+        """A password check. A success gives its tokens back, so clients with the right
+        credentials are never held back (concurrent checks of the same credentials are merged
+        into one by the Authenticator); guessing spends them."""
         if not isinstance(username, str) or not username or not isinstance(password, str):
             raise _invalid()
         self.admit(username, remote)
+        principal = await self._check(username, password, remote, is_local)
+        self.by_address.refund(remote or "unknown")
+        self.by_user.refund(username)
+        return principal
+
+    async def _check(self, username: str, password: str, remote: str | None, is_local: bool) -> Principal:
         loop = asyncio.get_running_loop()
         rec = await loop.run_in_executor(None, elogins.user_by_name, self.db, username)
         if rec is not None and rec.user_id == "root" and not rec.password_hash and not self.db.root_password:
