@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -17,8 +15,9 @@ from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
 from kalamdb.server.admission import SqlWorkers
 from kalamdb.server.auth import Authenticator, is_local_address
+from kalamdb.server.auth_routes import add_auth_routes
 from kalamdb.server.cluster_routes import add_cluster_routes
-from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
+from kalamdb.server.sql_endpoint import SqlHandler
 from kalamdb.server.topic_routes import add_topic_routes
 
 if TYPE_CHECKING:
@@ -54,7 +53,7 @@ def create_app(state: ServerState) -> web.Application:
     app = web.Application(client_max_size=state.max_body_bytes + 1)
     app[STATE_KEY] = state
     app.router.add_post(SQL_PATH, state.sql)
-    app.router.add_post(LOGIN_PATH, _login)
+    add_auth_routes(app, STATE_KEY)
     for path in HEALTH_PATHS:
         app.router.add_get(path, _health)
     app.router.add_get(METRICS_PATH, _metrics)
@@ -82,40 +81,6 @@ async def _metrics(request: web.Request) -> web.Response:
              "sql_prepared_on_workers_total": cheap.offloaded}
     text = metrics.render(state.sql.metrics, stats, applied_index=state.node.applied_index)
     return web.Response(text=text + request.app[LIVE_KEY].metrics_text(), content_type="text/plain")
-
-
-async def _login(request: web.Request) -> web.Response:
-    """`{"user"|"username": ..., "password": ...}` -> an access token and the user's identity."""
-    state = request.app[STATE_KEY]
-    started = time.perf_counter()
-    body: Any = None
-    try:
-        body = await read_json_body(request, state.max_body_bytes)
-        if not isinstance(body, dict):
-            raise KalamError("INVALID_INPUT", "Invalid JSON payload: expected {\"user\": ..., \"password\": ...}")
-        username = body.get("user", body.get("username"))
-        password = body.get("password")
-        if not isinstance(username, str) or not username:
-            raise KalamError("INVALID_INPUT", "Missing field 'user' (or 'username')")
-        if not isinstance(password, str):
-            raise KalamError("INVALID_INPUT", "Missing field 'password'")
-        principal = await state.auth.verify_credentials(username, password, remote=request.remote)
-        token, expires = state.auth.issue_token(principal)
-    except KalamError as err:
-        if err.code == "INVALID_CREDENTIALS":
-            log.info("login failed for user %r from %s", body.get("user", body.get("username"))
-                     if isinstance(body, dict) else None, request.remote)
-        return responses.error(err, (time.perf_counter() - started) * 1000.0)
-    except Exception as exc:
-        log.exception("internal error during login")
-        return responses.error(KalamError("INTERNAL_ERROR", f"Internal error: {type(exc).__name__}"))
-    return responses.json_response({
-        "user": {"id": principal.user_id, "username": principal.username, "role": principal.role.lower()},
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_at": datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z"),
-        "expires_in": int(expires - time.time()),
-    })
 
 
 async def _not_found(request: web.Request) -> web.Response:
