@@ -57,13 +57,13 @@ async def test_a_raft_safety_violation_stops_the_node(tmp_path, caplog):
 
         victim.core.step = detects_violation
         caplog.set_level(logging.CRITICAL, logger="kalamdb.raft.driver")
-        await async_wait_for(lambda: victim.fatal is not None, 5, "the violation to stop the node")
+        await async_wait_for(lambda: victim.fatal is not None, 15, "the violation to stop the node")
         assert isinstance(victim.fatal, RaftSafetyError)
         assert any("Raft safety violation" in r.getMessage() for r in caplog.records)
         with pytest.raises(Exception, match="safety|failure|stopped"):
             await asyncio.wait_for(victim.forward(1, b"after"), 5)
         victim.core.step = real_step
-        index, _ = await asyncio.wait_for(drivers[1].forward(1, b"the others go on"), 5)
+        index, _ = await asyncio.wait_for(drivers[1].forward(1, b"the others go on"), 15)
         assert index > 0
     finally:
         await stop_all(drivers)
@@ -75,7 +75,7 @@ async def test_a_raft_loop_that_dies_stops_the_node(tmp_path):
         victim = drivers[1]
         victim.failpoints.set("raft.ready", "1*eio")
         await asyncio.wait_for(drivers[0].propose(b"wake every loop"), 5)
-        await async_wait_for(lambda: victim.fatal is not None, 5, "the dead loop to stop the node")
+        await async_wait_for(lambda: victim.fatal is not None, 15, "the dead loop to stop the node")
         assert "raft.ready" in str(victim.fatal)
         with pytest.raises(Exception, match="stopped serving"):
             victim.propose(b"refused")
