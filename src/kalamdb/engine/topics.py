@@ -304,8 +304,13 @@ def _topic_row(ctx: ExecContext, topic: str) -> tuple:
     row = ctx.conn.execute("SELECT topic_id, name, partitions, routes FROM _kdb_topics WHERE topic_id = ?",
                            (topic,)).fetchone()
     if row is None:
-        raise KalamError("NOT_FOUND", f"Topic '{topic}' does not exist")
+        raise KalamError("SQL_EXECUTION_ERROR", missing_topic(topic))  # 400 in SQL, as upstream
     return row
+
+
+def missing_topic(topic: str) -> str:
+    """The error message for a topic that does not exist (the HTTP endpoints answer it with 404)."""
+    return f"Topic '{topic}' does not exist"
 
 
 def _create(db: Database, ctx: ExecContext, s: tsql.CreateTopic) -> dict:
