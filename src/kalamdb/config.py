@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kalamdb import config_upstream as upstream
+
 LOG_LEVELS = ("error", "warn", "info", "debug")
 _LOG_LEVEL_ALIASES = {"warning": "warn", "trace": "debug"}
 JWT_SECRET_FILE = "jwt_secret"
@@ -46,6 +48,22 @@ class AuthSection:
     root_password: str | None = None
     jwt_secret: str | None = None
     jwt_expiry_hours: float = 24.0
+    # root with no password may log in with an empty one from this machine (`make run` sets this);
+    # off: root without a password answers 428 setup_required until POST /v1/api/auth/setup
+    allow_empty_root_on_localhost: bool = False
+    # POST /v1/api/auth/setup and GET /v1/api/auth/status from other machines (upstream's key)
+    allow_remote_setup: bool = False
+    # this many failed logins in a row lock an account for lockout_minutes (upstream: 5, 15)
+    max_failed_logins: int = 5
+    lockout_minutes: int = 15
+    # password checks per user name and second, on each node (429 beyond)
+    max_login_attempts_per_user_per_sec: int = 10
+
+
+@dataclass
+class RateLimitSection:
+    # password checks (login, refresh, setup, Basic credentials) per client address and second
+    max_auth_requests_per_ip_per_sec: int = 20
 
 
 @dataclass
@@ -57,6 +75,10 @@ class LoggingSection:
 class LimitsSection:
     # a request body larger than this is refused with 413 before it is parsed
     max_body_bytes: int = 4 * 1024 * 1024
+    # admission control (server/admission.py): SQL threads, waiting requests, one user's requests
+    sql_workers: int = 4
+    max_queued_requests: int = 512
+    max_requests_per_user: int = 128
     # an HTTP connection with no request running (idle, or stuck in its headers) is closed after this
     http_idle_timeout_s: float = 30.0  # above the forwarder's 15 s idle replacement (server/forward.py)
     # one client address may hold at most this many HTTP connections
@@ -70,8 +92,11 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    rate_limit: RateLimitSection = field(default_factory=RateLimitSection)
     # `[cluster]` is parsed by the cluster layer; kept raw here (None = single node)
     cluster: dict[str, Any] | None = None
+    # settings of an upstream KalamDB server.toml that kalamdb has no use for (reported at start-up)
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
@@ -86,8 +111,12 @@ ENV_VARS: dict[str, str] = {
     "KALAMDB_ROOT_PASSWORD": "auth.root_password",
     "KALAMDB_JWT_SECRET": "auth.jwt_secret",
     "KALAMDB_JWT_EXPIRY_HOURS": "auth.jwt_expiry_hours",
+    "KALAMDB_ALLOW_EMPTY_ROOT": "auth.allow_empty_root_on_localhost",
     "KALAMDB_LOG": "logging.level",
     "KALAMDB_MAX_BODY_BYTES": "limits.max_body_bytes",
+    "KALAMDB_SQL_WORKERS": "limits.sql_workers",
+    "KALAMDB_MAX_QUEUED_REQUESTS": "limits.max_queued_requests",
+    "KALAMDB_MAX_REQUESTS_PER_USER": "limits.max_requests_per_user",
 }
 
 
@@ -123,21 +152,79 @@ def _apply_file(cfg: Config, path: Path) -> None:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
     for section, values in raw.items():
-        if section == "cluster":
-            if not isinstance(values, dict):
-                raise ConfigError("cluster", "must be a table")
-            cfg.cluster = values
-            continue
-        if not hasattr(cfg, section) or section == "cluster":
-            raise ConfigError(section, f"unknown section [{section}] (known: {', '.join(_sections())})")
         if not isinstance(values, dict):
-            raise ConfigError(section, "must be a table")
+            if section in upstream.IGNORED_TOP_LEVEL:
+                cfg.ignored.append(section)
+                continue
+            raise ConfigError(section, f"unknown setting '{section}' outside a section (known sections: "
+                              f"{', '.join(_sections())})")
+        if section in upstream.IGNORED_SECTIONS:  # upstream's, for parts kalamdb does not have
+            cfg.ignored.extend(f"{section}.{k}" for k in _flatten(values))
+            continue
+        if section == "cluster":
+            cfg.cluster = _cluster_section(cfg, values)
+            continue
+        ours = upstream.SECTION_ALIASES.get(section, section)
+        target = getattr(cfg, ours, None)
+        has_fields = ours != "cluster" and dataclasses.is_dataclass(target)
+        if not has_fields and ours not in upstream.IGNORED_KEYS:  # e.g. [security]: only upstream's keys
+            raise ConfigError(section, f"unknown section [{section}] (known: {', '.join(_sections())})")
+        fields = {f.name for f in dataclasses.fields(target)} if has_fields else set()
         for key, value in values.items():
-            _set(cfg, f"{section}.{key}", value, source=f"{section}.{key}")
+            mapped = upstream.HONOURED.get(f"{section}.{key}") or upstream.HONOURED.get(f"{ours}.{key}")
+            if key in fields and not isinstance(value, dict):
+                if ours == "auth" and key == "jwt_secret" and value in upstream.PUBLISHED_JWT_SECRETS:
+                    cfg.ignored.append(f"{section}.jwt_secret (upstream's published sample secret: this node "
+                                       "uses a secret of its own)")
+                    continue
+                _set(cfg, f"{ours}.{key}", value, source=f"{section}.{key}")
+            elif mapped is not None:
+                _set(cfg, mapped, value, source=f"{section}.{key}")
+            elif isinstance(value, dict) and all(upstream.ignored(ours, f"{key}.{k}") for k in _flatten(value)):
+                cfg.ignored.extend(f"{section}.{key}.{k}" for k in _flatten(value))
+            elif not isinstance(value, dict) and upstream.ignored(ours, key):
+                cfg.ignored.append(f"{section}.{key}")
+            elif has_fields:
+                _set(cfg, f"{ours}.{key}", value, source=f"{section}.{key}")  # the error names the key
+            else:
+                raise ConfigError(f"{section}.{key}", f"unknown key '{key}' in [{section}]")
+
+
+def _flatten(table: dict, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.extend(_flatten(v, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _cluster_section(cfg: Config, values: dict) -> dict[str, Any] | None:
+    """[cluster] for the cluster layer, without upstream's keys kalamdb does not use; a [cluster]
+    with neither peers nor rpc_addr (upstream's sample has only node_id) is a single node."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if upstream.ignored("cluster", key):
+            cfg.ignored.append(f"cluster.{key}")
+        elif key == "peers" and isinstance(value, list):
+            peers = []
+            for i, peer in enumerate(value):
+                if isinstance(peer, dict) and "rpc_server_name" in peer:
+                    cfg.ignored.append(f"cluster.peers[{i}].rpc_server_name")
+                    peer = {k: v for k, v in peer.items() if k != "rpc_server_name"}
+                peers.append(peer)
+            kept[key] = peers
+        else:
+            kept[key] = value
+    if not kept.get("peers") and "rpc_addr" not in kept:
+        cfg.ignored.append("cluster (no peers and no rpc_addr: this node runs alone)")
+        return None
+    return kept
 
 
 def _sections() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
+    return [f.name for f in dataclasses.fields(Config) if f.name != "ignored"]
 
 
 def _set(cfg: Config, dotted: str, value: Any, *, source: str) -> None:
@@ -199,10 +286,18 @@ def validate(cfg: Config) -> None:
     cfg.logging.level = level
     if not cfg.auth.jwt_expiry_hours > 0:
         raise ConfigError("auth.jwt_expiry_hours", "must be greater than 0")
+    for name in ("max_failed_logins", "lockout_minutes", "max_login_attempts_per_user_per_sec"):
+        if getattr(cfg.auth, name) < 1:
+            raise ConfigError(f"auth.{name}", "must be at least 1")
+    if cfg.rate_limit.max_auth_requests_per_ip_per_sec < 1:
+        raise ConfigError("rate_limit.max_auth_requests_per_ip_per_sec", "must be at least 1")
     if cfg.auth.jwt_secret is not None and len(cfg.auth.jwt_secret) < 16:
         raise ConfigError("auth.jwt_secret", "must be at least 16 characters")
     if cfg.limits.max_body_bytes < 1024:
         raise ConfigError("limits.max_body_bytes", "must be at least 1024")
+    for name in ("sql_workers", "max_queued_requests", "max_requests_per_user"):
+        if getattr(cfg.limits, name) < 1:
+            raise ConfigError(f"limits.{name}", "must be at least 1")
     if not 0.1 <= cfg.limits.http_idle_timeout_s <= 3600:
         raise ConfigError("limits.http_idle_timeout_s", "must be between 0.1 and 3600 seconds")
     if cfg.limits.max_connections_per_address < 1:

@@ -54,3 +54,11 @@ class KalamError(Exception):
 
     def __repr__(self) -> str:
         return f"KalamError({self.code!r}, {self.message!r}, status={self.status})"
+
+
+class RetryLater(KalamError):
+    """A refusal that passes with time (throttling): the answer carries `Retry-After: retry_after`."""
+
+    def __init__(self, code: str, message: str, *, retry_after: int, status: int = 429):
+        super().__init__(code, message, status=status)
+        self.retry_after = retry_after

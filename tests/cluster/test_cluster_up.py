@@ -20,6 +20,7 @@ pytestmark = pytest.mark.cluster
 def _cluster_up(data_dir, *args: str) -> tuple[subprocess.Popen, list[str]]:
     """`kalamdb cluster up ARGS` in its own session; returns once it printed its node table."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALAMDB_")}
+    env["KALAMDB_ALLOW_EMPTY_ROOT"] = "1"  # as `make run` does: root without a password, from localhost
     proc = subprocess.Popen(
         [sys.executable, "-m", "kalamdb", "cluster", "up", "--data-dir", str(data_dir), "--log-level", "warn",
          *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)

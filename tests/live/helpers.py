@@ -43,8 +43,12 @@ class Ws:
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
-        ws = await session.ws_connect(url.replace("http://", "ws://") + "/v1/ws" + query, headers=hdrs,
-                                      autoping=True, max_msg_size=64 << 20)
+        try:
+            ws = await session.ws_connect(url.replace("http://", "ws://") + "/v1/ws" + query, headers=hdrs,
+                                          autoping=True, max_msg_size=64 << 20)
+        except BaseException:
+            await session.close()
+            raise
         return cls(session, ws, "serialization=msgpack" in query)
 
     async def send(self, message: dict) -> None:
@@ -97,8 +101,14 @@ class Ws:
         await self.subscribe(sid, sql, options if options is not None else {})
         ack = await self.recv_type("subscription_ack")
         rows: list[dict] = []
+        control: dict = ack["batch_control"]
         while True:
-            batch = await self.recv_type("initial_data_batch")
+            batch = await self.recv()
+            if batch.get("code") == "RATE_LIMIT_EXCEEDED":  # 50 messages/s per connection: ask again
+                await asyncio.sleep(0.1)
+                await self.send({"type": "next_batch", "subscription_id": sid, "last_seq_id": control["last_seq_id"]})
+                continue
+            assert batch.get("type") == "initial_data_batch", batch
             rows += batch["rows"]
             control = batch["batch_control"]
             if not control["has_more"]:

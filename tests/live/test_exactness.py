@@ -162,3 +162,50 @@ async def test_python_client_resumes_after_disconnect(server, unique_ns):
                     view.apply(ev)
             assert seen[0]["type"] == "reconnected" and sub.reconnects == 1
             assert view.problems == [] and view.user_values() == await final_rows(db, table)
+
+
+async def test_resume_older_than_the_change_log_is_a_clear_error_then_a_full_reload(tmp_path):
+    """The change log keeps 24 h (by the commands' clock): a node restarted 25 h later prunes it at
+    the next pruning index, and a resume from before that is refused with RESUME_TOO_OLD (never a
+    silent gap); the Python client then reloads the whole subscription."""
+    from kalamdb.engine.changes import PRUNE_EVERY
+    from kalamdb.testing.single import start_server
+
+    srv = start_server(tmp_path / "data")
+    try:
+        assert srv.sql("CREATE NAMESPACE n").ok
+        assert srv.sql("CREATE SHARED TABLE n.t (id BIGINT PRIMARY KEY, v BIGINT)").ok
+        assert srv.sql("INSERT INTO n.t (id, v) VALUES (1, 1)").ok
+        ws = await Ws.connect(srv.url, await login(srv.url))
+        await ws.recv_type("auth_success")
+        _, _, control = await ws.load("s", "SELECT * FROM n.t")
+        old_point = control["last_seq_id"]
+        await ws.close()
+        assert srv.sql("INSERT INTO n.t (id, v) VALUES (2, 2)").ok  # missed by the subscriber, then pruned
+        srv.env["KALAMDB_CLOCK_OFFSET_MS"] = str(25 * 3600 * 1000)
+        srv.restart()
+        async with AsyncClient(srv.url) as db:
+            sem = asyncio.Semaphore(16)
+
+            async def touch(i: int) -> None:
+                async with sem:
+                    assert (await db.sql("UPDATE n.t SET v = $1 WHERE id = 1", [i])).ok
+
+            await asyncio.gather(*(touch(i) for i in range(PRUNE_EVERY + 10)))
+            ws = await Ws.connect(srv.url, await login(srv.url))
+            await ws.recv_type("auth_success")
+            await ws.subscribe("s", "SELECT * FROM n.t", {"from": old_point})
+            await ws.recv_type("subscription_ack")
+            await ws.recv_type("initial_data_batch")
+            msg = await ws.recv()
+            assert (msg["subscription_id"], msg["code"]) == ("s", "RESUME_TOO_OLD"), msg
+            assert "subscribe again without `from`" in msg["message"]
+            await ws.close()
+            async with db.subscribe("SELECT * FROM n.t", from_seq=old_point) as sub:
+                events = aiter(sub)
+                kinds = [(await anext(events))["type"] for _ in range(5)]
+                assert kinds == ["subscription_ack", "initial_data_batch", "reload", "subscription_ack",
+                                 "initial_data_batch"]
+                assert sub.ready and sub.last_seq > old_point
+    finally:
+        srv.kill()

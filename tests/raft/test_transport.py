@@ -515,20 +515,58 @@ async def test_bad_frames_after_auth_are_refused_and_the_listener_keeps_working(
     assert inbox_b.items[-1] == (1, "still serving")
 
 
-async def test_pending_handshakes_are_bounded(make_node):
-    b, _ = await make_node(2, max_pending_handshakes=2, handshake_timeout=5)
+async def test_pending_handshakes_are_bounded_and_the_oldest_makes_room(make_node):
+    b, _ = await make_node(2, max_pending_per_address=2, handshake_timeout=5)
     held = [await asyncio.open_connection(LOCAL, b.bound_port) for _ in range(2)]
     try:
         for r, _ in held:
             await read_frame(r)  # both are now pending in the handshake
         reader, writer = await asyncio.open_connection(LOCAL, b.bound_port)
         try:
-            assert await read_refusal(reader) == "too_many_handshakes"
+            assert (await read_frame(reader))[0] == T_HELLO  # the newcomer is served...
+            assert await read_refusal(held[0][0]) == "too_many_handshakes"  # ...the oldest made room
+            assert b.stats["pending_handshakes"] == 2
         finally:
             writer.close()
     finally:
         for _, w in held:
             w.close()
+    assert b.stats["refused"] == {"too_many_handshakes": 1}
+
+
+async def test_silent_connections_cannot_keep_a_genuine_peer_out(make_node):
+    """~70 connections that never speak (the finding of issue 11) against the default limits:
+    a peer that restarts meanwhile still connects and delivers at once."""
+    a, _ = await make_node(1)
+    b, inbox_b = await make_node(2)
+    junk = [await asyncio.open_connection(LOCAL, b.bound_port) for _ in range(70)]
+    try:
+        await wait_until(lambda: b.stats["pending_handshakes"] == b.max_pending_per_address,
+                         "the junk connections to fill the per-address handshake allowance")
+        a.set_peer(2, (LOCAL, b.bound_port))
+        b.set_peer(1, (LOCAL, a.bound_port))
+        t0 = time.monotonic()
+        assert a.send(2, "through the crowd")
+        await inbox_b.wait_for(1, timeout=3)
+        assert time.monotonic() - t0 < 1.0, "the handshake waited for junk connections to time out"
+        assert b.stats["pending_handshakes"] <= b.max_pending_per_address
+    finally:
+        for _, w in junk:
+            w.close()
+
+
+async def test_a_flood_of_refused_connections_logs_a_few_lines_not_one_per_connection(make_node, caplog):
+    b, _ = await make_node(2)
+    caplog.set_level(logging.WARNING, logger="kalamdb.raft.transport")
+    for _ in range(300):
+        reader, writer = await asyncio.open_connection(LOCAL, b.bound_port)
+        await read_frame(reader)  # HELLO
+        writer.write(HEADER.pack(1 << 30))  # announces an absurd frame: refused at once
+        assert await read_refusal(reader) == "oversized_frame"
+        writer.close()
+    assert b.stats["refused"] == {"oversized_frame": 300}
+    lines = [r for r in caplog.records if r.name == "kalamdb.raft.transport"]
+    assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
 
 
 # ---------------------------------------------------------------- lifecycle

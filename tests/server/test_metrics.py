@@ -45,3 +45,18 @@ def test_errors_are_counted_by_status(server):
     with server.client(user=None) as anonymous:
         assert anonymous.sql("SELECT 1").http_status == 401
     assert scrape(server)['kalamdb_sql_requests_total{code="401"}'] == before + 1
+
+
+def test_a_repeated_statement_is_prepared_inline_and_a_new_one_on_a_worker(server, unique_ns):
+    """server/fast_path.py: a text prepared cheaply once skips the worker hand-off after that;
+    texts never seen (here: literals that differ each time) always go to the workers."""
+    assert server.sql(f"CREATE NAMESPACE {unique_ns}; CREATE SHARED TABLE {unique_ns}.f (id INT PRIMARY KEY)").ok
+    before = scrape(server)
+    for i in range(20):
+        assert server.sql(f"INSERT INTO {unique_ns}.f (id) VALUES ($1)", [i]).ok
+    mid = scrape(server)
+    assert mid["kalamdb_sql_prepared_inline_total"] - before["kalamdb_sql_prepared_inline_total"] >= 18
+    for i in range(20, 30):
+        assert server.sql(f"SELECT id FROM {unique_ns}.f WHERE id = {i} AND 'x{i}' = 'x{i}'").ok
+    after = scrape(server)
+    assert after["kalamdb_sql_prepared_on_workers_total"] - mid["kalamdb_sql_prepared_on_workers_total"] == 10

@@ -16,7 +16,7 @@ from kalamdb.testing.single import start_server
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from replay import OUTCOMES, ROOT_PASSWORD
+from replay import OUTCOMES, ROOT_PASSWORD, SERVER_CONFIG
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def upstream_server(tmp_path_factory):
     """A fresh kalamdb node with root's password set (as upstream's test server has)."""
     proc = start_server(tmp_path_factory.mktemp("upstream") / "data", root_password=ROOT_PASSWORD,
-                        log_level="warn")
+                        log_level="warn", config=SERVER_CONFIG)
     try:
         yield proc
     finally:

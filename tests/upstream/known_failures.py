@@ -7,12 +7,4 @@ KNOWN_FAILURES: dict[str, str] = {
     "ts_cluster_commands": "CLUSTER SNAPSHOT / REBALANCE / CLEAR are refused on a single node (upstream answers "
                            "them as a one-node group)",
     "ts_cluster_health_runtime_metrics": "cluster health nodes lack cpu_usage_percent / uptime_seconds / uptime_human",
-    # tokens (helper "topics")
-    "misc_password_change": "a token issued before a password change is still accepted",
-    # auth endpoints (helper "topics")
-    "misc_auth_login_answer": "login answer lacks refresh token, cookies, admin_ui_access; no /me, /refresh, /logout",
-    "misc_auth_setup_flow": "no /auth/status or /auth/setup; no 428 setup_required",
-    "misc_auth_lockout": "no account lockout after 5 failed logins",
-    # topics (helper "topics")
-    "misc_topic_cleanup_job": "system.jobs missing (the topic_cleanup job row)",
 }

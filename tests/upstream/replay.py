@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 USER_PASSWORD = "UserPass123!"  # the password the harness gives every user it creates
 ROOT_PASSWORD = "UpstreamRoot123!"  # root's password on the servers the replay starts
+# the replay's logins come fast from one address: allow more than upstream's default 20/s
+SERVER_CONFIG = {"rate_limit": {"max_auth_requests_per_ip_per_sec": 200}}
 OUTCOMES: list[Outcome] = []  # every scenario run in this session, for the report
 _run_ids = itertools.count(1)
 _WHOLE = re.compile(r"^\{(\w+)\}$")
@@ -151,8 +153,12 @@ class Run:
         """A Bearer token for an actor, from the login endpoint (as upstream's clients do)."""
         user = self.name(actor)
         if user not in self.tokens:
-            ans = self.http.request("POST", "/v1/api/auth/login",
-                                    {"user": user, "password": self.passwords.get(user, USER_PASSWORD)})
+            for _ in range(5):  # a throttled login (429) is retried after its Retry-After, as clients do
+                ans = self.http.request("POST", "/v1/api/auth/login",
+                                        {"user": user, "password": self.passwords.get(user, USER_PASSWORD)})
+                if ans.status != 429:
+                    break
+                time.sleep(min(5.0, float(ans.headers.get("retry-after", "1"))))
             token = ans.body.get("access_token") if isinstance(ans.body, dict) else None
             if ans.status != 200 or not token:
                 raise StepFailed(f"login as {user!r} failed: {ans.short()}")

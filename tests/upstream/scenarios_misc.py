@@ -148,6 +148,7 @@ SCENARIOS = [
     ]),
     Scenario("misc_password_change", MISC + "auth/test_e2e_auth_flow.rs::test_password_security_e2e", [
         user("pw"),
+        sql("SELECT 1", as_="pw"),  # logs in: the token the last step uses again
         sql("SELECT user_id, role FROM system.users WHERE user_id = '{pw}'", cell("role", "user")),
         sql("ALTER USER '{pw}' SET PASSWORD 'NewSecurePass456!'"),
         http("POST", "/v1/api/auth/login", status(401), json_body={"user": "{pw}", "password": USER_PASSWORD}),
@@ -218,7 +219,8 @@ SCENARIOS = [
         http("GET", "/v1/api/auth/status", status(200), body(lambda b: b["needs_setup"] is False, "needs_setup false")),
         http("POST", "/v1/api/auth/login", status(200), json_body={"user": "admin", "password": "AdminPass123!"}),
         http("POST", "/v1/api/auth/login", status(200), json_body={"user": "root", "password": "RootPass123!"}),
-    ], fresh=True, server_options={"root_password": None}),
+    ], fresh=True, server_options={"root_password": None, "config": {
+        "auth": {"allow_empty_root_on_localhost": False}, "rate_limit": {"max_auth_requests_per_ip_per_sec": 200}}}),
     Scenario("misc_auth_lockout", "backend/crates/kalamdb-auth/src/services/login_tracker.rs (5 failures, 15 min)", [
         user("locked"),
         *[http("POST", "/v1/api/auth/login", status(401), json_body={"user": "{locked}", "password": f"bad-{i}"})

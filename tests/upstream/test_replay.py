@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from known_failures import KNOWN_FAILURES
-from replay import OUTCOMES, ROOT_PASSWORD, run_scenario
+from replay import OUTCOMES, ROOT_PASSWORD, SERVER_CONFIG, run_scenario
 from scenarios import ALL_SCENARIOS
 
 from kalamdb.testing.single import start_server
@@ -28,7 +28,8 @@ def test_scenario_names_are_unique():
 @pytest.mark.parametrize("scenario", list(_params()))
 def test_upstream_scenario(scenario, upstream_server, tmp_path):
     if scenario.fresh:
-        options = {"root_password": ROOT_PASSWORD, "log_level": "warn", **scenario.server_options}
+        options = {"root_password": ROOT_PASSWORD, "log_level": "warn", "config": SERVER_CONFIG,
+                   **scenario.server_options}
         options = {k: v for k, v in options.items() if v is not None}
         server = start_server(tmp_path / "data", **options)
         try:

@@ -243,7 +243,7 @@ def write_once(node: Any, n: int, timeout: float = 2.0) -> tuple[bool, int | Non
     from kalamdb.client import Client
 
     try:
-        with Client(node.url, user="root", password=node.cluster.root_password, timeout=timeout) as c:
+        with Client(node.url, user="root", password=node.root_password, timeout=timeout) as c:
             r = c.sql(f"INSERT INTO {TABLE} (id, body) VALUES ($1, $2)", [n, "failover"])
         return r.ok, r.get("raft_index")
     except OSError:

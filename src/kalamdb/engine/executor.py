@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from kalamdb.engine import alter, authorizer, ddl, limits, storage, topics, users, writes
+from kalamdb.engine import alter, authorizer, ddl, limits, logins, storage, topics, users, writes
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.compile import Compiled
 from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, guard_of, message
@@ -143,6 +143,8 @@ def execute(db: Database, ctx: ExecContext, s: st.Statement) -> dict:
         return execute_query(db, ctx, s, owner=None)
     if isinstance(s, TopicStatement):
         return topics.execute(db, ctx, s)
+    if isinstance(s, logins.LOGIN_STATEMENTS):
+        return logins.execute(db, ctx, s)
     if isinstance(s, st.ExecuteAs):
         target = users.execute_as_target(ctx, s.username)
         assert isinstance(s.inner, st.Query)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from kalamdb.engine import catalog as cat
-from kalamdb.engine import users
+from kalamdb.engine import storage, users
 from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, message
 from kalamdb.errors import KalamError
 from kalamdb.sql import topics as tsql
@@ -304,8 +304,13 @@ def _topic_row(ctx: ExecContext, topic: str) -> tuple:
     row = ctx.conn.execute("SELECT topic_id, name, partitions, routes FROM _kdb_topics WHERE topic_id = ?",
                            (topic,)).fetchone()
     if row is None:
-        raise KalamError("NOT_FOUND", f"Topic '{topic}' does not exist")
+        raise KalamError("SQL_EXECUTION_ERROR", missing_topic(topic))  # 400 in SQL, as upstream
     return row
+
+
+def missing_topic(topic: str) -> str:
+    """The error message for a topic that does not exist (the HTTP endpoints answer it with 404)."""
+    return f"Topic '{topic}' does not exist"
 
 
 def _create(db: Database, ctx: ExecContext, s: tsql.CreateTopic) -> dict:
@@ -344,13 +349,16 @@ def _add_source(db: Database, ctx: ExecContext, s: tsql.AddTopicSource) -> dict:
 
 
 def _drop_or_clear(ctx: ExecContext, s: tsql.DropTopic | tsql.ClearTopic) -> dict:
-    """The topic's messages and consumer offsets go at once, in this command (upstream schedules a
-    TopicCleanup job to do it; the job id is reported the same way)."""
+    """The topic's messages and consumer offsets go at once, in this command, recorded as a
+    completed `topic_cleanup` job in system.jobs (upstream schedules the job to do it later)."""
     topic_id, name, _, _ = _topic_row(ctx, s.topic)
     conn = ctx.conn
-    conn.execute("DELETE FROM _kdb_topic_messages WHERE topic_id = ?", (topic_id,))
-    conn.execute("DELETE FROM _kdb_topic_offsets WHERE topic_id = ?", (topic_id,))
+    messages = conn.execute("DELETE FROM _kdb_topic_messages WHERE topic_id = ?", (topic_id,)).rowcount
+    offsets = conn.execute("DELETE FROM _kdb_topic_offsets WHERE topic_id = ?", (topic_id,)).rowcount
     job_id = f"TC-{ctx.state.rng.getrandbits(48):012x}"
+    storage.record_job(ctx, job_id, "topic_cleanup", {"topic_id": topic_id, "topic_name": name}, "completed",
+                       f"Cleaned up topic '{name}' - {offsets} consumer group offsets deleted, {messages} messages "
+                       "deleted")
     if isinstance(s, tsql.DropTopic):
         conn.execute("DELETE FROM _kdb_topic_partitions WHERE topic_id = ?", (topic_id,))
         conn.execute("DELETE FROM _kdb_topics WHERE topic_id = ?", (topic_id,))

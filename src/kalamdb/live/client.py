@@ -42,6 +42,7 @@ WS_PATH = "/v1/ws"
 PING_EVERY_S = 3.0  # the server closes a connection silent for 10 s
 HEARTBEAT_S = 4.0  # WebSocket pings: a paused or partitioned node is noticed within ~this
 CONNECT_TIMEOUT_S = 5.0
+RATE_LIMIT_BACKOFF_S = 0.1  # the server allows 50 messages per second per connection
 _ids = itertools.count(1)
 
 
@@ -105,6 +106,7 @@ class LiveSubscription:
         self._own_session = session is None
         self._ws: Any = None
         self._pending: deque[dict] = deque()
+        self._last_next_batch: dict | None = None
         self._pinger: asyncio.Task | None = None
         self._closed = False
         self._started = False
@@ -330,6 +332,11 @@ class LiveSubscription:
         kind = msg.get("type")
         if kind == "error":
             code, text = msg.get("code", "ERROR"), msg.get("message", "")
+            if code == "RATE_LIMIT_EXCEEDED" and self._last_next_batch is not None and not self.ready:
+                # the server dropped our next_batch (50 messages/s per connection): ask again later
+                await asyncio.sleep(RATE_LIMIT_BACKOFF_S)
+                await self._send(self._last_next_batch)
+                return
             if code == "RESUME_TOO_OLD":
                 self.last_seq = None
                 self.ready = False
@@ -346,8 +353,9 @@ class LiveSubscription:
             control = msg.get("batch_control") or {}
             if kind == "initial_data_batch":
                 if control.get("has_more"):
-                    await self._send({"type": "next_batch", "subscription_id": self.id,
-                                      "last_seq_id": control.get("last_seq_id")})
+                    self._last_next_batch = {"type": "next_batch", "subscription_id": self.id,
+                                             "last_seq_id": control.get("last_seq_id")}
+                    await self._send(self._last_next_batch)
                 else:
                     self._mark_ready(control, msg.get("rows"))
             elif not self.initial_data and not control.get("has_more"):

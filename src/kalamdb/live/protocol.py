@@ -298,7 +298,8 @@ def encode(message: dict, serialization: str, *, compress: bool) -> Frame:
 
 class ChangeTemplate:
     """One change message encoded once and shared by every subscriber it goes to: the bytes
-    around `subscription_id` are fixed, so a frame costs two concatenations (and gzip when big)."""
+    around `subscription_id` are fixed, so a subscriber's payload is one concatenation of the
+    prefix, its id (encoded once per subscription, see `encode_id`) and the tail."""
 
     __slots__ = ("_json_tail", "_msgpack_tail", "body")
 
@@ -315,23 +316,38 @@ class ChangeTemplate:
     def message(self, subscription_id: str) -> dict:
         return {"type": "change", "subscription_id": subscription_id, **self.body}
 
+    def json_tail(self) -> bytes:
+        """`,"change_type":...}`: what follows the subscription id in the JSON message."""
+        tail = self._json_tail
+        if tail is None:
+            tail = self._json_tail = b"," + orjson.dumps(self.body)[1:]
+        return tail
+
+    def msgpack_tail(self) -> bytes:
+        tail = self._msgpack_tail
+        if tail is None:
+            tail = self._msgpack_tail = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True)
+                                                 for k, v in self.body.items())
+        return tail
+
     def payload(self, subscription_id: str, serialization: str) -> bytes:
+        return self.payload_for(encode_id(subscription_id, serialization), serialization)
+
+    def payload_for(self, encoded_id: bytes, serialization: str) -> bytes:
+        """The message for a subscription whose id `encode_id` already encoded."""
         if serialization == MSGPACK:
-            if self._msgpack_tail is None:
-                tail = b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True)
-                                for k, v in self.body.items())
-                self._msgpack_tail = tail
-            n = 2 + len(self.body)
-            return (bytes([0x80 | n]) + _MP_TYPE_CHANGE + _MP_SID_KEY
-                    + msgpack.packb(subscription_id) + self._msgpack_tail)
-        if self._json_tail is None:
-            self._json_tail = orjson.dumps(self.body)[1:]  # '"change_type":...}' without the '{'
-        return b'{"type":"change","subscription_id":' + orjson.dumps(subscription_id) + b"," + self._json_tail
+            return bytes([0x80 | (2 + len(self.body))]) + _MP_HEAD + encoded_id + self.msgpack_tail()
+        return _JSON_HEAD + encoded_id + self.json_tail()
 
     def frame(self, subscription_id: str, serialization: str, *, compress: bool) -> Frame:
         return frame_for(self.payload(subscription_id, serialization), binary=serialization == MSGPACK,
                          compress=compress)
 
 
-_MP_TYPE_CHANGE = msgpack.packb("type") + msgpack.packb("change")
-_MP_SID_KEY = msgpack.packb("subscription_id")
+def encode_id(subscription_id: str, serialization: str) -> bytes:
+    """A subscription id as it sits in a change message (encoded once per subscription)."""
+    return msgpack.packb(subscription_id) if serialization == MSGPACK else orjson.dumps(subscription_id)
+
+
+_JSON_HEAD = b'{"type":"change","subscription_id":'
+_MP_HEAD = msgpack.packb("type") + msgpack.packb("change") + msgpack.packb("subscription_id")

@@ -65,6 +65,17 @@ class Subscription:
     last_update_us: int = 0
     delivered: int = 0
 
+    _encoded_id: tuple[str, bytes] | None = None
+
+    def encoded_id(self, serialization: str) -> bytes:
+        """This subscription's id as change messages carry it (encoded once)."""
+        cached = self._encoded_id
+        if cached is None or cached[0] != serialization:
+            from kalamdb.live.protocol import encode_id
+
+            cached = self._encoded_id = (serialization, encode_id(self.id, serialization))
+        return cached[1]
+
     @property
     def live_id(self) -> str:
         """Upstream's LiveQueryId: `{user_id}-{connection_id}-{subscription_id}`."""

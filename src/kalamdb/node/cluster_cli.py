@@ -169,7 +169,13 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int | N
             role = "leader" if i + 1 == leader else "follower"
             click.echo(f"  node {i + 1}  {url}  rpc {host}:{rpc_ports[i]}  {role}  log {root / f'node{i + 1}.log'}")
         password = os.environ.get("KALAMDB_ROOT_PASSWORD", "")
-        login = f"root:{password}" if password else "root:  (empty root password: localhost only)"
+        if password:
+            login = f"root:{password}"
+        elif os.environ.get("KALAMDB_ALLOW_EMPTY_ROOT", "").lower() in ("1", "true", "yes", "on"):
+            login = "root:  (empty root password: localhost only, KALAMDB_ALLOW_EMPTY_ROOT)"
+        else:
+            login = ("root after setup: root has no password yet; POST /v1/api/auth/setup from this machine "
+                     "(or start with KALAMDB_ROOT_PASSWORD, or KALAMDB_ALLOW_EMPTY_ROOT=1 as `make run` does)")
         click.echo(f"\nLog in as {login}. For example:\n"
                    f"  curl -s -u 'root:{password}' -X POST {urls[0]}/v1/api/sql "
                    "-H 'Content-Type: application/json' -d '{\"sql\": \"SELECT * FROM system.cluster\"}'\n"

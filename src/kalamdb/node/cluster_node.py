@@ -24,8 +24,15 @@ from sqlglot import exp
 from kalamdb.errors import KalamError
 from kalamdb.node.cluster_view import AGE_COLUMN, ClusterView
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
-from kalamdb.node.driver import ForwardRefused, RaftDriver, WriteOutcomeUnknown, definite_not_leader
+from kalamdb.node.driver import (
+    ForwardRefused,
+    RaftDriver,
+    WriteOutcomeUnknown,
+    definite_not_leader,
+    meta_command,
+)
 from kalamdb.node.expiry import expire_streams_forever
+from kalamdb.node.failpoints import NodeFailpoints
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
 from kalamdb.sql import statements as st
 
@@ -98,7 +105,8 @@ class ClusterNode:
             rpc_listen=cfg.rpc_hostport, cluster_id=cfg.cluster_id,
             peers={p.node_id: p.rpc_hostport for p in self.book.peers.values() if p.node_id != cfg.node_id},
             tick_ms=cfg.tick_ms, heartbeat_ticks=cfg.heartbeat_ticks, election_ticks=cfg.election_ticks,
-            snapshot_every=cfg.snapshot_every, bootstrap=cfg.node_id == 1, on_meta=self._on_meta)
+            snapshot_every=cfg.snapshot_every, bootstrap=cfg.node_id == 1, on_meta=self._on_meta,
+            maintenance=self._reconcile, maintenance_every_s=RECONCILE_EVERY_S)
         self._tasks: list[asyncio.Task] = []
         # Deliberately unsafe (for proving the chaos checkers bite): serve data reads from local
         # state without ReadIndex, so a partitioned or lagging follower returns stale values.
@@ -124,13 +132,31 @@ class ClusterNode:
     def is_leader(self) -> bool:
         return self.driver.is_leader
 
+    @property
+    def failpoints(self) -> NodeFailpoints:
+        return self.driver.failpoints
+
+    def stats(self) -> dict[str, int | float]:
+        """Commit and replication counters for /metrics (entries per fsync = persisted / fsyncs)."""
+        d = self.driver
+        core = d.core
+        t = d.transport.stats
+        return {
+            "commit_batches_total": d.applier.batches, "commit_commands_total": d.applier.entries,
+            "raft_fsyncs_total": d.fsyncs, "raft_persisted_entries_total": d.persisted_entries,
+            "raft_forwarded_proposals_total": d.forwarded, "raft_peer_proposals_total": d.proposals_from_peers,
+            "raft_bad_frames_total": d.bad_frames, "raft_term": core.term, "raft_commit_index": core.commit_index,
+            "raft_last_log_index": core.last_index, "raft_is_leader": int(d.is_leader),
+            "raft_frames_sent_total": t["frames_sent"], "raft_frames_received_total": t["frames_received"],
+            "raft_refused_connections_total": t["refused_total"], "raft_dropped_frames_total": t["dropped_total"],
+        }
+
     async def start(self) -> None:
         if self.unsafe_local_reads:
             log.critical("UNSAFE MODE: KALAMDB_UNSAFE_LOCAL_READS=1 -- data reads skip ReadIndex and may be "
                          "stale; never use this outside checker tests")
         await self.driver.start()
-        self._tasks = [asyncio.create_task(self._reconcile_loop(), name="membership"),
-                       asyncio.create_task(expire_streams_forever(
+        self._tasks = [asyncio.create_task(expire_streams_forever(
                            self.db, self.submit, self._expiry_interval_s, lambda: self.driver.is_leader),
                            name="stream-expiry"),
                        asyncio.create_task(self.cluster_view.run(), name="cluster-view")]
@@ -208,8 +234,10 @@ class ClusterNode:
             if not leader and refusal is not None:
                 raise refusal
 
-    async def read(self, prepared: Any, *, consistency: str | None = None,
-                   min_applied_index: int | None = None) -> list[dict]:
+    async def read_barrier(self, prepared: Any, *, consistency: str | None = None,
+                           min_applied_index: int | None = None) -> None:
+        """Return once this node's applied state may serve the read at the asked consistency:
+        after min_applied_index, and (default) after a ReadIndex round for data-table reads."""
         if consistency not in (None, "linearizable", "local"):
             raise KalamError("INVALID_INPUT", f"Unknown consistency '{consistency}' (use linearizable or local)")
         wait_s = self.cfg.leader_wait_ms / 1000
@@ -223,7 +251,6 @@ class ClusterNode:
                 raise KalamError("CLUSTER_UNAVAILABLE",
                                  f"node {self.node_id} could not apply up to read index {index} in time",
                                  status=503)
-        return self.db.execute_read(prepared)
 
     async def _read_index(self, wait_s: float) -> int:
         deadline = time.monotonic() + wait_s
@@ -265,18 +292,18 @@ class ClusterNode:
                 covered = await d.take_snapshot()
             return [_msg(f"Log purged up to index {min(upto, covered)} on node {self.node_id}")]
         if name == "trigger_election":
-            d.campaign()
+            await d.call(d.core.campaign)
             return [_msg(f"Election triggered on node {self.node_id}")]
         if name == "stepdown":
             await self._leader_or_raise()
-            d.step_down()
+            await d.call(d.core.step_down)
             return [_msg(f"Node {self.node_id} stepped down")]
         if name == "transfer_leader":
             await self._leader_or_raise()
             target = op.node_id
             if target not in d.core.membership.voters:
                 raise KalamError("INVALID_PARAMETER", f"node {target} is not a voter of this cluster")
-            d.transfer_leadership(target)
+            await d.call(d.core.transfer_leadership, target)
             ok = await self._wait(lambda: d.leader_id == target, self.cfg.election_timeout_ms[1] * 4 / 1000)
             if not ok:
                 raise KalamError("CLUSTER_UNAVAILABLE", f"leadership did not move to node {target} in time",
@@ -319,9 +346,9 @@ class ClusterNode:
     async def _propose_meta(self, meta: dict) -> None:
         try:
             fut = self.driver.propose_meta(meta)
+            await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
         except (NotLeader, ProposalRejected) as exc:
             raise definite_not_leader(f"cannot change membership now: {exc}", self.leader_api()) from None
-        await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
 
     def _on_meta(self, meta: dict) -> None:
         """A replicated metadata entry was applied (same order on every node)."""
@@ -355,20 +382,10 @@ class ClusterNode:
         return True
 
     # ------------------------------------------------------------------ membership reconciliation
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RECONCILE_EVERY_S)  # the reconciler's period
-            try:
-                self._reconcile()
-            except (NotLeader, ProposalRejected):
-                pass
-            except Exception:
-                log.exception("membership reconciliation failed")
-
     def _reconcile(self) -> None:
+        """(Raft thread, every RECONCILE_EVERY_S on the leader) move the membership one step toward
+        the address book: remove, add as learner, promote a caught-up learner, publish addresses."""
         d = self.driver
-        if not d.is_leader or d.fatal is not None:
-            return
         core = d.core
         m = core.membership
         if m.is_joint or core.commit_index < core.last_index - 1000:
@@ -376,12 +393,12 @@ class ClusterNode:
         wanted = self.book.wanted()
         for nid in sorted(m.members - wanted):
             if nid in m.voters:
-                d.change_membership(set(m.voters) - {nid})
+                core.change_membership(set(m.voters) - {nid})
             else:
-                d.remove_learner(nid)
+                core.remove_learner(nid)
             return
         for nid in sorted(wanted - m.members):
-            d.add_learner(nid)
+            core.add_learner(nid)
             return
         progress = core.progress
         for nid in sorted(m.learners & wanted):
@@ -389,12 +406,12 @@ class ClusterNode:
             # caught up, and alive: promoting a learner that never answered would cost the quorum
             if pr is not None and pr.recent_active and pr.match > 0 and pr.match >= core.commit_index - CATCH_UP_SLACK:
                 log.info("promoting node %d to voter (match %d, commit %d)", nid, pr.match, core.commit_index)
-                d.change_membership(set(m.voters) | {nid})
+                core.change_membership(set(m.voters) | {nid})
                 return
         book = tuple(sorted((p.node_id, p.rpc_addr, p.api_addr) for p in self.book.peers.values()))
         if book != self._published_book:
             self._published_book = book
-            d.propose_meta({"op": "peers", "peers": [list(b) for b in book]})
+            core.propose(meta_command({"op": "peers", "peers": [list(b) for b in book]}))
 
     # ------------------------------------------------------------------ observability
     def _status_of(self, nid: int, progress: dict) -> str:
@@ -460,7 +477,7 @@ class ClusterNode:
                  core.first_index, d.last_snapshot_index, ",".join(map(str, sorted(m.voters))),
                  ",".join(map(str, sorted(m.learners))))]
 
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         d = self.driver
         core = d.core
         active = d.fatal is None
@@ -475,7 +492,7 @@ class ClusterNode:
             "current_term": core.term, "last_applied": d.applied_index, "commit_index": core.commit_index,
             "last_log_index": core.last_index, "snapshot_index": d.last_snapshot_index,
             "voters": sorted(core.membership.voters), "learners": sorted(core.membership.learners),
-            "nodes": nodes,
+            "nodes": nodes, **({"fatal": f"{type(d.fatal).__name__}: {d.fatal}"} if d.fatal is not None else {}),
         }
 
     def digest(self) -> dict:

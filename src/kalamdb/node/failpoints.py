@@ -5,7 +5,8 @@ Switched on at start by ``KALAMDB_FAILPOINTS="log.fsync=1*eio;state.apply=delay(
 through ``/v1/api/admin/failpoints`` (server/admin_routes.py). One object per node, shared by the log
 storage and the driver, so a run-time change reaches every point at once.
 
-After a failed fsync (or a failed apply) nothing on this node's disk can be trusted: the page cache
+After a failed fsync (or a failed apply, a Raft safety violation, a Raft loop that died) nothing on
+this node can be trusted: the page cache
 may have dropped the data the kernel said it would write. Like etcd, the node then logs CRITICAL and
 exits with ``STORAGE_FAILURE_EXIT_CODE`` instead of lingering half-broken; it never acknowledged the
 write it could not make durable (Raft answers only after persist), and on restart it recovers from
@@ -29,10 +30,11 @@ FAILPOINT_CRASH_EXIT_CODE = CRASH_EXIT_CODE
 
 
 class NodeFailpoints(Failpoints):
-    """Failpoints of the log storage plus ``state.apply`` (before the engine applies a batch) and
-    ``snapshot.write`` (before a state-machine snapshot is written)."""
+    """Failpoints of the log storage plus ``state.apply`` (before the engine applies a batch),
+    ``snapshot.write`` (before a state-machine snapshot is written) and ``raft.ready`` (each turn of
+    the Raft thread's Ready loop: an error there stands for any bug that kills the loop)."""
 
-    POINTS = (*Failpoints.POINTS, "state.apply", "snapshot.write")
+    POINTS = (*Failpoints.POINTS, "state.apply", "snapshot.write", "raft.ready")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NodeFailpoints:
@@ -53,10 +55,10 @@ def exit_on_storage_failure(env: Mapping[str, str] | None = None) -> bool:
     return mode == "exit"
 
 
-def die(node_id: int, exc: BaseException) -> None:
+def die(node_id: int, exc: BaseException, what: str = "storage failure") -> None:
     """Log CRITICAL, flush the logs and end the process at once (no cleanup that could touch disk)."""
     logging.getLogger("kalamdb.node").critical(
-        "node %d: storage failure (%r); exiting with status %d so that nothing half-broken lingers: "
-        "restart the node to recover from what is on disk", node_id, exc, STORAGE_FAILURE_EXIT_CODE)
+        "node %d: %s (%r); exiting with status %d so that nothing half-broken lingers: "
+        "restart the node to recover from what is on disk", node_id, what, exc, STORAGE_FAILURE_EXIT_CODE)
     logging.shutdown()
     os._exit(STORAGE_FAILURE_EXIT_CODE)

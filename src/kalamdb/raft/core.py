@@ -67,8 +67,8 @@ class RaftConfig:
     max_bytes_per_msg: int = 1 << 20
     snapshot_chunk_bytes: int = 1 << 20
     # PLANTED BUG for the chaos membership checks (KALAMDB_UNSAFE_REMOVED_VOTES=1, never in
-    # production): the leader keeps replicating to voters it removed and counts their acks toward
-    # the commit majority, so a removed node keeps "voting" for commits.
+    # production): a leader keeps replicating to the voters of earlier configurations in its log
+    # and counts their acks toward the commit majority, so a removed node keeps "voting" for commits.
     unsafe_removed_votes: bool = False
 
     def __post_init__(self) -> None:
@@ -987,6 +987,8 @@ class RaftCore:
     def _sync_progress(self) -> None:
         m = self.membership
         members = m.members | {self.id}
+        if self.cfg.unsafe_removed_votes:  # the planted bug: voters of earlier configurations stay
+            members |= {v for _, c in self._configs for v in c.voters}
         nxt = self.log.last_index + 1
         mi = self.cfg.max_inflight_msgs
         for n in members:

@@ -19,6 +19,7 @@ import logging
 import random
 import secrets
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -111,8 +112,10 @@ class PeerTransport:
         backoff_cap: float = 1.0,
         max_queue_frames: int = 65536,
         max_queue_bytes: int = 32 << 20,
-        max_pending_handshakes: int = 64,
+        max_pending_handshakes: int = 256,
+        max_pending_per_address: int = 16,
         write_stall_timeout: float = 10.0,
+        log_every_s: float = 10.0,
     ):
         if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 1:
             raise ValueError(f"node_id must be an integer >= 1, got {node_id!r}")
@@ -135,6 +138,7 @@ class PeerTransport:
         self.max_queue_frames = max_queue_frames
         self.max_queue_bytes = max_queue_bytes
         self.max_pending_handshakes = max_pending_handshakes
+        self.max_pending_per_address = max_pending_per_address
         self.write_stall_timeout = write_stall_timeout
         self.bound_port: int | None = None
         self._secret = secret
@@ -149,7 +153,11 @@ class PeerTransport:
         self._retired_tasks: set[asyncio.Task] = set()  # cancelled by set_peer/remove_peer
         self._inbound_by_node: dict[int, asyncio.StreamWriter] = {}
         self._writers: set[asyncio.StreamWriter] = set()
-        self._pending_handshakes = 0
+        # unauthenticated connections, oldest first: task -> remote address
+        self._pending: dict[asyncio.Task, str] = {}
+        self._pending_by_address: dict[str, int] = {}
+        self._evicted: set[asyncio.Task] = set()
+        self._throttle = LogThrottle(self._log, log_every_s)
         # stats
         self._frames_sent = 0
         self._bytes_sent = 0
@@ -350,9 +358,13 @@ class PeerTransport:
                 delay = self._backoff_delay(peer.attempts)
                 peer.attempts += 1
                 peer.state = BACKOFF
-                level = logging.WARNING if peer.attempts == 1 else logging.DEBUG
-                self._log.log(level, "node %d: cannot reach node %d at %s:%d (%s); retry in %.3fs",
-                              self.node_id, peer.node_id, *peer.addr, _describe(exc), delay)
+                if peer.attempts == 1:
+                    self._throttle.warning(("unreachable", peer.node_id),
+                                           "node %d: cannot reach node %d at %s:%d (%s); retry in %.3fs",
+                                           self.node_id, peer.node_id, *peer.addr, _describe(exc), delay)
+                else:
+                    self._log.debug("node %d: cannot reach node %d at %s:%d (%s); retry in %.3fs",
+                                    self.node_id, peer.node_id, *peer.addr, _describe(exc), delay)
                 await asyncio.sleep(delay)  # backoff timer, not a wait for state
                 peer.state = IDLE
                 continue
@@ -459,19 +471,18 @@ class PeerTransport:
         self._writers.add(writer)
         peername = writer.get_extra_info("peername")
         where = f"{peername[0]}:{peername[1]}" if peername else "?"
+        address = peername[0] if peername else "?"
         src: int | None = None
         try:
             _nodelay(writer)
-            if self._pending_handshakes >= self.max_pending_handshakes:
-                raise FrameError("too_many_handshakes", f"{self._pending_handshakes} pending")
-            self._pending_handshakes += 1
+            self._admit_handshake(task, address)
             try:
                 async with asyncio.timeout(self.handshake_timeout):
                     src = await self._server_handshake(reader, writer, where)
             except TimeoutError:
                 raise FrameError("handshake_timeout", f"none in {self.handshake_timeout}s") from None
             finally:
-                self._pending_handshakes -= 1
+                self._end_handshake(task, address)
             older = self._inbound_by_node.get(src)
             if older is not None:  # the peer reconnected: its old connection is dead or abandoned
                 older.close()
@@ -479,11 +490,19 @@ class PeerTransport:
             await self._receive(src, reader, where)
         except FrameError as exc:
             self._refused[exc.reason] += 1
-            self._log.warning("node %d refused connection from %s (node %s): %s", self.node_id, where,
-                              src if src is not None else "?", exc)
+            self._throttle.warning(("refused", exc.reason), "node %d refused connection from %s (node %s): %s",
+                                   self.node_id, where, src if src is not None else "?", exc)
             _try_write(writer, encode_frame([T_REFUSE, exc.reason]))
         except asyncio.CancelledError:
-            pass  # stop() or remove_peer(); finally closes
+            if task in self._evicted:  # made room for a newer handshake (see _admit_handshake)
+                self._evicted.discard(task)
+                self._refused["too_many_handshakes"] += 1
+                self._throttle.warning(("refused", "too_many_handshakes"),
+                                       "node %d closed a handshake from %s to make room for newer ones "
+                                       "(more than %d pending from that address or %d in all)", self.node_id,
+                                       where, self.max_pending_per_address, self.max_pending_handshakes)
+                _try_write(writer, encode_frame([T_REFUSE, "too_many_handshakes"]))
+            # else: stop() or remove_peer(); finally closes
         except (_PeerRefused, ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
             self._log.debug("node %d: inbound connection from %s closed (%s)", self.node_id, where,
                             _describe(exc))
@@ -495,6 +514,32 @@ class PeerTransport:
             writer.close()
             self._writers.discard(writer)
             self._inbound_tasks.discard(task)
+
+    def _admit_handshake(self, task: asyncio.Task, address: str) -> None:
+        """Admit a new unauthenticated connection, making room by closing the OLDEST pending ones
+        (from the same address first). A genuine peer finishes its handshake in milliseconds, so
+        connections that sit silent cannot keep it out; an attacker would have to open more than
+        the caps within one genuine handshake's time, and still holds at most the caps."""
+        if self._pending_by_address.get(address, 0) >= self.max_pending_per_address:
+            self._evict(next(t for t, a in self._pending.items() if a == address))
+        if len(self._pending) >= self.max_pending_handshakes:
+            self._evict(next(iter(self._pending)))
+        self._pending[task] = address
+        self._pending_by_address[address] = self._pending_by_address.get(address, 0) + 1
+
+    def _evict(self, task: asyncio.Task) -> None:
+        self._end_handshake(task, self._pending[task])
+        self._evicted.add(task)
+        task.cancel()
+
+    def _end_handshake(self, task: asyncio.Task, address: str) -> None:
+        if self._pending.pop(task, None) is None:
+            return  # already ended (evicted)
+        left = self._pending_by_address[address] - 1
+        if left:
+            self._pending_by_address[address] = left
+        else:
+            del self._pending_by_address[address]
 
     async def _server_handshake(self, reader, writer, where: str) -> int:
         server_nonce = secrets.token_bytes(NONCE_BYTES)
@@ -542,7 +587,8 @@ class PeerTransport:
     def _refusal(self, reason: str, detail: str, where: str) -> Exception:
         """Count and log a refusal on our outbound side; the caller raises the result."""
         self._refused[reason] += 1
-        self._log.warning("node %d refused peer at %s: %s: %s", self.node_id, where, reason, detail)
+        self._throttle.warning(("refused_peer", reason), "node %d refused peer at %s: %s: %s", self.node_id,
+                               where, reason, detail)
         return _PeerRefused(f"{reason}: {detail}")
 
     async def _receive(self, src: int, reader: asyncio.StreamReader, where: str) -> None:
@@ -584,10 +630,36 @@ class PeerTransport:
             "callback_errors": self._callback_errors,
             "write_stalls": self._write_stalls,
             "inbound_connections": len(self._inbound_by_node),
+            "pending_handshakes": len(self._pending),
             "peers": {nid: {"state": p.state, "queued_frames": p.queued_frames,
                             "queued_bytes": p.queued_bytes}
                       for nid, p in self._peers.items()},
         }
+
+
+class LogThrottle:
+    """At most one log line per key and interval; the next line says how many were left out. A
+    port anyone can reach must not turn a connection flood into a disk-filling log flood."""
+
+    def __init__(self, logger: logging.Logger, every_s: float):
+        self._log = logger
+        self._every_s = every_s
+        self._last: dict[Any, float] = {}
+        self._suppressed: Counter = Counter()
+
+    def warning(self, key: Any, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every_s:
+            self._suppressed[key] += 1
+            return
+        if len(self._last) > 1024:  # keys are bounded in practice (reasons); never grow without end
+            self._last.clear()
+        self._last[key] = now
+        skipped = self._suppressed.pop(key, 0)
+        if skipped:
+            msg += f" ({skipped} similar message(s) suppressed in the last {self._every_s:g} s)"
+        self._log.warning(msg, *args)
 
 
 async def _watch_close(reader: asyncio.StreamReader) -> bytes:

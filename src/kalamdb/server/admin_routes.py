@@ -26,7 +26,7 @@ def add_admin_routes(app: web.Application, state_key: web.AppKey) -> None:
         principal = await state.auth.authenticate(request.headers.get("Authorization"), remote=request.remote)
         if principal.role.lower() not in ("dba", "system"):
             raise KalamError("PERMISSION_DENIED", "admin endpoints need role dba or system")
-        failpoints = getattr(getattr(state.node, "driver", None), "failpoints", None)
+        failpoints = state.node.failpoints
         if failpoints is None:
             raise KalamError("INVALID_INPUT", "this node has no failpoints: they live in the Raft log storage "
                              "of a cluster node (start with KALAMDB_NODE_ID / KALAMDB_CLUSTER_PEERS)")

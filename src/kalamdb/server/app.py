@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,10 +13,16 @@ from kalamdb.live.endpoint import LIVE_KEY, add_live_routes
 from kalamdb.node.cluster_view import add_node_report_route
 from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
+from kalamdb.server.admission import SqlWorkers
 from kalamdb.server.auth import Authenticator, is_local_address
+from kalamdb.server.auth_routes import add_auth_routes
 from kalamdb.server.cluster_routes import add_cluster_routes
-from kalamdb.server.sql_endpoint import SqlHandler, read_json_body
+from kalamdb.server.sql_endpoint import SqlHandler
 from kalamdb.server.topic_routes import add_topic_routes
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Database
+    from kalamdb.node.api import Node
 
 log = logging.getLogger("kalamdb.server")
 
@@ -33,12 +37,15 @@ STATE_KEY: web.AppKey[ServerState] = web.AppKey("kalamdb_state")
 class ServerState:
     """Everything a request handler may need; one per server process."""
 
-    def __init__(self, *, db: Any, node: Any, authenticator: Authenticator, max_body_bytes: int):
+    def __init__(self, *, db: Database, node: Node, authenticator: Authenticator, max_body_bytes: int,
+                 workers: SqlWorkers | None = None):
         self.db = db
         self.node = node
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
-        self.sql = SqlHandler(db=db, node=node, authenticator=authenticator, max_body_bytes=max_body_bytes)
+        self.workers = workers or SqlWorkers()
+        self.sql = SqlHandler(db=db, node=node, authenticator=authenticator, max_body_bytes=max_body_bytes,
+                              workers=self.workers)
 
 
 def create_app(state: ServerState) -> web.Application:
@@ -46,7 +53,7 @@ def create_app(state: ServerState) -> web.Application:
     app = web.Application(client_max_size=state.max_body_bytes + 1)
     app[STATE_KEY] = state
     app.router.add_post(SQL_PATH, state.sql)
-    app.router.add_post(LOGIN_PATH, _login)
+    add_auth_routes(app, STATE_KEY)
     for path in HEALTH_PATHS:
         app.router.add_get(path, _health)
     app.router.add_get(METRICS_PATH, _metrics)
@@ -69,42 +76,11 @@ async def _metrics(request: web.Request) -> web.Response:
     if not is_local_address(request.remote):
         return responses.error(KalamError("PERMISSION_DENIED", "Metrics are answered only to localhost"))
     state = request.app[STATE_KEY]
-    text = metrics.render(state.sql.metrics, state.node) + request.app[LIVE_KEY].metrics_text()
-    return web.Response(text=text, content_type="text/plain")
-
-
-async def _login(request: web.Request) -> web.Response:
-    """`{"user"|"username": ..., "password": ...}` -> an access token and the user's identity."""
-    state = request.app[STATE_KEY]
-    started = time.perf_counter()
-    body: Any = None
-    try:
-        body = await read_json_body(request, state.max_body_bytes)
-        if not isinstance(body, dict):
-            raise KalamError("INVALID_INPUT", "Invalid JSON payload: expected {\"user\": ..., \"password\": ...}")
-        username = body.get("user", body.get("username"))
-        password = body.get("password")
-        if not isinstance(username, str) or not username:
-            raise KalamError("INVALID_INPUT", "Missing field 'user' (or 'username')")
-        if not isinstance(password, str):
-            raise KalamError("INVALID_INPUT", "Missing field 'password'")
-        principal = await state.auth.verify_credentials(username, password, remote=request.remote)
-        token, expires = state.auth.issue_token(principal)
-    except KalamError as err:
-        if err.code == "INVALID_CREDENTIALS":
-            log.info("login failed for user %r from %s", body.get("user", body.get("username"))
-                     if isinstance(body, dict) else None, request.remote)
-        return responses.error(err, (time.perf_counter() - started) * 1000.0)
-    except Exception as exc:
-        log.exception("internal error during login")
-        return responses.error(KalamError("INTERNAL_ERROR", f"Internal error: {type(exc).__name__}"))
-    return responses.json_response({
-        "user": {"id": principal.user_id, "username": principal.username, "role": principal.role.lower()},
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_at": datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z"),
-        "expires_in": int(expires - time.time()),
-    })
+    cheap = state.sql.cheap
+    stats = {**state.node.stats(), **state.workers.stats(), "sql_prepared_inline_total": cheap.inline,
+             "sql_prepared_on_workers_total": cheap.offloaded}
+    text = metrics.render(state.sql.metrics, stats, applied_index=state.node.applied_index)
+    return web.Response(text=text + request.app[LIVE_KEY].metrics_text(), content_type="text/plain")
 
 
 async def _not_found(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -29,6 +30,7 @@ ISSUER = "kalamdb"
 _CACHE_LIMIT = 10_000
 # Defence in depth: even without a change signal, a cached verification is trusted this long at most.
 CACHE_TTL_S = 60.0
+REFRESH_FACTOR = 7  # a refresh token lives 7 times as long as an access token (upstream)
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
@@ -47,6 +49,7 @@ class Authenticator:
         jwt_secret: str,
         jwt_expiry_hours: float = 24.0,
         users_version: Callable[[], Any] | None = None,
+        policy: Any = None,
     ):
         self._verify_password = verify_password
         self._principal_for = principal_for
@@ -55,39 +58,50 @@ class Authenticator:
         self._cache_key = secrets.token_bytes(32)  # per process: cache keys mean nothing elsewhere
         # key -> (principal, trusted until (monotonic)); token cache: token -> (principal, exp, until)
         self._basic_cache: dict[bytes, tuple[Any, float]] = {}
+        self._inflight: dict[bytes, asyncio.Future] = {}  # credentials being verified right now
         self._token_cache: dict[str, tuple[Any, float, float]] = {}
         # A counter the storage bumps whenever users change (on every replica); None = not offered,
         # then only users_changed() and the TTL invalidate.
         self._users_version = users_version
         self._seen_version = users_version() if users_version is not None else None
         self._generation = 0  # bumped by every invalidation
+        #: the login rules (server/logins.py LoginPolicy); None: only the checks in this module
+        self.policy = policy
+        #: throttling, lockout, setup state and token stamps (server/logins.py), installed with the
+        #: auth routes; None in unit tests that build an Authenticator alone
+        self.logins: Any = None
+        self._stamp_key = hmac.new(jwt_secret.encode(), b"kalamdb-credential-stamp", hashlib.sha256).digest()
+
+    def install_logins(self, logins: Any) -> None:
+        self.logins = logins
+
+    def stamp(self, user_id: str) -> str | None:
+        """The user's current credential stamp (None without the login rules installed)."""
+        return self.logins.stamp(user_id, self._stamp_key) if self.logins is not None else None
 
     # ---- tokens -------------------------------------------------------------------------------
-    def issue_token(self, principal: Any, *, now: float | None = None) -> tuple[str, float]:
-        """An access token for `principal` and its expiry (unix seconds)."""
+    def issue_token(self, principal: Any, *, now: float | None = None, token_type: str = "access") -> tuple[str, float]:
+        """An access (or refresh: 7 times as long, as upstream) token for `principal` and its
+        expiry (unix seconds). It carries the user's credential stamp: a password or role change
+        invalidates it."""
         now = clock.time() if now is None else now
-        exp = now + self._expiry_s
+        exp = now + self._expiry_s * (REFRESH_FACTOR if token_type == "refresh" else 1)
         claims = {
             "iss": ISSUER,
             "sub": principal.user_id,
             "username": principal.username,
             "role": principal.role.lower(),
-            "token_type": "access",
+            "token_type": token_type,
             "iat": int(now),
             "exp": int(exp),
         }
+        stamp = self.stamp(principal.user_id)
+        if stamp is not None:
+            claims["cst"] = stamp
         return jwt.encode(claims, self._secret, algorithm="HS256"), float(int(exp))
 
-    def verify_token(self, token: str) -> Any:
-        self._check_version()
-        cached = self._token_cache.get(token)
-        if cached is not None:
-            principal, exp, until = cached
-            if clock.time() >= exp:
-                self._token_cache.pop(token, None)
-                raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again")
-            if time.monotonic() < until:
-                return principal
+    def decode(self, token: str, token_type: str) -> dict:
+        """The claims of a valid, unexpired token of the given type (signature and issuer checked)."""
         try:
             claims = jwt.decode(
                 token,
@@ -103,11 +117,35 @@ class Authenticator:
             raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again") from None
         except jwt.InvalidTokenError as exc:
             raise KalamError("INVALID_TOKEN", f"Invalid token: {exc}") from None
-        if claims.get("token_type", "access") != "access":
-            raise KalamError("INVALID_TOKEN", "Invalid token: not an access token")
+        if claims.get("token_type", "access") != token_type:
+            raise KalamError("INVALID_TOKEN", f"Invalid token: not an {token_type} token" if token_type == "access"
+                             else f"Invalid token: not a {token_type} token")
+        return claims
+
+    def check_stamp(self, claims: dict) -> None:
+        """Refuse a token issued before its user's password or role changed."""
+        if self.logins is None:
+            return
+        current = self.stamp(str(claims["sub"]))
+        if current is None or not isinstance(claims.get("cst"), str) or not hmac.compare_digest(claims["cst"], current):
+            raise KalamError("INVALID_TOKEN", "Invalid token: the user's password or role changed since it was "
+                             "issued; log in again")
+
+    def verify_token(self, token: str) -> Any:
+        self._check_version()
+        cached = self._token_cache.get(token)
+        if cached is not None:
+            principal, exp, until = cached
+            if clock.time() >= exp:
+                self._token_cache.pop(token, None)
+                raise KalamError("TOKEN_EXPIRED", "Token has expired; log in again")
+            if time.monotonic() < until:
+                return principal
+        claims = self.decode(token, "access")
         principal = self._principal_for(str(claims["sub"]))
         if principal is None:
             raise KalamError("INVALID_TOKEN", "Invalid token: the user no longer exists")
+        self.check_stamp(claims)
         self._remember(self._token_cache, token, (principal, float(claims["exp"]), time.monotonic() + CACHE_TTL_S))
         return principal
 
@@ -155,13 +193,38 @@ class Authenticator:
         return None
 
     async def _verify(self, key: bytes, username: str, password: str, remote: str | None) -> Any:
-        if not username:
-            raise KalamError("INVALID_CREDENTIALS", "Invalid username or password")
-        if password == "" and not is_local_address(remote):
-            raise KalamError("INVALID_CREDENTIALS", "An empty password is accepted only from localhost")
+        """Concurrent checks of the same credentials (a client opening many connections at once)
+        share one verification: one argon2 run, one throttling token."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            principal = await self._verify_once(key, username, password, remote)
+            fut.set_result(principal)
+            return principal
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved here: nobody else may be waiting
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _verify_once(self, key: bytes, username: str, password: str, remote: str | None) -> Any:
         generation = self._generation
-        loop = asyncio.get_running_loop()
-        principal = await loop.run_in_executor(None, self._verify_password, username, password)
+        if self.logins is not None:  # throttling, lockout, setup state, no name enumeration
+            principal = await self.logins.verify(username, password, remote, is_local=is_local_address(remote))
+        else:
+            if not username:
+                raise KalamError("INVALID_CREDENTIALS", "Invalid username or password")
+            if password == "" and not is_local_address(remote):
+                raise KalamError("INVALID_CREDENTIALS", "An empty password is accepted only from localhost")
+            loop = asyncio.get_running_loop()
+            principal = await loop.run_in_executor(None, self._verify_password, username, password)
         self._check_version()
         if generation == self._generation:  # users did not change while we were verifying
             self._remember(self._basic_cache, key, (principal, time.monotonic() + CACHE_TTL_S))

@@ -39,14 +39,7 @@ def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
             state = await guard(request)
         except KalamError as err:
             return responses.error(err)
-        node = state.node
-        if hasattr(node, "health"):
-            body = node.health()
-        else:  # a single node: always its own leader
-            body = {"status": "healthy", "is_cluster_mode": False, "cluster_id": None, "node_id": node.node_id,
-                    "is_leader": True, "leader_id": node.node_id, "current_term": 0,
-                    "last_applied": node.applied_index, "commit_index": node.applied_index,
-                    "voters": [node.node_id], "learners": [], "nodes": []}
+        body = state.node.health()
         body["version"] = __version__
         return responses.json_response(body)
 
@@ -58,10 +51,7 @@ def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
         except KalamError as err:
             return responses.error(err)
         node = state.node
-        if hasattr(node, "wait_applied"):
-            reached = await node.wait_applied(index, timeout_ms / 1000)
-        else:
-            reached = node.applied_index >= index
+        reached = await node.wait_applied(index, timeout_ms / 1000)
         return responses.json_response({"applied_index": node.applied_index, "reached": bool(reached),
                                         "index": index, "node_id": node.node_id})
 

@@ -7,7 +7,6 @@ The commit counters show group commit at work: commands per batch = commands / b
 from __future__ import annotations
 
 import bisect
-from typing import Any
 
 # seconds; upper bounds of the latency histogram buckets
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -29,7 +28,7 @@ class SqlMetrics:
         self.count += 1
 
 
-def render(sql: SqlMetrics, node: Any) -> str:
+def render(sql: SqlMetrics, stats: dict[str, int | float], *, applied_index: int) -> str:
     lines = [
         "# HELP kalamdb_sql_requests_total SQL requests answered, by HTTP status.",
         "# TYPE kalamdb_sql_requests_total counter",
@@ -50,9 +49,8 @@ def render(sql: SqlMetrics, node: Any) -> str:
     lines += [
         "# HELP kalamdb_applied_index Highest log index applied to this node's state.",
         "# TYPE kalamdb_applied_index gauge",
-        f"kalamdb_applied_index {node.applied_index}",
+        f"kalamdb_applied_index {applied_index}",
     ]
-    stats = node.stats() if hasattr(node, "stats") else {}
     for name, value in sorted(stats.items()):
         kind = "counter" if name.endswith("_total") else "gauge"
         lines.append(f"# TYPE kalamdb_{name} {kind}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from kalamdb.errors import KalamError
+from kalamdb.errors import KalamError, RetryLater
 
 # passed as headers (copied by aiohttp) rather than content_type=, which re-parses it on every response
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -28,4 +28,7 @@ def success(results: list, took_ms: float, *, raft_index: int | None = None) -> 
 
 def error(err: KalamError, took_ms: float = 0.0) -> web.Response:
     body = {"status": "error", "results": [], "took": round(took_ms, 3), "error": err.to_dict()}
-    return json_response(body, err.status)
+    resp = json_response(body, err.status)
+    if isinstance(err, RetryLater):
+        resp.headers["Retry-After"] = str(err.retry_after)
+    return resp

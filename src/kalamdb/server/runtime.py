@@ -21,9 +21,11 @@ from typing import Any
 from aiohttp import web
 
 from kalamdb.config import Config, prepare_data_dir, resolve_jwt_secret
+from kalamdb.server.admission import SqlWorkers
 from kalamdb.server.app import ServerState, create_app
 from kalamdb.server.auth import Authenticator
 from kalamdb.server.connguard import ConnectionGuard
+from kalamdb.server.logins import LoginPolicy
 from kalamdb.server.standalone import StandaloneNode
 
 log = logging.getLogger("kalamdb.server")
@@ -73,6 +75,9 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     """Run until SIGTERM/SIGINT (or until `stop` is set)."""
     from kalamdb.engine import Database
 
+    if cfg.ignored:  # an upstream server.toml: say once what it asks for that kalamdb does not have
+        log.warning("server.toml: %d setting(s) ignored (parts of upstream KalamDB that kalamdb does not have): %s",
+                    len(cfg.ignored), ", ".join(cfg.ignored))
     data_dir = prepare_data_dir(cfg)
     cluster_cfg = load_cluster(cfg)
     if cluster_cfg is not None and not cfg.auth.jwt_secret:
@@ -101,9 +106,13 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         jwt_secret=secret,
         jwt_expiry_hours=cfg.auth.jwt_expiry_hours,
         # followers learn of user changes only through the log: the storage's counter tells the cache
-        users_version=(lambda: db.users_version) if hasattr(db, "users_version") else None,
+        users_version=lambda: db.users_version,
+        policy=LoginPolicy.from_config(cfg),
     )
-    state = ServerState(db=db, node=node, authenticator=authenticator, max_body_bytes=cfg.limits.max_body_bytes)
+    workers = SqlWorkers(workers=cfg.limits.sql_workers, max_queued=cfg.limits.max_queued_requests,
+                         max_requests_per_user=cfg.limits.max_requests_per_user)
+    state = ServerState(db=db, node=node, authenticator=authenticator, max_body_bytes=cfg.limits.max_body_bytes,
+                        workers=workers)
     if cluster_cfg is not None:
         from kalamdb.server.forward import Forwarder
 
@@ -150,6 +159,7 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         if state.sql.forwarder is not None:
             await state.sql.forwarder.close()
         await node.stop()
+        workers.close()
         applied = db.applied_index
         await loop.run_in_executor(None, db.close)
         log.info("stopped cleanly at applied index %d", applied)

@@ -6,13 +6,12 @@ validation of the SQL itself belongs to the engine's `prepare`, which raises the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -21,13 +20,21 @@ from kalamdb.engine.types import public_error
 from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
 from kalamdb.server import responses
+from kalamdb.server.admission import Overloaded, SqlWorkers
+from kalamdb.server.fast_path import CheapStatements
 from kalamdb.server.metrics import SqlMetrics
+from kalamdb.sql import statements as st
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Database, Prepared, Principal
+    from kalamdb.node.api import Node
+    from kalamdb.server.auth import Authenticator
+    from kalamdb.server.forward import Forwarder
 from kalamdb.server.unsafe_txn import UnsafeTxn
 from kalamdb.sql.statements import KillLiveQuery
 
 log = logging.getLogger("kalamdb.sql")
 
-_USER_DDL = re.compile(r"\b(?:CREATE|ALTER|DROP)\s+USER\b(?!\s+TABLE)", re.IGNORECASE)
 _PASSWORD_LITERAL = re.compile(r"(PASSWORD\s*)'(?:[^']|'')*'?", re.IGNORECASE)
 
 
@@ -91,22 +98,16 @@ def parse_sql_request(body: Any) -> SqlRequest:
     return SqlRequest(sql, params, namespace or None, consistency.lower() if consistency else None, min_index)
 
 
-_USER_TAGS = frozenset({"create_user", "alter_user", "drop_user"})
+_USER_STATEMENTS = (st.CreateUser, st.AlterUser, st.DropUser)
 
 
-def touches_users(prepared: Any, sql: str) -> bool:
+def touches_users(prepared: Prepared, sql: str | None = None) -> bool:
     """Whether a write may have changed users/passwords/roles (cached credentials must go).
-    Decided on the parsed statements (EXECUTE AS unwrapped); the SQL text is the fallback."""
-    flag = getattr(prepared, "touches_users", None)
-    if flag is not None:
-        return bool(flag)
-    statements = getattr(prepared, "statements", None)
-    if statements is None:
-        return _USER_DDL.search(sql) is not None
-    for statement in statements:
-        while getattr(statement, "inner", None) is not None:
+    Decided on the parsed statements, EXECUTE AS unwrapped."""
+    for statement in prepared.statements:
+        while isinstance(statement, st.ExecuteAs):
             statement = statement.inner
-        if getattr(statement, "tag", None) in _USER_TAGS:
+        if isinstance(statement, _USER_STATEMENTS):
             return True
     return False
 
@@ -114,12 +115,15 @@ def touches_users(prepared: Any, sql: str) -> bool:
 class SqlHandler:
     """The endpoint; holds the collaborators so the hot path does no lookups."""
 
-    def __init__(self, *, db: Any, node: Any, authenticator: Any, max_body_bytes: int):
+    def __init__(self, *, db: Database, node: Node, authenticator: Authenticator, max_body_bytes: int,
+                 workers: SqlWorkers):
         self.db = db
         self.node = node
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
-        self.forwarder: Any = None  # set in cluster mode: sends NOT_LEADER requests to the leader
+        self.workers = workers
+        self.cheap = CheapStatements()
+        self.forwarder: Forwarder | None = None  # cluster mode: CLUSTER statements to the leader
         self.live: Any = None  # the node's LiveService (kalamdb.live): executes KILL LIVE QUERY here
         self.metrics = SqlMetrics()
         self.unsafe_txn = UnsafeTxn.from_env()  # None unless a checker test plants a transaction bug
@@ -136,12 +140,16 @@ class SqlHandler:
             if length is not None and length > self.max_body_bytes:
                 raise _too_large(length, self.max_body_bytes)
             principal = await self.auth.authenticate(request.headers.get("Authorization"), remote=request.remote)
-            req = parse_sql_request(await read_json_body(request, self.max_body_bytes))
-            results, raft_index = await self.run(req, principal)
+            with self.workers.admit(principal.user_id):
+                req = parse_sql_request(await read_json_body(request, self.max_body_bytes))
+                results, raft_index = await self.run(req, principal)
         except KalamError as err:
             if err.code == "NOT_LEADER" and self.forwarder is not None:
                 return await self.forwarder.forward(request, err, (time.perf_counter() - started) * 1000.0)
-            return responses.error(err, (time.perf_counter() - started) * 1000.0)
+            response = responses.error(err, (time.perf_counter() - started) * 1000.0)
+            if isinstance(err, Overloaded):
+                response.headers["Retry-After"] = str(err.retry_after_s)
+            return response
         except Exception as exc:  # noqa: BLE001 - one broken request must not take the server down
             detail = redact(f"{type(exc).__name__}: {exc}")
             log.error("internal error while serving /v1/api/sql: %s\n%s", detail, redact(traceback.format_exc()))
@@ -149,40 +157,60 @@ class SqlHandler:
             return responses.error(err, (time.perf_counter() - started) * 1000.0)
         return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
 
-    async def run(self, req: SqlRequest, principal: Any) -> tuple[list, int | None]:
+    async def run(self, req: SqlRequest, principal: Principal) -> tuple[list, int | None]:
         try:
             return await self._run(req, principal)
         except KalamError as err:
             raise public_error(err, principal) from None  # upstream's redaction for non-admins
 
-    async def _run(self, req: SqlRequest, principal: Any) -> tuple[list, int | None]:
-        prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
+    async def _run(self, req: SqlRequest, principal: Principal) -> tuple[list, int | None]:
+        """Prepare (and for a write, build the command) on a worker, or right here for a statement
+        text known to be cheap (server/fast_path.py); read after the node's consistency barrier,
+        on a worker; write through the node (Raft)."""
+        user = principal.user_id
+        now_us = clock.now_us()
+        cheap = self.cheap
+        if cheap.known(req.sql):
+            t0 = time.thread_time()
+            prepared, command = self._prepare(req, principal, now_us)
+            cheap.inline += 1
+            if time.thread_time() - t0 > cheap.max_cpu_s:
+                cheap.forget(req.sql)
+        else:
+            prepared, command, cpu_s = await self.workers.run(user, self._prepare_timed, req, principal, now_us)
+            cheap.offloaded += 1
+            if not touches_users(prepared):
+                cheap.learn(req.sql, cpu_s)
         if any(isinstance(s, KillLiveQuery) for s in prepared.statements):
             return _kill_live_statement(prepared.statements, principal, self.live), None
-        cluster_op = getattr(prepared, "cluster_op", None)
-        if cluster_op is not None:
-            return await self.node.cluster(cluster_op, principal), None
+        if prepared.cluster_op is not None:
+            return await self.node.cluster(prepared.cluster_op, principal), None
         if self.unsafe_txn is not None and self.unsafe_txn.applies(prepared):
             return await self.unsafe_txn.run(self.db, self.node, prepared)
-        if not prepared.is_write:
-            results = await self.node.read(
-                prepared, consistency=req.consistency, min_applied_index=req.min_applied_index)
-            return results, None
-        users = touches_users(prepared, req.sql)
-        now_us = clock.now_us()
-        if users:
-            # password hashing (argon2, tens of ms) happens in to_command: keep it off the event loop
-            loop = asyncio.get_running_loop()
-            command = await loop.run_in_executor(
-                None, lambda: self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id))
-        else:
-            command = self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id)
+        if command is None:
+            await self.node.read_barrier(prepared, consistency=req.consistency,
+                                         min_applied_index=req.min_applied_index)
+            return await self.workers.run(user, self.db.execute_read, prepared), None
         index, outcome = await self.node.submit(command)
-        if users:
+        if touches_users(prepared):
             self.auth.users_changed()
         if outcome.error is not None:
             raise outcome.error
         return outcome.results, index
+
+    def _prepare_timed(self, req: SqlRequest, principal: Principal, now_us: int) -> tuple[Prepared, bytes | None, float]:
+        t0 = time.thread_time()
+        prepared, command = self._prepare(req, principal, now_us)
+        return prepared, command, time.thread_time() - t0
+
+    def _prepare(self, req: SqlRequest, principal: Principal, now_us: int) -> tuple[Prepared, bytes | None]:
+        """(worker thread) parse and check the SQL; a write's command with its fixed values (password
+        hashing, tens of ms with argon2, happens here too)."""
+        prepared = self.db.prepare(req.sql, req.params, req.namespace_id, principal)
+        if (prepared.cluster_op is not None or not prepared.is_write
+                or any(isinstance(s, KillLiveQuery) for s in prepared.statements)):
+            return prepared, None
+        return prepared, self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id)
 
 
 def _kill_live_statement(statements: list, principal: Any, live: Any) -> list[dict]:

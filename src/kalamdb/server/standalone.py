@@ -1,7 +1,7 @@
 """The single-node `Node`: writes go through a group-committing writer thread, reads run locally.
 
-The HTTP layer talks only to the `Node` interface (`submit`, `read`, `applied_index`, `start`,
-`stop`), so a Raft-backed node can replace this one without touching the request handling.
+The HTTP layer talks only to the `Node` interface (node/api.py), so a Raft-backed node can replace
+this one without touching the request handling.
 Group commit: every command waiting when the writer becomes free is applied in ONE `apply_batch`
 call (one SQLite transaction, one fsync), so throughput grows with concurrency while each
 acknowledgement still means "durable on disk".
@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 from kalamdb.errors import KalamError
 from kalamdb.node.expiry import expire_streams_forever
@@ -21,29 +21,6 @@ from kalamdb.node.expiry import expire_streams_forever
 log = logging.getLogger("kalamdb.node")
 
 MAX_BATCH = 1024
-
-
-class Node(Protocol):
-    """What the HTTP layer needs from a node (standalone or Raft)."""
-
-    node_id: int
-
-    @property
-    def applied_index(self) -> int: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def submit(self, command: bytes) -> tuple[int, Any]:
-        """Make `command` durable and applied; return (log index, engine Outcome)."""
-
-    async def read(self, prepared: Any, *, consistency: str | None = None,
-                   min_applied_index: int | None = None) -> list[dict]:
-        """Run a read-only prepared request against applied state."""
-
-    async def cluster(self, op: Any, principal: Any) -> list[dict]:
-        """Execute a CLUSTER statement."""
 
 
 class Committer:
@@ -164,6 +141,28 @@ class StandaloneNode:
     def is_leader(self) -> bool:
         return True
 
+    @property
+    def failpoints(self) -> None:
+        """A single node has no Raft log storage, hence no disk failpoints."""
+        return None
+
+    def health(self) -> dict[str, Any]:
+        """Always its own leader."""
+        return {"status": "healthy", "is_cluster_mode": False, "cluster_id": None, "node_id": self.node_id,
+                "is_leader": True, "leader_id": self.node_id, "current_term": 0,
+                "last_applied": self.applied_index, "commit_index": self.applied_index,
+                "voters": [self.node_id], "learners": [], "nodes": []}
+
+    async def wait_applied(self, index: int, timeout_s: float) -> bool:
+        """Every command handed to the writer is applied soon; one beyond the log never will be."""
+        if index > self._committer.last_index:
+            return self.applied_index >= index
+        try:
+            await asyncio.wait_for(self._committer.wait_applied(index), timeout_s)
+        except TimeoutError:
+            pass
+        return self.applied_index >= index
+
     def stats(self) -> dict[str, int]:
         """Group-commit counters for /metrics (commands per fsync = commands / batches)."""
         return {"commit_batches_total": self._committer.batches,
@@ -186,8 +185,8 @@ class StandaloneNode:
     async def submit(self, command: bytes) -> tuple[int, Any]:
         return await self._committer.submit(command)
 
-    async def read(self, prepared: Any, *, consistency: str | None = None,
-                   min_applied_index: int | None = None) -> list[dict]:
+    async def read_barrier(self, prepared: Any, *, consistency: str | None = None,
+                           min_applied_index: int | None = None) -> None:
         if consistency not in (None, "linearizable", "local", "leader"):
             raise KalamError("INVALID_INPUT", f"Unknown consistency '{consistency}' (linearizable, local)")
         if min_applied_index is not None and min_applied_index > self._committer.last_index:
@@ -199,7 +198,6 @@ class StandaloneNode:
             await self._committer.wait_applied(min_applied_index)
         # Every acknowledged write is already applied here, so local state is linearizable.
         # A write still in the writer is not acknowledged yet: reading without it is allowed.
-        return self.db.execute_read(prepared)
 
     async def cluster(self, op: Any, principal: Any) -> list[dict]:
         raise KalamError(

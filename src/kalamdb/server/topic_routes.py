@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kalamdb.engine.topics import CONSUMER_ROLES, MAX_CONSUME_LIMIT
+from kalamdb.engine.topics import CONSUMER_ROLES, MAX_CONSUME_LIMIT, missing_topic
 from kalamdb.engine.types import Prepared
 from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
@@ -39,7 +39,7 @@ def add_topic_routes(app: web.Application, state_key: web.AppKey) -> None:
     async def consume(request: web.Request) -> web.Response:
         try:
             state, principal, body = await _admit(request, state_key, "Topic consumption")
-            topic, group = _topic_and_group(body)
+            topic, group = _topic_and_group(request, body)
             position = _start(body.get("start", "Latest"))
             limit = _uint(body, "limit", 100, MAX_CONSUME_LIMIT)
             partition = _uint(body, "partition_id", 0, 1 << 31)
@@ -47,9 +47,11 @@ def add_topic_routes(app: web.Application, state_key: web.AppKey) -> None:
                 return responses.json_response({"messages": [], "next_offset": 0, "has_more": False})
             stmt = Consume(topic, group, position, limit, partition, claims=True)
             prepared = Prepared("", [stmt], [], "default", principal, False)
-            result = (await state.node.read(prepared))[0]
+            with state.workers.admit(principal.user_id):  # SQL work: on the workers (server/admission.py)
+                await state.node.read_barrier(prepared)
+                result = (await state.workers.run(principal.user_id, state.db.execute_read, prepared))[0]
         except KalamError as err:
-            return _error(err)
+            return _error(err, body_topic(request))
         messages = []
         for m in result["topic_messages"]:
             m = dict(m)
@@ -61,7 +63,7 @@ def add_topic_routes(app: web.Application, state_key: web.AppKey) -> None:
     async def ack(request: web.Request) -> web.Response:
         try:
             state, principal, body = await _admit(request, state_key, "Topic acknowledgment")
-            topic, group = _topic_and_group(body)
+            topic, group = _topic_and_group(request, body)
             partition = _uint(body, "partition_id", 0, 1 << 31)
             if "upto_offset" not in body:
                 raise KalamError("INVALID_INPUT", "missing field `upto_offset`")
@@ -72,7 +74,7 @@ def add_topic_routes(app: web.Application, state_key: web.AppKey) -> None:
             if outcome.error is not None:
                 raise outcome.error
         except KalamError as err:
-            return _error(err)
+            return _error(err, body_topic(request))
         return responses.json_response({"success": True, "acknowledged_offset": offset})
 
     app.router.add_post(CONSUME_PATH, consume)
@@ -90,12 +92,13 @@ async def _admit(request: web.Request, state_key: web.AppKey, what: str) -> tupl
     return state, principal, body
 
 
-def _topic_and_group(body: dict) -> tuple[str, str]:
+def _topic_and_group(request: web.Request, body: dict) -> tuple[str, str]:
     topic, group = body.get("topic_id"), body.get("group_id")
     if not isinstance(topic, str) or not topic or len(topic) > 300:
         raise KalamError("INVALID_INPUT", "missing field `topic_id` (a topic name like 'ns.topic')")
     if not isinstance(group, str) or not GROUP_RE.match(group):
         raise KalamError("INVALID_INPUT", "missing or invalid field `group_id` (1-128 letters, digits or _ . : @ -)")
+    request[_TOPIC_KEY] = topic.lower()
     return topic.lower(), group
 
 
@@ -117,13 +120,21 @@ def _uint(body: dict, name: str, default: int, high: int) -> int:
     return value
 
 
+_TOPIC_KEY = "kalamdb_topic"
 _CODES = {"PERMISSION_DENIED": "FORBIDDEN", "NOT_FOUND": "NOT_FOUND", "INVALID_INPUT": "INVALID_INPUT",
           "SQL_EXECUTION_ERROR": "INVALID_INPUT"}
 
 
-def _error(err: KalamError) -> web.Response:
+def body_topic(request: web.Request) -> str | None:
+    """The topic the request named (for a 404), once its body was read."""
+    return request.get(_TOPIC_KEY)
+
+
+def _error(err: KalamError, topic: str | None = None) -> web.Response:
     if err.status in (401, 429, 503):  # authentication, throttling, cluster: the API's usual shape
         return responses.error(err)
+    if topic is not None and err.message.endswith(missing_topic(topic)):
+        return responses.json_response({"error": missing_topic(topic), "code": "NOT_FOUND"}, 404)
     code = _CODES.get(err.code, "INTERNAL_ERROR")
     text = err.message.split(" failed: ", 1)[1] if err.message.startswith("Statement ") else err.message
     status = {"FORBIDDEN": 403, "NOT_FOUND": 404, "INVALID_INPUT": 400}.get(code, 500)

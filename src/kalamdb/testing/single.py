@@ -100,6 +100,9 @@ class ServerProcess:
                                 "or pass config={'section': {...}})")
             section, key = CONFIG_SHORTCUTS[name]
             self.config.setdefault(section, {})[key] = val
+        if not self.config.get("auth", {}).get("root_password") and "KALAMDB_ROOT_PASSWORD" not in (env or {}):
+            # no root password given: keep the kit's empty-root-on-localhost logins (the server's flag)
+            self.config.setdefault("auth", {}).setdefault("allow_empty_root_on_localhost", True)
         self.env = dict(env or {})
         self.config_path = self.run_dir / "server.toml"
         self.port_file = self.run_dir / "port"

@@ -1,0 +1,83 @@
+"""The Raft driver (node/driver.py) on real threads, storage and sockets, over a toy state machine:
+forwarded proposals keep their definite/indefinite semantics, and a node whose Raft cannot be
+trusted stops (fail-stop) instead of lingering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from kalamdb.node.driver import ForwardRefused
+from kalamdb.raft.core import RaftSafetyError
+from kalamdb.testing.waiting import async_wait_for
+from tests.raft.driver_harness import start_cluster, stop_all
+
+
+@pytest.fixture(autouse=True)
+def refuse_instead_of_exit(monkeypatch):
+    """A failing driver would end the test process; in refuse mode it stays up, refusing."""
+    monkeypatch.setenv("KALAMDB_ON_STORAGE_FAILURE", "refuse")
+
+
+async def test_a_forwarded_write_is_answered_from_the_followers_own_apply(tmp_path):
+    drivers = await start_cluster(tmp_path)
+    try:
+        leader, follower = drivers[0], drivers[1]
+        index, outcome = await asyncio.wait_for(follower.forward(leader.node_id, b"hello"), 5)
+        assert outcome[:2] == ("applied on", follower.node_id)  # the follower's own state machine
+        assert follower.db.items[-1] == b"hello" and follower.applied_index >= index
+        assert leader.proposals_from_peers == 1 and follower.forwarded == 1
+    finally:
+        await stop_all(drivers)
+
+
+async def test_a_node_that_does_not_lead_refuses_definitely_and_names_the_leader(tmp_path):
+    drivers = await start_cluster(tmp_path)
+    try:
+        with pytest.raises(ForwardRefused) as info:
+            await asyncio.wait_for(drivers[1].forward(drivers[2].node_id, b"to a follower"), 5)
+        assert info.value.code == "NOT_LEADER" and info.value.leader_id == 1
+        assert info.value.details.startswith("definite:")
+        await asyncio.sleep(0.1)  # nothing may show up late (a fixed pause: proving an absence)
+        assert all(b"to a follower" not in d.db.items for d in drivers)
+    finally:
+        await stop_all(drivers)
+
+
+async def test_a_raft_safety_violation_stops_the_node(tmp_path, caplog):
+    drivers = await start_cluster(tmp_path)
+    try:
+        victim = drivers[2]
+        real_step = victim.core.step
+
+        def detects_violation(m):  # stands in for the core's own check (RaftCore._handle_append)
+            raise RaftSafetyError(f"append from {m.frm} conflicts with committed index {victim.core.commit_index}")
+
+        victim.core.step = detects_violation
+        caplog.set_level(logging.CRITICAL, logger="kalamdb.raft.driver")
+        await async_wait_for(lambda: victim.fatal is not None, 15, "the violation to stop the node")
+        assert isinstance(victim.fatal, RaftSafetyError)
+        assert any("Raft safety violation" in r.getMessage() for r in caplog.records)
+        with pytest.raises(Exception, match="safety|failure|stopped"):
+            await asyncio.wait_for(victim.forward(1, b"after"), 5)
+        victim.core.step = real_step
+        index, _ = await asyncio.wait_for(drivers[1].forward(1, b"the others go on"), 15)
+        assert index > 0
+    finally:
+        await stop_all(drivers)
+
+
+async def test_a_raft_loop_that_dies_stops_the_node(tmp_path):
+    drivers = await start_cluster(tmp_path)
+    try:
+        victim = drivers[1]
+        victim.failpoints.set("raft.ready", "1*eio")
+        await asyncio.wait_for(drivers[0].propose(b"wake every loop"), 5)
+        await async_wait_for(lambda: victim.fatal is not None, 15, "the dead loop to stop the node")
+        assert "raft.ready" in str(victim.fatal)
+        with pytest.raises(Exception, match="stopped serving"):
+            victim.propose(b"refused")
+    finally:
+        await stop_all(drivers)
