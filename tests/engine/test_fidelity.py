@@ -257,3 +257,17 @@ def test_non_admin_errors_are_redacted_as_upstream(node, users):
     assert public_error(denied, users["alice"]) is denied  # permission errors keep their message
     raw = node.error("SELECT nosuch FROM app_x", who=users["alice"])
     assert public_error(raw, users["alice"]).message == "SQL statement failed"
+
+
+def test_node_local_views_cannot_feed_writes(node):
+    """system.stats, system.cluster, information_schema.columns... differ between replicas: a write
+    that read them would make replicas diverge, so it is refused before it reaches the log."""
+    node.sql("CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
+    for sql in ["INSERT INTO t (id, v) SELECT 1, metric_value FROM system.stats LIMIT 1",
+                "UPDATE t SET v = (SELECT role FROM system.cluster LIMIT 1)",
+                "DELETE FROM t WHERE v IN (SELECT column_name FROM information_schema.columns)"]:
+        with pytest.raises(KalamError) as info:
+            node.db.prepare(sql, None, None, ROOT)  # refused before it is proposed
+        assert info.value.code == "INVALID_SQL" and "node-local" in info.value.message, sql
+    node.sql("INSERT INTO t (id, v) SELECT 1, storage_id FROM system.storages")  # replicated views are fine
+    assert node.rows("SELECT v FROM t") == [["local"]]

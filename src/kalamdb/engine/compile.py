@@ -370,6 +370,11 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
         _compile_update_delete(c, ast, kind)
     else:
         raise KalamError("INVALID_SQL", f"Unsupported statement kind {kind}")
+    if kind != "select" and c.out.local_tables:
+        # node-local views differ between replicas: a write that read them would diverge
+        names = ", ".join(sorted(c.out.local_tables))
+        raise KalamError("INVALID_SQL", f"{names} is node-local (each node has its own rows) and cannot be read by "
+                         "INSERT, UPDATE or DELETE; read it with SELECT")
     c.out.allow = frozenset(c.allow)
     return c.out
 

@@ -244,15 +244,16 @@ class Database:
     def _admit_write(self, prepared: Prepared) -> None:
         """Check a write's queries against the current state before it is proposed: permissions,
         and the step and row budgets (phase 1 run as a read), so a write that would exceed them
-        never reaches the log and replicas never spend the budget. Only budget and permission
-        failures refuse here; any other error is left to apply, where it is decided identically on
+        never reaches the log and replicas never spend the budget. Only budget, permission and
+        structural (INVALID_SQL: e.g. a write reading a node-local view) failures refuse here; any
+        other error is left to apply, where it is decided identically on
         every replica. Requests with DDL are not checked (their tables may not exist yet)."""
         if any(not isinstance(s, (st.Query, st.ExecuteAs, st.Begin, st.Commit, st.Rollback))
                for s in prepared.statements):
             return
         conn, state = self.reader()
         ctx = ExecContext(conn, state, prepared.principal, prepared.namespace, prepared.params, False)
-        for s in prepared.statements:
+        for i, s in enumerate(prepared.statements, 1):
             q = s.inner if isinstance(s, st.ExecuteAs) else s
             if not isinstance(q, st.Query) or q.kind == "select":
                 continue
@@ -265,8 +266,10 @@ class Database:
                 if compiled.sql and compiled.target is not None:
                     self._dry_run(ctx, q, compiled, owner or prepared.principal)
             except KalamError as e:
-                if e.code == "PERMISSION_DENIED" or "budget" in e.message or "more than" in e.message:
-                    raise
+                if e.code in ("PERMISSION_DENIED", "INVALID_SQL") or "budget" in e.message or "more than" in e.message:
+                    # worded as apply would word it (upstream: "Statement N failed: ...")
+                    raise KalamError(e.code, f"Statement {i} failed: {e.message}", details=e.details,
+                                     sensitive=e.sensitive) from None
             except sqlite3.Error:
                 pass
 

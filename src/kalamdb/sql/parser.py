@@ -1003,12 +1003,16 @@ def _parse_cluster(c: _Cursor) -> st.ClusterStatement:
         op = st.ClusterOp("join", node_id=node_id, rpc_addr=addr("an rpc address"), api_addr=addr("an api address"))
     elif c.accept("LEAVE"):
         op = st.ClusterOp("leave", node_id=number("node id"))
+    elif c.accept("REBALANCE"):
+        op = st.ClusterOp("rebalance")  # upstream's; the node layer decides what it does
+    elif c.accept("CLEAR"):
+        op = st.ClusterOp("clear")
     elif c.accept("LIST"):
         op = st.ClusterOp("list")
     elif c.accept("STATUS"):
         op = st.ClusterOp("status")
     else:
         raise KalamError("INVALID_SQL", "Unknown CLUSTER command (SNAPSHOT, PURGE n, TRIGGER ELECTION, "
-                         "TRANSFER LEADER n, STEPDOWN, JOIN id rpc api, LEAVE id, LIST, STATUS)")
+                         "TRANSFER LEADER n, STEPDOWN, JOIN id rpc api, LEAVE id, REBALANCE, CLEAR, LIST, STATUS)")
     c.end()
     return st.ClusterStatement(op)

@@ -217,7 +217,9 @@ class Rollback(Statement):
 class ClusterOp:
     """A CLUSTER statement for the node layer to execute (the engine only parses it)."""
 
-    op: str  # snapshot | purge | trigger_election | transfer_leader | stepdown | join | leave | list | status
+    #: snapshot | purge | trigger_election | transfer_leader | stepdown | join | leave | rebalance | clear
+    #: | list | status
+    op: str
     node_id: int | None = None
     upto: int | None = None
     rpc_addr: str | None = None
