@@ -20,7 +20,7 @@ run: $(STAMP)
 	KALAMDB_ALLOW_EMPTY_ROOT=1 $(BIN)/kalamdb cluster up --nodes 3 --data-dir ./data --base-port 8080
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 sim: $(STAMP)
 	$(BIN)/kalamdb sim --seeds 2000
