@@ -43,3 +43,15 @@ def test_a_non_admin_password_change_of_another_user_is_refused_before_hashing(t
     with pytest.raises(KalamError) as info:
         t.db.prepare("ALTER USER alice SET PASSWORD 'owned-by-bob'", None, None, bob)  # no command is made
     assert info.value.code == "PERMISSION_DENIED"
+
+
+def test_a_dba_level_shared_table_is_for_dba_and_system_only(t):
+    t.sql("CREATE SHARED TABLE ns.ops (id BIGINT PRIMARY KEY, v TEXT) WITH (ACCESS_LEVEL='DBA')")
+    t.sql("INSERT INTO ns.ops (id, v) VALUES (1, 'runbook')")
+    t.sql("CREATE USER svc WITH PASSWORD 'svc-password1' ROLE service")
+    t.sql("CREATE USER ops WITH PASSWORD 'ops-password1' ROLE dba")
+    svc, ops = t.login("svc", "svc-password1"), t.login("ops", "ops-password1")
+    assert t.error("SELECT * FROM ns.ops", who=svc).code == "PERMISSION_DENIED"
+    assert t.rows("SELECT v FROM ns.ops", who=ops) == [["runbook"]]
+    t.sql("ALTER TABLE ns.ops SET ACCESS LEVEL public")
+    assert t.rows("SELECT v FROM ns.ops", who=svc) == [["runbook"]]

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 _ALTERABLE = {"system": ("USER", "SHARED", "STREAM"), "dba": ("USER", "SHARED", "STREAM"),
               "service": ("USER", "SHARED", "STREAM"), "user": ("USER", "STREAM")}
-_LEVEL_NAMES = {"PUBLIC": "Public", "PRIVATE": "Private", "RESTRICTED": "Restricted"}
+_LEVEL_NAMES = {"PUBLIC": "Public", "PRIVATE": "Private", "RESTRICTED": "Restricted", "DBA": "Dba"}
 
 
 def table_for_alter(db: Database, ctx: ExecContext, ns: str | None, name: str) -> cat.TableInfo:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import TableDropped
 from kalamdb.engine.storage import drop_table_files
-from kalamdb.engine.types import ExecContext, message, require_admin
+from kalamdb.engine.types import ExecContext, may_access_shared, message, require_admin
 from kalamdb.engine.users import audit
 from kalamdb.engine.values import coerce_column
 from kalamdb.errors import KalamError
@@ -33,7 +33,7 @@ def describe(db: Database, ctx: ExecContext, s: st.DescribeTable) -> dict:
     info = db.catalog_for(ctx).tables.get((ns, s.name))
     if info is None:
         raise KalamError("TABLE_NOT_FOUND", f"Table '{s.name}' not found in namespace '{ns}'")
-    if info.table_type == "SHARED" and ctx.principal.role == "user" and info.options.get("ACCESS_LEVEL") != "PUBLIC":
+    if info.table_type == "SHARED" and not may_access_shared(ctx.principal.role, info.options.get("ACCESS_LEVEL"), write=False):
         raise KalamError("TABLE_NOT_FOUND", f"Table '{s.name}' not found in namespace '{ns}'")
     rows = []
     for i, c in enumerate(info.columns, 1):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from kalamdb.engine import alter, authorizer, ddl, limits, logins, storage, topics, users, writes
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.compile import Compiled
-from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, guard_of, message
+from kalamdb.engine.types import ADMIN_ROLES, ExecContext, Principal, guard_of, may_access_shared, message
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
 from kalamdb.sql.topics import TopicStatement
@@ -193,9 +193,9 @@ def check_access(compiled: Compiled, me: Principal, owner: Principal | None) -> 
             if owner is not None:
                 raise KalamError("SQL_EXECUTION_ERROR",
                                  f"EXECUTE AS USER is not allowed on SHARED table {info.full_name}")
-            if me.role == "user" and (mode == "w" or info.options.get("ACCESS_LEVEL") != "PUBLIC"):
+            if not may_access_shared(me.role, info.options.get("ACCESS_LEVEL"), write=mode == "w"):
                 level = str(info.options.get("ACCESS_LEVEL", "PRIVATE")).title()
-                raise KalamError("PERMISSION_DENIED", f"Access denied: Role 'User' cannot access table "
+                raise KalamError("PERMISSION_DENIED", f"Access denied: Role '{me.role.title()}' cannot access table "
                                  f"'{info.full_name}'. Shared table {'write' if mode == 'w' else 'access'} "
                                  f"denied (access_level={level})")
 

@@ -87,3 +87,13 @@ def guard_of(ctx: ExecContext) -> Guard:
     if ctx.state.guard is None:
         raise KalamError("INTERNAL_ERROR", "connection without an authorizer")
     return ctx.state.guard
+
+
+def may_access_shared(role: str, level: str | None, *, write: bool) -> bool:
+    """SHARED tables by access level, as upstream: PUBLIC is read by everyone (written by service
+    and up), PRIVATE (the default) and RESTRICTED by service and up, DBA by dba and system only."""
+    if level == "DBA":
+        return role in ADMIN_ROLES
+    if role == "user":
+        return level == "PUBLIC" and not write
+    return True

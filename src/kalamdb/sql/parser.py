@@ -618,8 +618,8 @@ def _parse_create_table(c: _Cursor, prefix: str | None) -> st.CreateTable:
         options["TTL_SECONDS"] = ttl
     if "ACCESS_LEVEL" in options:
         level = str(options["ACCESS_LEVEL"]).upper()
-        if level not in ("PUBLIC", "PRIVATE", "RESTRICTED"):
-            raise KalamError("INVALID_SQL", "ACCESS_LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
+        if level not in _ACCESS_LEVELS:
+            raise KalamError("INVALID_SQL", _ACCESS_LEVEL_HELP)
         options["ACCESS_LEVEL"] = level
         if (prefix or type_opt or "SHARED") != "SHARED":
             raise KalamError("INVALID_SQL", "ACCESS_LEVEL is only supported for SHARED tables")
@@ -784,7 +784,8 @@ def _parse_show(c: _Cursor) -> st.Statement:
     raise KalamError("INVALID_SQL", "SHOW supports NAMESPACES and TABLES [IN ns]")
 
 
-_ACCESS_LEVELS = ("PUBLIC", "PRIVATE", "RESTRICTED")
+_ACCESS_LEVELS = ("PUBLIC", "PRIVATE", "RESTRICTED", "DBA")
+_ACCESS_LEVEL_HELP = "ACCESS_LEVEL must be PUBLIC, PRIVATE, RESTRICTED or DBA"
 _VECTOR_METRICS = ("COSINE", "L2", "DOT")
 
 
@@ -828,7 +829,7 @@ def _parse_alter_table_op(c: _Cursor, ns: str | None, name: str) -> st.AlterTabl
         level = c.name("access level").upper()
         c.end()
         if level not in _ACCESS_LEVELS:
-            raise KalamError("INVALID_SQL", "ACCESS LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
+            raise KalamError("INVALID_SQL", _ACCESS_LEVEL_HELP)
         return st.AlterTable(ns, name, "access_level", level=level)
     if c.accept("SET", "TBLPROPERTIES"):
         c.expect_op("(")
@@ -846,7 +847,7 @@ def _parse_alter_table_op(c: _Cursor, ns: str | None, name: str) -> st.AlterTabl
                              "(SET TBLPROPERTIES supports ACCESS_LEVEL only)")
         level = props["ACCESS_LEVEL"].upper()
         if level not in _ACCESS_LEVELS:
-            raise KalamError("INVALID_SQL", "ACCESS_LEVEL must be PUBLIC, PRIVATE or RESTRICTED")
+            raise KalamError("INVALID_SQL", _ACCESS_LEVEL_HELP)
         return st.AlterTable(ns, name, "access_level", level=level)
     if c.at("CREATE", "INDEX") or c.at("CREATE", "VECTOR", "INDEX"):
         c.i += 2 if c.at("CREATE", "INDEX") else 3
