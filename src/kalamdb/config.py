@@ -76,7 +76,7 @@ class LimitsSection:
     # a request body larger than this is refused with 413 before it is parsed
     max_body_bytes: int = 4 * 1024 * 1024
     # admission control (server/admission.py): SQL threads, waiting requests, one user's requests
-    sql_workers: int = 4
+    sql_workers: int = 2
     max_queued_requests: int = 512
     max_requests_per_user: int = 128
     # an HTTP connection with no request running (idle, or stuck in its headers) is closed after this

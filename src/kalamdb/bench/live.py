@@ -3,6 +3,9 @@
     python -m kalamdb.bench.live latency  [--writes 500]
         one subscriber on a follower, writes through another node, one at a time:
         insert -> notification latency (p50, p99), via the leader and via the other follower;
+    python -m kalamdb.bench.live writes   [--subs-per-node 1000 --rounds 3]
+        the write benchmark (16 clients, another table) alternating without / with the
+        subscriptions open (idle), medians;
     python -m kalamdb.bench.live cpu      [--writes 600 --subs-per-conn 10]
         CPU per notification on one standalone node (100 connections x 10 subscriptions): the
         node's and the subscribers' CPU time per notification, and the same writes without any;
@@ -427,6 +430,67 @@ def cpu(writes: int, subs_per_conn: int) -> dict:
         srv.close()
 
 
+def writes_ab(subs_per_node: int, rounds: int, write_clients: int, write_s: float) -> dict:
+    """The write benchmark (closed-loop inserts into another table) alternating without and with
+    `subs_per_node` idle subscriptions open on every node; medians of each."""
+    from kalamdb.bench.cluster import basic_auth, insert_target, run_async
+    from kalamdb.bench.load import closed_loop, new_session
+
+    subs_per_conn = 10
+    cluster = _cluster()
+    try:
+        names = _setup(cluster, max(1, subs_per_node // subs_per_conn))
+        urls = [n.url for n in cluster.nodes]
+        tokens = _tokens(urls[0], names)
+        auth = basic_auth(cluster.root_password)
+        counter = itertools.count(10_000_000)
+
+        import psutil
+
+        from kalamdb.bench.cluster import kalamdb_pids
+
+        procs = [psutil.Process(pid) for pid in kalamdb_pids(cluster).values()]
+        cpu_per_write: dict[str, list[float]] = {"without": [], "with": []}
+
+        def bench(label: str = "without") -> float:
+            async def go() -> Any:
+                target = insert_target(urls, auth)
+                async with new_session(write_clients) as session:
+                    return await closed_loop(session, target, clients=write_clients, duration=write_s, warmup=1.0,
+                                             seed=1, op_counter=counter)
+
+            before = sum(sum(p.cpu_times()[:2]) for p in procs)
+            res = run_async(go())
+            used = sum(sum(p.cpu_times()[:2]) for p in procs) - before
+            # CPU of the three nodes per answered write (the warm-up's writes included in both)
+            cpu_per_write[label].append(used / max(1, len(res.latencies_s) + res.errors) * 1e6)
+            return res.ops_per_s
+
+        without, with_subs = [], []
+        for _ in range(rounds):
+            without.append(bench())
+            spec = {"urls": urls, "tokens": tokens, "subs_per_conn": subs_per_conn}
+            proc = subprocess.Popen([sys.executable, "-m", "kalamdb.bench.live", "_subscribers", json.dumps(spec)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                opened = json.loads(proc.stdout.readline())["subscriptions"]
+                with_subs.append(bench("with"))
+            finally:
+                proc.stdin.write("stop\n")
+                proc.stdin.flush()
+                proc.stdin.close()
+                proc.stdout.read()
+                proc.wait(30)
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        return {"subscriptions_open": opened, "rounds": rounds, "ops_per_s_without": [round(x, 1) for x in without],
+                "ops_per_s_with": [round(x, 1) for x in with_subs],
+                "median_ratio_with_vs_without": round(med(with_subs) / med(without), 3),
+                "node_cpu_us_per_write_without": [round(x) for x in cpu_per_write["without"]],
+                "node_cpu_us_per_write_with": [round(x) for x in cpu_per_write["with"]]}
+    finally:
+        cluster.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kalamdb.bench.live", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,6 +506,11 @@ def main(argv: list[str] | None = None) -> None:
     p_cpu = sub.add_parser("cpu")
     p_cpu.add_argument("--writes", type=int, default=600)
     p_cpu.add_argument("--subs-per-conn", type=int, default=10)
+    p_ab = sub.add_parser("writes")
+    p_ab.add_argument("--subs-per-node", type=int, default=1000)
+    p_ab.add_argument("--rounds", type=int, default=3)
+    p_ab.add_argument("--write-clients", type=int, default=16)
+    p_ab.add_argument("--write-seconds", type=float, default=6.0)
     p_sub = sub.add_parser("_subscribers")
     p_sub.add_argument("spec")
     args = parser.parse_args(argv)
@@ -452,6 +521,8 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()
     if args.what == "latency":
         out = latency(args.writes)
+    elif args.what == "writes":
+        out = writes_ab(args.subs_per_node, args.rounds, args.write_clients, args.write_seconds)
     elif args.what == "cpu":
         out = {"with": cpu(args.writes, args.subs_per_conn), "without (same writes, no subscription)": cpu(args.writes, 0)}
     else:

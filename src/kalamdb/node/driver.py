@@ -50,7 +50,7 @@ from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftCore, RaftSafetyError, Ready, Role
 from kalamdb.raft.messages import Message
 from kalamdb.raft.storage import LogStorage
-from kalamdb.raft.transport import FrameTooLarge, PeerTransport
+from kalamdb.raft.transport import FrameTooLarge, LogThrottle, PeerTransport
 from kalamdb.raft.types import Entry, EntryKind, Membership, SnapshotMeta
 
 log = logging.getLogger("kalamdb.raft.driver")
@@ -149,6 +149,9 @@ class RaftDriver:
         self._exit_on_failure = exit_on_storage_failure()
         self.started_at = time.time()
         self.bad_frames = 0
+        self.stalls = 0  # ticks that fired more than 4 periods late
+        self.max_tick_lateness_s = 0.0
+        self._stall_log = LogThrottle(log, 10.0)
         self.fsyncs = 0  # log syncs: one per group of entries (group commit)
         self.persisted_entries = 0
         self.forwarded = 0  # proposals this node sent to a leader
@@ -581,8 +584,17 @@ class RaftDriver:
 
     async def _tick_loop(self) -> None:
         core = self.core
+        period = clock.period(self.tick_s)
         while True:
-            await asyncio.sleep(clock.period(self.tick_s))  # the logical clock's period, not a wait for state
+            t0 = time.monotonic()
+            await asyncio.sleep(period)  # the logical clock's period, not a wait for state
+            late = time.monotonic() - t0 - period
+            self.max_tick_lateness_s = max(self.max_tick_lateness_s, late)
+            if late > 4 * period:  # the Raft thread did not get to run (CPU or GIL): say so
+                self.stalls += 1
+                self._stall_log.warning("stall", "node %d: the Raft thread ran %.0f ms late (a tick is %.0f ms; a "
+                                        "stall longer than the election timeout costs a leader its leadership)",
+                                        self.node_id, late * 1000, period * 1000)
             if self.fatal is not None:
                 continue
             core.tick()

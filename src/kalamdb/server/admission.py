@@ -40,7 +40,7 @@ class Overloaded(KalamError):
 
 
 class SqlWorkers:
-    def __init__(self, *, workers: int = 4, max_queued: int = 512, max_requests_per_user: int = 128):
+    def __init__(self, *, workers: int = 2, max_queued: int = 512, max_requests_per_user: int = 128):
         if workers < 1 or max_queued < 1 or max_requests_per_user < 1:
             raise ValueError("workers, max_queued and max_requests_per_user must be >= 1")
         self.workers = workers
