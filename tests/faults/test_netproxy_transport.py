@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from faults_frames import until
 
-from kalamdb.raft.transport import PeerTransport
+from kalamdb.raftio.transport import PeerTransport
 
 pytestmark = pytest.mark.timeout(60)
 

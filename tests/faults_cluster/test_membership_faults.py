@@ -54,3 +54,23 @@ def test_a_removed_voter_that_keeps_counting_loses_an_acknowledged_write_and_the
     # replicas converge without it (lost) or the old leader, which applied it, can never converge
     with pytest.raises(AssertionError, match="acknowledged writes lost|replication of index .* not complete|DIFFER"):
         assert_converged_and_nothing_lost(c, ns, acked, {7}, timeout=10)
+
+
+def test_a_leave_the_isolated_leader_cannot_commit_is_answered_indefinite_not_internal(faulty):
+    """CLUSTER LEAVE on a leader cut off from every other member: the removal is proposed but
+    cannot commit. The answer is CLUSTER_UNAVAILABLE marked indefinite (it may still take effect),
+    never INTERNAL_ERROR (chaos seed 302 got `INTERNAL_ERROR: TimeoutError`); once healed, the
+    members agree whichever way it went."""
+    c = faulty(3)
+    ns = make_table(c, "leave")
+    old = c.net.isolate_leader()
+    follower = next(n for n in c.nodes if n is not old)
+    r = c.execute_sql_on(old, f"CLUSTER LEAVE {follower.node_id}")
+    assert not r.ok, f"an isolated leader removed a member: {r}"
+    err = r.error or {}
+    assert err.get("code") == "CLUSTER_UNAVAILABLE", err
+    assert str(err.get("details", "")).startswith("indefinite"), err
+    c.net.heal()
+    c.execute_sql_on_random(f"INSERT INTO {ns}.t (id, v) VALUES (1, 'a')").raise_for_error()
+    c.membership.reconcile(timeout=30)
+    assert_converged_and_nothing_lost(c, ns, {1}, {1})

@@ -17,9 +17,9 @@ import argparse
 import random
 import sys
 
-from kalamdb.raft.storage import LogStorage
 from kalamdb.raft.types import Entry, EntryKind, HardState, SnapshotMeta
-from kalamdb.raft.wal import Failpoints
+from kalamdb.raftio.storage import LogStorage
+from kalamdb.raftio.wal import Failpoints
 
 
 def expected_data(index: int, term: int) -> bytes:

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from kalamdb.raft.core import RaftConfig, RaftCore, Role
-from kalamdb.raft.memnet import MemCluster
 from kalamdb.raft.messages import Message, MsgType
 from kalamdb.raft.types import Entry, EntryKind, HardState, PersistentState
+from tests.raft.memnet import MemCluster
 
 
 def fresh_core(node_id: int, **cfg) -> RaftCore:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
-from kalamdb.raft.memnet import MemCluster
+from tests.raft.memnet import MemCluster
 
 
 def test_transfer_hands_leadership_over_well_within_an_election_timeout():

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from kalamdb.raft.core import ProposalRejected, RaftConfig, RaftCore, Role
-from kalamdb.raft.memnet import MemCluster
 from kalamdb.raft.messages import Message, MsgType, encode_membership
 from kalamdb.raft.types import Entry, EntryKind, Membership, PersistentState
+from tests.raft.memnet import MemCluster
 
 
 def formed(ids: list[int], seed: int = 0) -> MemCluster:

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from kalamdb.raft.core import ProposalRejected, Role
-from kalamdb.raft.memnet import MemCluster
+from tests.raft.memnet import MemCluster
 
 
 class SafetyChecker:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from kalamdb.raft.core import NotLeader, ReadState, Role
-from kalamdb.raft.memnet import MemCluster
 from kalamdb.raft.messages import MsgType
+from tests.raft.memnet import MemCluster
 
 
 def test_leader_read_index_waits_for_a_heartbeat_quorum_and_covers_prior_writes():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 
 from kalamdb.raft.core import RaftConfig, RaftCore, Role
-from kalamdb.raft.memnet import MemCluster
 from kalamdb.raft.messages import Message, MsgType, encode_membership
 from kalamdb.raft.progress import ProgressState
 from kalamdb.raft.types import Entry, EntryKind, HardState, Membership, PersistentState
+from tests.raft.memnet import MemCluster
 
 
 def drain(core: RaftCore):

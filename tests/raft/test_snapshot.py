@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from kalamdb.raft.memnet import MemCluster
 from kalamdb.raft.messages import MsgType
 from kalamdb.raft.types import Membership, SnapshotMeta
+from tests.raft.memnet import MemCluster
 
 
 def lagging_follower_cluster(seed: int, chunk: int = 64) -> tuple[MemCluster, int, int]:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from kalamdb.raft import wal
-from kalamdb.raft.storage import (
+from kalamdb.raft.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
+from kalamdb.raftio import wal
+from kalamdb.raftio.storage import (
     LogCorruptError,
     LogStorage,
     StorageError,
     StoragePoisonedError,
 )
-from kalamdb.raft.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
-from kalamdb.raft.wal import Failpoints
+from kalamdb.raftio.wal import Failpoints
 
 
 def ents(lo: int, hi: int, term: int, tag: bytes = b"") -> list[Entry]:

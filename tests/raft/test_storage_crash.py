@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kalamdb.raft.storage import LogStorage
-from kalamdb.raft.wal import CRASH_EXIT_CODE
+from kalamdb.raftio.storage import LogStorage
+from kalamdb.raftio.wal import CRASH_EXIT_CODE
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 SRC = Path(__file__).resolve().parents[2] / "src"

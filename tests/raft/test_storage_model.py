@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kalamdb.raft.storage import LogStorage
 from kalamdb.raft.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
+from kalamdb.raftio.storage import LogStorage
 
 SEGMENT_BYTES = 400
 

@@ -10,9 +10,9 @@ import os
 import statistics
 import time
 
-from kalamdb.raft import wal
-from kalamdb.raft.storage import LogStorage
 from kalamdb.raft.types import Entry, HardState
+from kalamdb.raftio import wal
+from kalamdb.raftio.storage import LogStorage
 
 BATCHES = 400
 BATCH = 64

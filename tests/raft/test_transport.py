@@ -14,7 +14,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from kalamdb.raft.frames import (
+from kalamdb.raftio.frames import (
     HEADER,
     PROTOCOL_VERSION,
     T_AUTH,
@@ -26,7 +26,7 @@ from kalamdb.raft.frames import (
     encode_frame,
     handshake_mac,
 )
-from kalamdb.raft.transport import FrameTooLarge, PeerTransport
+from kalamdb.raftio.transport import FrameTooLarge, PeerTransport
 from kalamdb.testing.waiting import async_wait_for
 
 SECRET = b"test-cluster-secret-0123456789"
@@ -360,7 +360,7 @@ async def test_remove_peer_closes_both_directions(make_node):
 
 
 async def test_wrong_secret_is_refused_both_ways(make_node, caplog):
-    caplog.set_level(logging.WARNING, "kalamdb.raft.transport")
+    caplog.set_level(logging.WARNING, "kalamdb.raftio.transport")
     a, _ = await make_node(1, secret=b"not-the-cluster-secret")
     b, inbox_b = await make_node(2)
     link(a, b)
@@ -557,7 +557,7 @@ async def test_silent_connections_cannot_keep_a_genuine_peer_out(make_node):
 
 async def test_a_flood_of_refused_connections_logs_a_few_lines_not_one_per_connection(make_node, caplog):
     b, _ = await make_node(2)
-    caplog.set_level(logging.WARNING, logger="kalamdb.raft.transport")
+    caplog.set_level(logging.WARNING, logger="kalamdb.raftio.transport")
     for _ in range(300):
         reader, writer = await asyncio.open_connection(LOCAL, b.bound_port)
         await read_frame(reader)  # HELLO
@@ -565,7 +565,7 @@ async def test_a_flood_of_refused_connections_logs_a_few_lines_not_one_per_conne
         assert await read_refusal(reader) == "oversized_frame"
         writer.close()
     assert b.stats["refused"] == {"oversized_frame": 300}
-    lines = [r for r in caplog.records if r.name == "kalamdb.raft.transport"]
+    lines = [r for r in caplog.records if r.name == "kalamdb.raftio.transport"]
     assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
 
 

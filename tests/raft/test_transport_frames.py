@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kalamdb.raft.frames import (
+from kalamdb.raftio.frames import (
     HEADER,
     T_DATA,
     FrameDecoder,

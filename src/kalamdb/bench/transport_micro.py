@@ -16,7 +16,7 @@ import time
 
 import click
 
-from kalamdb.raft.transport import PeerTransport
+from kalamdb.raftio.transport import PeerTransport
 
 SECRET = b"bench-secret-bench-secret"
 # Shaped like an AppendEntries heartbeat: [type, term, leader, prev_index, prev_term, entries, commit]

@@ -16,6 +16,7 @@ from sqlglot import exp
 from kalamdb.engine.authorizer import RESERVED_PREFIXES, is_cte_name
 from kalamdb.engine.catalog import OWNED_TYPES, SYSTEM_VIEWS, Catalog, TableInfo
 from kalamdb.errors import KalamError
+from kalamdb.sql.dialects import SQLITE
 
 HIDDEN = ("_seq", "_deleted")
 SYSTEM_NAMESPACES = ("system", "information_schema")
@@ -362,7 +363,7 @@ def compile_query(ast: exp.Expression, kind: str, catalog: Catalog, namespace: s
         c.rewrite_sources(ast)
         c.expand_stars(ast)
         c.out.types = c.output_types(ast)
-        c.out.sql = ast.sql("sqlite")
+        c.out.sql = ast.sql(SQLITE)
     elif kind == "insert":
         assert isinstance(ast, exp.Insert)
         _compile_insert(c, ast)
@@ -476,12 +477,12 @@ def _compile_insert(c: _Compiler, ast: exp.Insert) -> None:
         for row in rows:
             for v in row:
                 c.rewrite_sources(v)  # a subquery in VALUES reads through row views like any other
-        c.out.sql = exp.Values(expressions=[exp.Tuple(expressions=row) for row in rows]).sql("sqlite")
+        c.out.sql = exp.Values(expressions=[exp.Tuple(expressions=row) for row in rows]).sql(SQLITE)
     elif isinstance(source, (exp.Select, exp.Union)):
         c.star_hidden = False
         c.rewrite_sources(source)
         c.expand_stars(source)
-        c.out.sql = source.sql("sqlite")
+        c.out.sql = source.sql(SQLITE)
         c.out.row_count = -1
     else:
         raise KalamError("INVALID_SQL", "INSERT needs VALUES or SELECT")
@@ -527,4 +528,4 @@ def _compile_update_delete(c: _Compiler, ast: exp.Expression, kind: str) -> None
     select = exp.select(*projection).from_(source)
     if cond is not None:
         select = select.where(cond)
-    c.out.sql = select.sql("sqlite")
+    c.out.sql = select.sql(SQLITE)

@@ -61,7 +61,7 @@ def choose_rpc_ports(host: str, api_ports: list[int], rpc_base_port: int | None)
     derived = [api_ports[0] + RPC_PORT_OFFSET + i for i in range(count)]
     if derived[-1] <= MAX_PORT and not set(derived) & set(api_ports) and not _busy_ports(host, derived):
         return derived, f"base port + {RPC_PORT_OFFSET}"
-    from kalamdb.testing.ports import free_port_block
+    from kalamdb.node.ports import free_port_block
 
     for _ in range(20):
         base = free_port_block(count)

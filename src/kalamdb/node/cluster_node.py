@@ -325,11 +325,13 @@ class ClusterNode:
         api = op.api_addr if "://" in (op.api_addr or "") else f"http://{op.api_addr}"
         peer = Peer(nid, op.rpc_addr, api)
         self.book.removed.discard(nid)
-        await self._propose_meta({"op": "peer", "id": nid, "rpc": peer.rpc_addr, "api": peer.api_addr})
+        await self._propose_meta({"op": "peer", "id": nid, "rpc": peer.rpc_addr, "api": peer.api_addr},
+                                 f"CLUSTER JOIN {nid}")
         ok = await self._wait(lambda: nid in self.driver.core.membership.voters, 30.0)
         if not ok:
             raise KalamError("CLUSTER_UNAVAILABLE", f"node {nid} joined as a learner but did not catch up "
-                             "within 30 s; it will be promoted when it does", status=503)
+                             "within 30 s; it will be promoted when it does", status=503,
+                             details="indefinite: the node is a member and will become a voter once caught up")
         return _msg(f"Node {nid} joined the cluster as a voter")
 
     async def _leave(self, nid: int | None) -> dict:
@@ -337,19 +339,27 @@ class ClusterNode:
         m = self.driver.core.membership
         if nid not in m.members:
             raise KalamError("INVALID_PARAMETER", f"node {nid} is not a member of this cluster")
-        await self._propose_meta({"op": "remove", "id": nid})
+        await self._propose_meta({"op": "remove", "id": nid}, f"CLUSTER LEAVE {nid}")
         ok = await self._wait(lambda: nid not in self.driver.core.membership.members
                               or not self.driver.is_leader, 30.0)
         if not ok:
-            raise KalamError("CLUSTER_UNAVAILABLE", f"node {nid} could not be removed in time", status=503)
+            raise KalamError("CLUSTER_UNAVAILABLE", f"node {nid} could not be removed in time", status=503,
+                             details="indefinite: the removal was recorded and may still take effect")
         return _msg(f"Node {nid} removed from the cluster")
 
-    async def _propose_meta(self, meta: dict) -> None:
+    async def _propose_meta(self, meta: dict, what: str) -> None:
+        """Replicate a membership entry. A refusal is definite (nothing was appended); no commit
+        within the write timeout is not: the entry may still commit and take effect (indefinite,
+        like a write's timeout, never an internal error)."""
         try:
             fut = self.driver.propose_meta(meta)
             await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
         except (NotLeader, ProposalRejected) as exc:
             raise definite_not_leader(f"cannot change membership now: {exc}", self.leader_api()) from None
+        except TimeoutError:
+            raise WriteOutcomeUnknown(
+                f"{what} was proposed but not committed within {self.cfg.write_timeout_ms} ms (no quorum "
+                "reachable?); it may still take effect: check system.cluster") from None
 
     def _on_meta(self, meta: dict) -> None:
         """A replicated metadata entry was applied (same order on every node)."""

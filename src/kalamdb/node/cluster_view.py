@@ -31,10 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import aiohttp
 import orjson
-from aiohttp import web
-
-from kalamdb.errors import KalamError
 
 log = logging.getLogger("kalamdb.node.cluster_view")
 
@@ -118,7 +116,6 @@ class ClusterView:
     # ------------------------------------------------------------------ fetching the peers' reports
     async def run(self) -> None:
         """Refresh every peer's report forever (cancelled when the node stops)."""
-        import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout, headers={AUTH_HEADER: self._token}) as session:
@@ -132,7 +129,6 @@ class ClusterView:
                 await asyncio.sleep(max(0.0, self._refresh_s - (time.monotonic() - started)))
 
     async def _fetch(self, session: Any, nid: int, url: str) -> None:
-        import aiohttp
 
         try:
             async with session.get(url.rstrip("/") + NODE_REPORT_PATH) as resp:
@@ -207,20 +203,3 @@ class HasClusterView(Protocol):
     """A node that serves and merges cluster reports (a cluster node; a single node has none)."""
 
     cluster_view: ClusterView
-
-
-def add_node_report_route(app: web.Application, state_key: web.AppKey) -> None:
-    """`GET /v1/api/cluster/node-report`: this node's own rows, for cluster members only."""
-    from kalamdb.server import responses
-
-    async def node_report(request: web.Request) -> web.Response:
-        node = request.app[state_key].node
-        if not isinstance(node, HasClusterView):
-            return responses.error(KalamError("NOT_FOUND", "this server is not a cluster node"))
-        view = node.cluster_view
-        if not view.is_member(request.headers.get(AUTH_HEADER)):
-            return responses.error(KalamError(
-                "PERMISSION_DENIED", f"{NODE_REPORT_PATH} answers cluster members only ({AUTH_HEADER} header)"))
-        return responses.json_response(view.own_report())
-
-    app.router.add_get(NODE_REPORT_PATH, node_report)

@@ -49,9 +49,9 @@ from kalamdb.node.snapshot_files import SnapshotFiles
 from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftCore, RaftSafetyError, Ready, Role
 from kalamdb.raft.messages import Message
-from kalamdb.raft.storage import LogStorage
-from kalamdb.raft.transport import FrameTooLarge, LogThrottle, PeerTransport
 from kalamdb.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from kalamdb.raftio.storage import LogStorage
+from kalamdb.raftio.transport import FrameTooLarge, LogThrottle, PeerTransport
 
 log = logging.getLogger("kalamdb.raft.driver")
 
@@ -135,7 +135,7 @@ class RaftDriver:
         self._raft_cfg = RaftConfig(node_id=node_id, election_ticks=election_ticks,
                                     heartbeat_ticks=heartbeat_ticks, unsafe_removed_votes=unsafe_removed_votes)
         self.transport = PeerTransport(node_id, rpc_listen, transport_secret, on_message=self._on_message,
-                                       cluster_id=cluster_id, logger=logging.getLogger("kalamdb.raft.transport"),
+                                       cluster_id=cluster_id, logger=logging.getLogger("kalamdb.raftio.transport"),
                                        rng=random.Random(self._rng.getrandbits(64)))
         self._initial_peers = dict(peers)
         self.snapshots = SnapshotFiles(self.raft_dir / "snapshots")

@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from kalamdb.raft.wal import CRASH_EXIT_CODE, Failpoints
+from kalamdb.raftio.wal import CRASH_EXIT_CODE, Failpoints
 
 FAILPOINTS_ENV = "KALAMDB_FAILPOINTS"
 ON_FAILURE_ENV = "KALAMDB_ON_STORAGE_FAILURE"

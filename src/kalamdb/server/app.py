@@ -10,13 +10,12 @@ from aiohttp import web
 from kalamdb import __version__
 from kalamdb.errors import KalamError
 from kalamdb.live.endpoint import LIVE_KEY, add_live_routes
-from kalamdb.node.cluster_view import add_node_report_route
 from kalamdb.server import metrics, responses
 from kalamdb.server.admin_routes import add_admin_routes
 from kalamdb.server.admission import SqlWorkers
 from kalamdb.server.auth import Authenticator, is_local_address
 from kalamdb.server.auth_routes import add_auth_routes
-from kalamdb.server.cluster_routes import add_cluster_routes
+from kalamdb.server.cluster_routes import add_cluster_routes, add_node_report_route
 from kalamdb.server.sql_endpoint import SqlHandler
 from kalamdb.server.topic_routes import add_topic_routes
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from kalamdb import __version__
 from kalamdb.errors import KalamError
+from kalamdb.node.cluster_view import AUTH_HEADER, NODE_REPORT_PATH, HasClusterView
 from kalamdb.server import responses
 from kalamdb.server.auth import is_local_address
 
@@ -67,6 +68,23 @@ def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
     app.router.add_get(CLUSTER_HEALTH_PATH, health)
     app.router.add_get(WAIT_PATH, wait)
     app.router.add_get(DIGEST_PATH, digest)
+
+
+def add_node_report_route(app: web.Application, state_key: web.AppKey) -> None:
+    """`GET /v1/api/cluster/node-report`: this node's own rows of system.cluster, for cluster members
+    only (node/cluster_view.py says what a report is and how the member token is made)."""
+
+    async def node_report(request: web.Request) -> web.Response:
+        node = request.app[state_key].node
+        if not isinstance(node, HasClusterView):
+            return responses.error(KalamError("NOT_FOUND", "this server is not a cluster node"))
+        view = node.cluster_view
+        if not view.is_member(request.headers.get(AUTH_HEADER)):
+            return responses.error(KalamError(
+                "PERMISSION_DENIED", f"{NODE_REPORT_PATH} answers cluster members only ({AUTH_HEADER} header)"))
+        return responses.json_response(view.own_report())
+
+    app.router.add_get(NODE_REPORT_PATH, node_report)
 
 
 def _int_param(request: web.Request, name: str, lo: int, hi: int, default: int | None = None) -> int:

@@ -16,6 +16,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from kalamdb.errors import KalamError
 from kalamdb.sql import statements as st
+from kalamdb.sql.dialects import POSTGRES
 from kalamdb.sql.topics import parse_topic_statement, starts_topic_statement
 from kalamdb.sql.types import EMBEDDING_MAX_DIM, SERIAL_TYPES, canonical_type
 
@@ -154,7 +155,9 @@ def _qualified(c: _Cursor, what: str = "table") -> tuple[str | None, str]:
 
 
 class ParseCache:
-    """LRU of sqlglot parse results by statement text; callers get a copy they may rewrite."""
+    """LRU of sqlglot parse results by statement text. Every caller gets the same tree: never modify
+    it (the compiler works on a copy). Parsed with the preloaded dialect (sql/dialects.py): a tree
+    parsed wrong would be served for that text for as long as the process lives."""
 
     def __init__(self, capacity: int = 2048):
         self.capacity = capacity
@@ -172,7 +175,7 @@ class ParseCache:
                 return ast
             self.misses += 1
         try:
-            ast = sqlglot.parse_one(_space_params(sql), read="postgres")
+            ast = sqlglot.parse_one(_space_params(sql), read=POSTGRES)
         except (ParseError, TokenError) as e:
             raise KalamError("INVALID_SQL", f"Syntax error: {_first_line(str(e))}") from None
         except Exception as e:  # noqa: BLE001 - sqlglot raises assorted errors on hostile input

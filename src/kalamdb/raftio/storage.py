@@ -35,10 +35,9 @@ from typing import Self
 
 import msgpack
 
-from kalamdb.errors import KalamError
-from kalamdb.raft import wal
 from kalamdb.raft.types import Entry, EntryKind, HardState, PersistentState, SnapshotMeta
-from kalamdb.raft.wal import Failpoints
+from kalamdb.raftio import wal
+from kalamdb.raftio.wal import Failpoints
 
 __all__ = [
     "SEGMENT_BYTES",
@@ -49,7 +48,7 @@ __all__ = [
     "StoragePoisonedError",
 ]
 
-log = logging.getLogger("kalamdb.raft.storage")
+log = logging.getLogger("kalamdb.raftio.storage")
 
 SEGMENT_BYTES = 64 << 20
 
@@ -69,11 +68,9 @@ def _segment_name(seq: int) -> str:
     return f"wal-{seq:016d}.log"
 
 
-class StorageError(KalamError):
-    """The log cannot be used as asked; the node must stop rather than guess."""
-
-    def __init__(self, message: str):
-        super().__init__("INTERNAL_ERROR", message)
+class StorageError(RuntimeError):
+    """The log cannot be used as asked; the node must stop rather than guess. Not an HTTP error:
+    nothing a client sent caused it, and the driver fail-stops on it (docs/design/raft.md)."""
 
 
 class LogCorruptError(StorageError):

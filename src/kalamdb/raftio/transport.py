@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from kalamdb.raft.frames import (
+from kalamdb.raftio.frames import (
     HANDSHAKE_MAX_FRAME,
     HEADER,
     NONCE_BYTES,
@@ -143,7 +143,7 @@ class PeerTransport:
         self.bound_port: int | None = None
         self._secret = secret
         self._on_message = on_message
-        self._log = logger or logging.getLogger("kalamdb.raft.transport")
+        self._log = logger or logging.getLogger("kalamdb.raftio.transport")
         self._rng = rng or random.Random()
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         self._peers: dict[int, _Peer] = {}
