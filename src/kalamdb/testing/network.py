@@ -15,7 +15,7 @@ bandwidth limits. Reports (`reachability`, `stats`) are keyed by node index.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from kalamdb.testing.netproxy import CLIENT, LinkStats, NetworkController, Partitions
@@ -202,7 +202,7 @@ class ClusterNetwork:
         return [(a, b) for a in every for b in every if a != b and (a in ids or b in ids)]
 
     # ---- partitions (silence, never an error) ---------------------------------------------------
-    def partition(self, groups: list[list[NodeRef]]) -> None:
+    def partition(self, groups: Sequence[Sequence[NodeRef]]) -> None:
         """Nodes talk only within their group; every node in exactly one group."""
         self._shapes.partition([[self._id(n) for n in g] for g in groups])
 
