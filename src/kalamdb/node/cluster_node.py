@@ -227,7 +227,7 @@ class ClusterNode:
                     continue
             except TimeoutError:
                 driver.abandon(fut)
-                where = getattr(fut, "raft_index", None)
+                where = fut.raft_index
                 what = f"write {where} was proposed" if where else "the write was sent to the leader"
                 raise WriteOutcomeUnknown(
                     f"{what} but not committed within {self.cfg.write_timeout_ms} ms (no quorum reachable?)"
