@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install sim chaos bench clean
+.PHONY: run test lint install sim chaos bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 # (a development convenience; without it root answers 428 setup_required until /v1/api/auth/setup)
 run: $(STAMP)
 	KALAMDB_ALLOW_EMPTY_ROOT=1 $(BIN)/kalamdb cluster up --nodes 3 --data-dir ./data --base-port 8080
+
+# ruff over the sources and tests, mypy over src/ (configured in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=30

@@ -56,6 +56,15 @@ class KalamError(Exception):
         return f"KalamError({self.code!r}, {self.message!r}, status={self.status})"
 
 
+class NotLeaderError(KalamError):
+    """NOT_LEADER: this node cannot take the write; `leader_api` is the leader's HTTP address when
+    known, so the server can forward the request there instead of answering the error."""
+
+    def __init__(self, message: str, leader_api: str | None = None, *, details: str | None = None):
+        super().__init__("NOT_LEADER", message, status=503, details=details)
+        self.leader_api = leader_api
+
+
 class RetryLater(KalamError):
     """A refusal that passes with time (throttling): the answer carries `Retry-After: retry_after`."""
 

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from kalamdb.errors import KalamError
+from kalamdb.errors import NotLeaderError
 from kalamdb.server.forward import FORWARDED_HEADER, Forwarder
 
 
@@ -28,8 +28,7 @@ async def follower_forwarding_to(leader_url: str) -> tuple[web.AppRunner, str, F
     fwd = Forwarder(node_id=2, timeout_s=5)
 
     async def handler(request: web.Request) -> web.Response:
-        err = KalamError("NOT_LEADER", "not the leader", status=503)
-        err.leader_api = leader_url
+        err = NotLeaderError("not the leader", leader_url)
         return await fwd.forward(request, err, 0.1)
 
     app = web.Application()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import itertools
-import os
 import random
 import re
 import time
@@ -24,12 +23,13 @@ from kalamdb.chaos.elle.history import pair_txn_events, parse_txn_history
 from kalamdb.chaos.elle.search import SPECS, find_cycle, simple_cycles
 from kalamdb.chaos.elle.synth import simulate
 from kalamdb.chaos.history import HistoryError
+from kalamdb.testing.seeds import default_seed, replay_hint
 
-SEED = int(os.environ.get("KALAMDB_TEST_SEED", random.SystemRandom().randrange(1 << 30)))
+SEED = default_seed()
 
 
 def setup_module() -> None:
-    print(f"seed {SEED} (KALAMDB_TEST_SEED={SEED} replays it)")
+    print(f"seed {SEED} ({replay_hint(SEED)})")
 
 
 # ------------------------------------------------------------------------------ EDN

@@ -2,7 +2,7 @@
 (KALAMDB_UNSAFE_TXN) an `append` chaos run must exit 1 naming a dependency-cycle anomaly and draw
 its anomaly graph in the report, and the same seed in the safe mode must exit 0.
 
-The seed is fixed (override with KALAMDB_TEST_SEED); docs/RELIABILITY.md reports the detection rate
+The seed is fixed (override with KALAMDB_SEED); docs/RELIABILITY.md reports the detection rate
 over many seeds and every fault kind."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kalamdb.chaos.runner import EXIT_PASS, EXIT_VIOLATION
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
-SEED = int(os.environ.get("KALAMDB_TEST_SEED", "11"))
+SEED = int(os.environ.get("KALAMDB_SEED", "11"))
 SCENARIO = {"time": 12, "workloads": ["append"], "faults": ["partition", "pause"], "seed": SEED}
 
 

@@ -35,7 +35,8 @@ def test_a_killed_follower_catches_up_from_the_log_then_from_a_snapshot(fresh_cl
     assert len(more) == 500
     leader = c.leader()
     snap = leader.sql("CLUSTER SNAPSHOT").raise_for_error()
-    assert "Snapshot taken" in snap.results[0]["message"]
+    row = snap.dicts()[0]
+    assert row["action"] == "snapshot" and row["success"] is True and int(row["snapshot_index"]) > 0, snap
     purged = leader.sql(f"CLUSTER PURGE {leader.applied_index()}").raise_for_error()
     assert "purged" in purged.results[0]["message"]
     c.processes.start(follower)

@@ -17,7 +17,8 @@ def test_a_new_node_joins_from_the_snapshot_and_has_the_same_digest(fresh_cluste
     acked = insert_ids(c, ns, list(range(400)))
     leader = c.leader()
     snap = leader.sql("CLUSTER SNAPSHOT").raise_for_error()
-    assert "Snapshot taken" in snap.results[0]["message"], snap
+    row = snap.dicts()[0]
+    assert row["action"] == "snapshot" and row["success"] is True and int(row["snapshot_index"]) > 0, snap
     applied = leader.applied_index()
     purged = leader.sql(f"CLUSTER PURGE {applied}").raise_for_error()
     assert "purged" in purged.results[0]["message"], purged

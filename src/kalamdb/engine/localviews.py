@@ -17,6 +17,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import psutil
+
 from kalamdb.engine import limits
 
 if TYPE_CHECKING:
@@ -125,11 +127,21 @@ def log_ring() -> LogRing:
         return _ring
 
 
-def _uptime_human(seconds: int) -> str:
+_PROCESS = psutil.Process()
+_PROCESS.cpu_percent(None)  # the first call only starts the count
+
+
+def uptime_human(seconds: int) -> str:
+    """'1d 2h 3m 4s', as upstream's uptime_human column."""
     d, rem = divmod(seconds, 86_400)
     h, rem = divmod(rem, 3600)
     m, s = divmod(rem, 60)
     return (f"{d}d " if d else "") + f"{h}h {m}m {s}s"
+
+
+def process_cpu_percent() -> float:
+    """This process's CPU use since the previous call (100 = one core busy), as psutil counts it."""
+    return _PROCESS.cpu_percent(None)
 
 
 def _rss_mb() -> int:
@@ -175,7 +187,7 @@ def install(db: Database) -> None:
         up = int(time.time() - started)
         return [("kalamdb-standalone", db.node_id, "leader", "active", None, None, True, True, 1, 1, 1,
                  db.applied_index, db.applied_index, 0, 100, 0, socket.gethostname(), _version(), _rss_mb(),
-                 _rss_mb(), 0.0, up, _uptime_human(up), platform.system().lower(), platform.machine())]
+                 _rss_mb(), process_cpu_percent(), up, uptime_human(up), platform.system().lower(), platform.machine())]
 
     def cluster_groups() -> list[tuple]:
         i = db.applied_index

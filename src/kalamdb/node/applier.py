@@ -41,7 +41,7 @@ class Applier:
     def __init__(self, sm: StateMachine, *, node_id: int,
                  on_applied: Callable[[list[Entry], list[Any]], None],
                  on_failure: Callable[[BaseException], None],
-                 before_apply: Callable[[], None] = lambda: None):
+                 before_apply: Callable[[], object] = lambda: None):
         self.sm = sm
         self.applied_index = sm.applied_index
         self._noop = sm.noop_command()

@@ -218,8 +218,8 @@ def _wait_ready(urls: list[str], procs: list[subprocess.Popen], root: Path, stop
             if p.poll() is not None:
                 tail = (root / f"node{i + 1}.log").read_text(errors="replace").splitlines()[-15:]
                 raise click.ClickException(f"node {i + 1} exited with code {p.returncode}:\n" + "\n".join(tail))
-        hs = [_health(u) for u in urls]
-        if all(hs):
+        hs = [h for u in urls if (h := _health(u))]
+        if len(hs) == len(urls):
             leaders = {h.get("leader_id") for h in hs}
             if len(leaders) == 1 and None not in leaders and all(h.get("voters") == want for h in hs):
                 return leaders.pop()

@@ -21,7 +21,9 @@ from typing import Any
 import psutil
 from sqlglot import exp
 
+from kalamdb.engine.localviews import uptime_human
 from kalamdb.errors import KalamError
+from kalamdb.node import cluster_results
 from kalamdb.node.cluster_view import AGE_COLUMN, ClusterView
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
 from kalamdb.node.driver import (
@@ -225,7 +227,7 @@ class ClusterNode:
                     continue
             except TimeoutError:
                 driver.abandon(fut)
-                where = getattr(fut, "raft_index", None)
+                where = fut.raft_index
                 what = f"write {where} was proposed" if where else "the write was sent to the leader"
                 raise WriteOutcomeUnknown(
                     f"{what} but not committed within {self.cfg.write_timeout_ms} ms (no quorum reachable?)"
@@ -285,7 +287,13 @@ class ClusterNode:
                              "query the system.cluster table instead: SELECT * FROM system.cluster")
         if name == "snapshot":
             index = await d.take_snapshot()
-            return [_msg(f"Snapshot taken at index {index} on node {self.node_id}; log compacted")]
+            return [cluster_results.group_action("snapshot", snapshot_index=index, snapshots_dir=d.snapshots.dir)]
+        if name == "rebalance":
+            # Upstream spreads the leaders of its data groups over the nodes; kalamdb has one group,
+            # whose leader stays where it is (CLUSTER TRANSFER LEADER moves it).
+            return [cluster_results.group_action("rebalance")]
+        if name == "clear":
+            return [cluster_results.clear(d.snapshots.clear_old())]
         if name == "purge":
             upto = op.upto if op.upto is not None else d.applied_index
             covered = d.last_snapshot_index
@@ -496,6 +504,8 @@ class ClusterNode:
         nodes = []
         for row in self._cluster_rows():
             rec = dict(zip([c for c, _ in CLUSTER_COLUMNS], row, strict=True))
+            up = rec.get("uptime_seconds")
+            rec["uptime_human"] = uptime_human(up) if isinstance(up, int) else None
             nodes.append(rec)
         return {
             "status": status, "is_cluster_mode": True, "cluster_id": self.cfg.cluster_id,

@@ -191,7 +191,7 @@ class ClusterView:
                         filled = True
                     else:
                         missing = True
-                if filled:
+                if filled and report is not None:  # always so: only a report's row fills a cell
                     ages.append(now - report.received_at)
             age = int(max(ages) * 1000) if ages else (None if missing else 0)
             merged.append((*cells, age))

@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from typing import Any
 
 import msgpack
 
-from kalamdb.errors import KalamError
+from kalamdb.errors import KalamError, NotLeaderError
 from kalamdb.node import forwarding as fw
 from kalamdb.node.applier import META_PREFIX, Applier
 from kalamdb.node.clock import clock
@@ -49,7 +50,7 @@ from kalamdb.node.snapshot_files import SnapshotFiles
 from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftCore, RaftSafetyError, Ready, Role
 from kalamdb.raft.messages import Message
-from kalamdb.raft.types import Entry, EntryKind, Membership, SnapshotMeta
+from kalamdb.raft.types import Entry, EntryKind, Membership, PersistentState, SnapshotMeta
 from kalamdb.raftio.storage import LogStorage
 from kalamdb.raftio.transport import FrameTooLarge, LogThrottle, PeerTransport
 
@@ -66,10 +67,8 @@ class WriteOutcomeUnknown(KalamError):
                          details="indefinite: the write may or may not have been applied")
 
 
-def definite_not_leader(message: str, leader_api: str | None = None) -> KalamError:
-    err = KalamError("NOT_LEADER", message, status=503, details="definite: the write was not applied")
-    err.leader_api = leader_api  # type: ignore[attr-defined]
-    return err
+def definite_not_leader(message: str, leader_api: str | None = None) -> NotLeaderError:
+    return NotLeaderError(message, leader_api, details="definite: the write was not applied")
 
 
 class ForwardRefused(KalamError):
@@ -86,10 +85,18 @@ def _shutting_down() -> KalamError:
                       details="indefinite: the write may or may not have been applied")
 
 
+class ProposalFuture(asyncio.Future[Any]):
+    """The answer to one proposal, (index, engine Outcome), plus what is known of it while it waits:
+    where it was appended (so a timeout can name the write) and, when forwarded, its forward ctx."""
+
+    raft_index: int | None = None
+    forward_ctx: int | None = None
+
+
 @dataclass(slots=True)
 class _Proposal:
     term: int
-    future: asyncio.Future
+    future: ProposalFuture
 
 
 @dataclass(slots=True)
@@ -97,7 +104,7 @@ class _Forwarded:
     """A proposal sent to the leader that has not yet said where it appended it."""
 
     leader: int
-    future: asyncio.Future
+    future: ProposalFuture
 
 
 def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
@@ -142,9 +149,9 @@ class RaftDriver:
         self.failpoints = NodeFailpoints.from_env()  # disk faults (docs/faults.md), settable at run time
         self.applier = Applier(db, node_id=node_id, on_applied=self._on_applied, on_failure=self._fail,
                                before_apply=lambda: self.failpoints.hit("state.apply"))
-        self.storage: LogStorage | None = None
-        self.rpc_sock = None  # an inherited listening socket, when the parent bound the port
-        self.core: RaftCore | None = None
+        self._storage: LogStorage | None = None  # opened on the Raft thread by start()
+        self.rpc_sock: socket.socket | None = None  # an inherited listening socket, when the parent bound the port
+        self._core: RaftCore | None = None  # made on the Raft thread by start(), from the log it opened
         self.fatal: BaseException | None = None
         self._exit_on_failure = exit_on_storage_failure()
         self.started_at = time.time()
@@ -162,8 +169,9 @@ class RaftDriver:
         # Raft thread
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._stop_requested: asyncio.Event | None = None
+        # made anew on the Raft thread when it starts (an Event binds to the loop that first waits on it)
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._forwarded: dict[int, _Forwarded] = {}  # ctx -> proposal sent to the leader, not yet placed
         # shared by the Raft thread (adds) and the apply thread (settles); index -> waiting proposals.
@@ -176,7 +184,7 @@ class RaftDriver:
         self._snapshot_due = 0  # after a failed snapshot: not before this applied index
         # caller's loop
         self._main: asyncio.AbstractEventLoop | None = None
-        self._leader_changed: asyncio.Event | None = None
+        self._leader_changed = asyncio.Event()  # made anew by start(), on the caller's loop
         self._reads: dict[bytes, asyncio.Future] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []
         self._ids = itertools.count(1)
@@ -194,7 +202,7 @@ class RaftDriver:
     async def stop(self) -> None:
         self._stopping = True
         loop, stop = self._loop, self._stop_requested
-        if loop is not None and stop is not None and not loop.is_closed():
+        if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
                 loop.call_soon_threadsafe(stop.set)
         if self._thread is not None:
@@ -204,10 +212,11 @@ class RaftDriver:
             if not f.done():
                 f.set_exception(KalamError("CLUSTER_UNAVAILABLE", "node is shutting down", status=503))
         await asyncio.to_thread(self.applier.stop, STOP_TIMEOUT_S)
-        if self.storage is not None:
-            await asyncio.to_thread(self.storage.close)
+        if self._storage is not None:
+            await asyncio.to_thread(self._storage.close)
 
     def _thread_main(self, started: concurrent.futures.Future) -> None:
+        loop: asyncio.AbstractEventLoop
         try:
             import uvloop
 
@@ -235,7 +244,7 @@ class RaftDriver:
         await self._close()
 
     async def _open(self) -> None:
-        self.storage, state = self._open_storage()
+        self._storage, state = self._open_storage()
         db = self.db
         if state.snapshot is not None and db.applied_index < state.snapshot.index:
             # Crash between recording a received snapshot and installing it: install it now.
@@ -245,12 +254,12 @@ class RaftDriver:
         self.applier.applied_index = db.applied_index
         self.applied_index = db.applied_index
         self.last_snapshot_index = state.snapshot.index if state.snapshot else 0
-        self.core = RaftCore(self._raft_cfg, state, self._rng, applied=self.applied_index)
+        core = self._core = RaftCore(self._raft_cfg, state, self._rng, applied=self.applied_index)
         fresh = not state.entries and state.snapshot is None and state.hard_state.term == 0
         if self._bootstrap and fresh and db.applied_index == 0:
             log.info("node %d bootstraps a one-voter cluster", self.node_id)
-            self.core.bootstrap(Membership(voters=frozenset({self.node_id})))
-            self.core.campaign()  # alone in the cluster: no reason to wait for an election timeout
+            core.bootstrap(Membership(voters=frozenset({self.node_id})))
+            core.campaign()  # alone in the cluster: no reason to wait for an election timeout
         for peer_id, addr in self._initial_peers.items():
             self.transport.set_peer(peer_id, addr)
         await self.transport.start(sock=self.rpc_sock)
@@ -260,7 +269,7 @@ class RaftDriver:
             self._tasks.append(self._supervised(self._maintenance_loop(), "maintenance"))
         self._wake.set()
 
-    def _open_storage(self) -> tuple[LogStorage, Any]:
+    def _open_storage(self) -> tuple[LogStorage, PersistentState]:
         storage = LogStorage.open(self.raft_dir / "log", failpoints=self.failpoints)
         state = storage.load()
         self._synced_term_vote = (state.hard_state.term, state.hard_state.vote)
@@ -291,16 +300,32 @@ class RaftDriver:
 
     # ------------------------------------------------------------------ state for callers (any thread)
     @property
+    def core(self) -> RaftCore:
+        """The Raft core; it exists once start() has opened the log (a caller before that is a bug)."""
+        core = self._core
+        if core is None:
+            raise RuntimeError(f"node {self.node_id}: the Raft core is used before the driver started")
+        return core
+
+    @property
+    def storage(self) -> LogStorage:
+        """The Raft log, open once start() has run (a caller before that is a bug)."""
+        storage = self._storage
+        if storage is None:
+            raise RuntimeError(f"node {self.node_id}: the Raft log is used before the driver started")
+        return storage
+
+    @property
     def role(self) -> Role:
         return self.core.role
 
     @property
     def is_leader(self) -> bool:
-        return self.core is not None and self.core.role is Role.LEADER
+        return self._core is not None and self._core.role is Role.LEADER
 
     @property
     def leader_id(self) -> int:
-        return self.core.leader_id if self.core is not None else 0
+        return self._core.leader_id if self._core is not None else 0
 
     @property
     def applied_index(self) -> int:
@@ -319,15 +344,25 @@ class RaftDriver:
 
     def _on_raft(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) on the Raft thread soon (from any thread)."""
+        loop = self._loop
+        if loop is None:
+            raise KalamError("CLUSTER_UNAVAILABLE", "node is not started", status=503)
         try:
-            self._loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the Raft loop is closed: the node is stopping
             raise _shutting_down() from None
 
     def _on_main(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) on the caller's loop soon (from the Raft or apply thread)."""
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
-            self._main.call_soon_threadsafe(fn, *args)
+            self._caller_loop().call_soon_threadsafe(fn, *args)
+
+    def _caller_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop start() ran on: proposals, reads and their futures live there."""
+        main = self._main
+        if main is None:
+            raise KalamError("CLUSTER_UNAVAILABLE", "node is not started", status=503)
+        return main
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) run on the Raft thread (cluster operations that touch the core); its result."""
@@ -365,31 +400,31 @@ class RaftDriver:
         return self.leader_id
 
     # ------------------------------------------------------------------ proposals (caller's loop)
-    def propose(self, data: bytes) -> asyncio.Future:
+    def propose(self, data: bytes) -> ProposalFuture:
         """Propose on this (leader) node; the future gives (index, engine Outcome) once applied here,
         or raises NotLeader / ProposalRejected (definite: nothing appended)."""
         self._check_alive()
-        fut = self._main.create_future()
+        fut = ProposalFuture(loop=self._caller_loop())
         self._on_raft(self._propose_here, data, fut)
         return fut
 
-    def propose_meta(self, meta: dict) -> asyncio.Future:
+    def propose_meta(self, meta: dict) -> ProposalFuture:
         return self.propose(meta_command(meta))
 
-    def forward(self, leader_id: int, data: bytes) -> asyncio.Future:
+    def forward(self, leader_id: int, data: bytes) -> ProposalFuture:
         """Send a proposal to the leader over the peer transport (node/forwarding.py); the future
         gives (index, engine Outcome) once this node applied it, like `propose`, or raises
         ForwardRefused (definite) when it could not even be sent or the leader refused it."""
         self._check_alive()
-        fut = self._main.create_future()
+        fut = ProposalFuture(loop=self._caller_loop())
         ctx = next(self._ids)
-        fut.forward_ctx = ctx  # type: ignore[attr-defined]
+        fut.forward_ctx = ctx
         self._on_raft(self._forward_here, leader_id, ctx, data, fut)
         return fut
 
-    def abandon(self, fut: asyncio.Future) -> None:
+    def abandon(self, fut: ProposalFuture) -> None:
         """The caller stopped waiting for a forwarded proposal (timeout): forget it if unplaced."""
-        ctx = getattr(fut, "forward_ctx", None)
+        ctx = fut.forward_ctx
         if ctx is not None:
             with contextlib.suppress(KalamError):
                 self._on_raft(self._forwarded.pop, ctx, None)
@@ -398,7 +433,7 @@ class RaftDriver:
         """A linearizable read point (ReadIndex): the commit index confirmed by a quorum."""
         self._check_alive()
         ctx = next(self._ids).to_bytes(8, "big") + self.node_id.to_bytes(2, "big")
-        fut = self._main.create_future()
+        fut = self._caller_loop().create_future()
         self._reads[ctx] = fut
         try:
             self._on_raft(self._read_index_here, ctx)
@@ -410,7 +445,7 @@ class RaftDriver:
         """True once the state machine applied `index` here, False at the deadline (no polling)."""
         if self.applied_index >= index:
             return True
-        fut = self._main.create_future()
+        fut = self._caller_loop().create_future()
         heapq.heappush(self._applied_waiters, (index, next(self._ids), fut))
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
@@ -452,7 +487,7 @@ class RaftDriver:
             _settle(fut, None, err)
 
     # ------------------------------------------------------------------ proposals (Raft thread)
-    def _propose_here(self, data: bytes, fut: asyncio.Future) -> None:
+    def _propose_here(self, data: bytes, fut: ProposalFuture) -> None:
         if self.fatal is not None or self._stopping:
             self._on_main(_settle, fut, None, _shutting_down())
             return
@@ -465,7 +500,7 @@ class RaftDriver:
         self._track(index, core.term, fut)
         self._wake.set()
 
-    def _forward_here(self, leader_id: int, ctx: int, data: bytes, fut: asyncio.Future) -> None:
+    def _forward_here(self, leader_id: int, ctx: int, data: bytes, fut: ProposalFuture) -> None:
         try:
             queued = self.fatal is None and self.transport.send(leader_id, fw.propose(ctx, data))
         except FrameTooLarge as exc:
@@ -489,8 +524,8 @@ class RaftDriver:
             return
         self._wake.set()
 
-    def _track(self, index: int, term: int, fut: asyncio.Future) -> None:
-        fut.raft_index = index  # type: ignore[attr-defined]
+    def _track(self, index: int, term: int, fut: ProposalFuture) -> None:
+        fut.raft_index = index
         with self._plock:
             waiting = self._proposals.get(index)
             if waiting is None:
@@ -606,8 +641,10 @@ class RaftDriver:
             await asyncio.sleep(self._maintenance_every_s)  # the maintenance period
             if self.fatal is not None or not self.is_leader:
                 continue
+            maintenance = self._maintenance
+            assert maintenance is not None  # this loop runs only when a maintenance step was given
             try:
-                self._maintenance()
+                maintenance()
             except (NotLeader, ProposalRejected):
                 pass
             except Exception:
@@ -753,7 +790,7 @@ class RaftDriver:
             except Exception:  # noqa: BLE001 - a bad metadata entry is skipped identically everywhere
                 log.error("skipping undecodable cluster metadata entry %d", e.index)
                 continue
-            if isinstance(meta, dict):
+            if isinstance(meta, dict) and self._on_meta is not None:
                 try:
                     self._on_meta(meta)
                 except Exception:
@@ -841,7 +878,7 @@ class RaftDriver:
         except BaseException:
             self._snapshotting = False
             raise
-        fut = self._main.create_future()
+        fut = self._caller_loop().create_future()
         self._on_raft(self._record_snapshot, index, fut)
         return await fut
 

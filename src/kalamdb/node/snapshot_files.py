@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kalamdb.node.cluster_results import ClearReport
+
 
 class SnapshotFiles:
     """The node's latest state-machine snapshot as a file, plus the staging file of one being received."""
@@ -37,6 +39,26 @@ class SnapshotFiles:
                 old.unlink(missing_ok=True)
         return final
 
+    def clear_old(self) -> ClearReport:
+        """CLUSTER CLEAR: remove every snapshot older than the latest (the latest stays: the compacted
+        log starts after it). `publish` already removes older ones, so this finds work only where a
+        removal failed before (a crash between the rename and the unlink, a permission error)."""
+        files = sorted(self.dir.glob("snap-*.sqlite"))
+        sizes = {f: _size(f) for f in files}
+        cleared, cleared_bytes, errors = 0, 0, []
+        for old in files[:-1]:
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                errors.append(f"{old.name}: {exc.strerror or exc}")
+                continue
+            cleared += 1
+            cleared_bytes += sizes[old]
+        return ClearReport(str(self.dir), self.dir.is_dir(), len(files), sum(sizes.values()), cleared,
+                           cleared_bytes, tuple(errors))
+
     def write_chunk(self, offset: int, data: bytes) -> None:
         mode = "wb" if offset == 0 else "r+b"
         if offset and not self.staging.exists():
@@ -63,3 +85,10 @@ class SnapshotFiles:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -773,7 +773,7 @@ class RaftCore:
         if m.offset == pr.snapshot_offset or (not m.reject and m.offset < pr.snapshot_offset):
             return
         pr.snapshot_offset = m.offset
-        self._snap_requests.append(SnapshotRequest(m.frm, pr.snapshot_meta, m.offset,
+        self._snap_requests.append(SnapshotRequest(m.frm, pr.snapshot_in_flight(), m.offset,
                                                    self.cfg.snapshot_chunk_bytes))
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
@@ -883,7 +883,7 @@ class RaftCore:
                 p.snapshot_idle_ticks += 1
                 if p.snapshot_idle_ticks >= self.cfg.election_ticks:  # a chunk or its ack was lost
                     p.snapshot_idle_ticks = 0
-                    self._snap_requests.append(SnapshotRequest(n, p.snapshot_meta, p.snapshot_offset,
+                    self._snap_requests.append(SnapshotRequest(n, p.snapshot_in_flight(), p.snapshot_offset,
                                                                self.cfg.snapshot_chunk_bytes))
 
     # ------------------------------------------------------------------ ReadIndex

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import deque
 from enum import IntEnum
 
+from kalamdb.raft.types import SnapshotMeta
+
 
 class ProgressState(IntEnum):
     PROBE = 0
@@ -42,7 +44,7 @@ class Progress:
         self.max_inflight = max_inflight
         self.recent_active = False
         self.pending_snapshot = 0
-        self.snapshot_meta = None  # SnapshotMeta being sent while in SNAPSHOT state
+        self.snapshot_meta: SnapshotMeta | None = None  # the snapshot being sent while in SNAPSHOT state
         self.snapshot_offset = 0  # next byte the follower expects
         self.snapshot_idle_ticks = 0
         self.is_learner = is_learner
@@ -68,7 +70,7 @@ class Progress:
         self.pending_snapshot = 0
         self.inflight.clear()
 
-    def become_snapshot(self, meta) -> None:
+    def become_snapshot(self, meta: SnapshotMeta) -> None:
         self.state = ProgressState.SNAPSHOT
         self.pending_snapshot = meta.index
         self.snapshot_meta = meta
@@ -76,6 +78,13 @@ class Progress:
         self.snapshot_idle_ticks = 0
         self.probe_sent = False
         self.inflight.clear()
+
+    def snapshot_in_flight(self) -> SnapshotMeta:
+        """The snapshot being sent; asked only in SNAPSHOT state, which become_snapshot entered with it."""
+        meta = self.snapshot_meta
+        if meta is None or self.state != ProgressState.SNAPSHOT:
+            raise RuntimeError(f"no snapshot is being sent ({self!r})")
+        return meta
 
     @property
     def paused(self) -> bool:

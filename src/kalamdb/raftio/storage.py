@@ -68,6 +68,15 @@ def _segment_name(seq: int) -> str:
     return f"wal-{seq:016d}.log"
 
 
+def _decoded(replayed: list[Entry | None]) -> list[Entry]:
+    """Entries decoded at open, as a new list. A slot stays None only for an entry no segment holds,
+    and _replay refuses such a log (it lacks entries), so this never raises after a replay."""
+    out = [e for e in replayed if e is not None]
+    if len(out) != len(replayed):
+        raise StorageError("Raft log replay left an entry undecoded")
+    return out
+
+
 class StorageError(RuntimeError):
     """The log cannot be used as asked; the node must stop rather than guess. Not an HTTP error:
     nothing a client sent caused it, and the driver fail-stops on it (docs/design/raft.md)."""
@@ -229,6 +238,7 @@ class LogStorage:
             entries = [Entry(t, first + k, _KINDS[kind], data) for k, (t, kind, data) in enumerate(rows)]
             self._apply_entries(first, [e.term for e in entries], loc, seg)
             replayed = self._replayed
+            assert replayed is not None  # _replay made the list before the first record
             del replayed[first - self._compact_index - 1:]
             replayed.extend(entries)
         elif rtype == R_HARD_STATE:
@@ -332,10 +342,10 @@ class LogStorage:
         """Everything that survived: hard state, snapshot metadata and the live entries."""
         self._check_usable()
         if self._replayed is not None:
-            entries, self._replayed = self._replayed, None  # the caller keeps its own copy
+            entries, self._replayed = _decoded(self._replayed), None  # the caller keeps its own copy
         else:
             entries = self.entries(self.first_index, self.last_index + 1)
-        return PersistentState(self._hs, self._snap, list(entries))
+        return PersistentState(self._hs, self._snap, entries)
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """Entries with lo <= index < hi (half-open, like etcd's Storage.Entries)."""
@@ -345,9 +355,10 @@ class LogStorage:
                              f"{self.last_index + 1})")
         if self._replayed is not None:
             base = self._compact_index + 1
-            return list(self._replayed[lo - base : hi - base])
+            return _decoded(self._replayed[lo - base : hi - base])
         out: list[Entry] = []
-        cur_loc, batch_first, rows = -1, 0, []
+        cur_loc, batch_first = -1, 0
+        rows: list = []
         base = self._compact_index + 1
         for index in range(lo, hi):
             loc = self._locs[index - base]

@@ -467,6 +467,7 @@ class PeerTransport:
 
     async def _serve_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # asyncio.start_server runs each connection's callback as a task
         self._inbound_tasks.add(task)
         self._writers.add(writer)
         peername = writer.get_extra_info("peername")

@@ -23,6 +23,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Self
 
 MAGIC = 0x4B57  # b"WK" on disk
 _MAGIC_BYTES = struct.pack("<H", MAGIC)
@@ -211,7 +212,7 @@ class Failpoints:
     Example: `Failpoints({"log.fsync": "1*eio", "log.append": "delay(5)"})`.
     """
 
-    POINTS = ("log.append", "log.fsync", "log.fsync.after", "log.snapshot")
+    POINTS: tuple[str, ...] = ("log.append", "log.fsync", "log.fsync.after", "log.snapshot")
 
     def __init__(self, actions: dict[str, str] | None = None, *, seed: int = 0):
         self._actions: dict[str, _Action] = {}
@@ -220,7 +221,7 @@ class Failpoints:
             self.set(name, spec)
 
     @classmethod
-    def from_string(cls, text: str, *, seed: int = 0) -> Failpoints:
+    def from_string(cls, text: str, *, seed: int = 0) -> Self:
         """Parse `name=action;name=action` (the form an env variable or a CLI flag carries)."""
         actions: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in text.split(";"))):

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from kalamdb.errors import KalamError
+from kalamdb.errors import KalamError, NotLeaderError
 from kalamdb.server import responses
 
 log = logging.getLogger("kalamdb.server.forward")
@@ -154,7 +154,7 @@ class Forwarder:
         return pool
 
     async def forward(self, request: web.Request, err: KalamError, took_ms: float) -> web.Response:
-        target = getattr(err, "leader_api", None)
+        target = err.leader_api if isinstance(err, NotLeaderError) else None
         if request.headers.get(FORWARDED_HEADER) or not target:
             # Already forwarded once (the leader we were sent to no longer leads): answer, don't loop.
             return responses.error(err, took_ms)

@@ -15,8 +15,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psutil
+
+from kalamdb.engine.localviews import process_cpu_percent, uptime_human
 from kalamdb.errors import KalamError
+from kalamdb.node import cluster_results
 from kalamdb.node.expiry import expire_streams_forever
+from kalamdb.node.snapshot_files import SnapshotFiles
 
 log = logging.getLogger("kalamdb.node")
 
@@ -148,10 +153,15 @@ class StandaloneNode:
 
     def health(self) -> dict[str, Any]:
         """Always its own leader."""
+        up = int(time.time() - self.started_at)
+        me = {"node_id": self.node_id, "role": "leader", "status": "active", "is_self": True, "is_leader": True,
+              "current_term": 0, "last_applied_log": self.applied_index,
+              "memory_usage_mb": round(psutil.Process().memory_info().rss / (1 << 20), 2),
+              "cpu_usage_percent": process_cpu_percent(), "uptime_seconds": up, "uptime_human": uptime_human(up)}
         return {"status": "healthy", "is_cluster_mode": False, "cluster_id": None, "node_id": self.node_id,
                 "is_leader": True, "leader_id": self.node_id, "current_term": 0,
                 "last_applied": self.applied_index, "commit_index": self.applied_index,
-                "voters": [self.node_id], "learners": [], "nodes": []}
+                "voters": [self.node_id], "learners": [], "nodes": [me]}
 
     async def wait_applied(self, index: int, timeout_s: float) -> bool:
         """Every command handed to the writer is applied soon; one beyond the log never will be."""
@@ -200,6 +210,26 @@ class StandaloneNode:
         # A write still in the writer is not acknowledged yet: reading without it is allowed.
 
     async def cluster(self, op: Any, principal: Any) -> list[dict]:
+        """A single node answers the statements that make sense for a one-node group, as upstream's
+        single server does (it runs a one-node Raft group); membership and leadership ones need a
+        cluster."""
+        name = op.op
+        if name in ("snapshot", "rebalance", "clear") and principal.role not in ("dba", "system"):
+            raise KalamError("PERMISSION_DENIED", f"CLUSTER {name.upper()} requires role dba or system")
+        if name == "snapshot":
+            # No Raft log to compact: every acknowledged write is already in the fsynced database
+            # file, which is this node's snapshot at its applied index.
+            return [cluster_results.group_action("snapshot", snapshot_index=self.applied_index)]
+        if name == "rebalance":
+            return [cluster_results.group_action("rebalance")]  # one node leads its one group
+        if name == "clear":
+            snapshots = self.db.data_dir / "raft" / "snapshots"  # where a cluster node keeps them
+            if snapshots.is_dir():  # left from when this data directory served a cluster node
+                return [cluster_results.clear(SnapshotFiles(snapshots).clear_old())]
+            return [cluster_results.clear(cluster_results.ClearReport(str(snapshots), exists=False))]
+        if name in ("list", "status"):
+            raise KalamError("INVALID_SQL", f"CLUSTER {name.upper()} is not supported; "
+                             "query the system.cluster table instead: SELECT * FROM system.cluster")
         raise KalamError(
-            "INVALID_SQL", f"{type(op).__name__} needs cluster mode; this server runs a single node "
-            "(start it with a [cluster] section)")
+            "INVALID_SQL", f"CLUSTER {name.upper().replace('_', ' ')} needs cluster mode; this server runs a "
+            "single node (start it with a [cluster] section)")

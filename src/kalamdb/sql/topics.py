@@ -6,7 +6,7 @@
     CONSUME FROM t [GROUP 'g'] [FROM EARLIEST|LATEST|n] [LIMIT n]
     ACK t GROUP 'g' [PARTITION p] UPTO OFFSET n
 
-The parser reads the tokens of kalamdb.sql.parser's cursor; execution is engine/topics.py."""
+The parser reads the tokens of kalamdb.sql.tokens' cursor; execution is engine/topics.py."""
 
 from __future__ import annotations
 
