@@ -169,7 +169,7 @@ def _apply_file(cfg: Config, path: Path) -> None:
         has_fields = ours != "cluster" and dataclasses.is_dataclass(target)
         if not has_fields and ours not in upstream.IGNORED_KEYS:  # e.g. [security]: only upstream's keys
             raise ConfigError(section, f"unknown section [{section}] (known: {', '.join(_sections())})")
-        fields = {f.name for f in dataclasses.fields(target)} if has_fields else set()
+        fields = {f.name for f in dataclasses.fields(target)} if has_fields and target is not None else set()
         for key, value in values.items():
             mapped = upstream.HONOURED.get(f"{section}.{key}") or upstream.HONOURED.get(f"{ours}.{key}")
             if key in fields and not isinstance(value, dict):
@@ -230,7 +230,7 @@ def _sections() -> list[str]:
 def _set(cfg: Config, dotted: str, value: Any, *, source: str) -> None:
     section_name, _, key = dotted.partition(".")
     section = getattr(cfg, section_name, None)
-    if section is None or not dataclasses.is_dataclass(section):
+    if section is None or not dataclasses.is_dataclass(section) or isinstance(section, type):
         raise ConfigError(dotted, f"unknown section '{section_name}'")
     fields = {f.name: f for f in dataclasses.fields(section)}
     if key not in fields:

@@ -122,6 +122,8 @@ class Bench:
                     c.shutdown()
                 else:
                     cluster = c
+            if cluster is None:
+                raise RuntimeError("no kalamdb cluster was started (start_runs must be at least 1)")
             if "start" in sc:
                 self.add("kalamdb", "start", **kc.summarize_seconds(starts))
             kc.create_table(cluster)

@@ -206,8 +206,9 @@ class LagProbe:
             if index is None:
                 self.errors += 1
                 continue
-            done = await asyncio.gather(*(self._wait(session, u, index) for u in self.follower_urls))
-            if not all(t is not None for t in done):
+            waited = await asyncio.gather(*(self._wait(session, u, index) for u in self.follower_urls))
+            done = [t for t in waited if t is not None]
+            if len(done) != len(waited):
                 self.errors += 1
                 continue
             raw = (max(done) - acked) * 1000
@@ -265,6 +266,7 @@ def failover_once(cluster: Any, ids: Any, deadline_s: float = 20.0) -> float:
             break
         if time.perf_counter() - t0 > deadline_s:
             raise RuntimeError(f"no write succeeded within {deadline_s}s after killing the leader")
+    assert took is not None  # the loop above ends with a successful write or raises
     cluster.processes.start(leader)
     cluster.wait_for_replication(timeout=30)
     return took

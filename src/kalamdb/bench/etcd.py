@@ -92,6 +92,9 @@ class EtcdCluster:
         raise EtcdUnavailable(f"etcd did not start after {attempts} attempts: {last}")
 
     def _start_once(self, timeout: float, attempt: int) -> None:
+        binary = self.binary
+        if binary is None:
+            raise EtcdUnavailable("no etcd binary: start() looks it up first")
         t0 = time.monotonic()
         ports = _free_ports(2 * self.size)
         names = [f"e{i}" for i in range(self.size)]
@@ -101,7 +104,7 @@ class EtcdCluster:
         for i, name in enumerate(names):
             data = self.root / f"try{attempt}" / name
             data.mkdir(parents=True, exist_ok=True)
-            cmd = [self.binary, "--name", name, "--data-dir", str(data),
+            cmd = [binary, "--name", name, "--data-dir", str(data),
                    "--listen-peer-urls", peer_urls[i], "--initial-advertise-peer-urls", peer_urls[i],
                    "--listen-client-urls", self.client_urls[i], "--advertise-client-urls", self.client_urls[i],
                    "--initial-cluster", initial, "--initial-cluster-state", "new",

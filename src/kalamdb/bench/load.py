@@ -117,7 +117,7 @@ async def closed_loop(session: Any, target: Target, *, clients: int, duration: f
             if target.on_answer is not None:
                 target.on_answer(body, t0, t1)
 
-    async def ticker() -> None:
+    async def ticker(on_tick: Callable[[float], None]) -> None:
         while not stop:
             now = time.perf_counter()
             if now >= stop_at:
@@ -126,7 +126,7 @@ async def closed_loop(session: Any, target: Target, *, clients: int, duration: f
             await asyncio.sleep(0.2)  # progress bar refresh period, not a wait for state
 
     tasks = [asyncio.ensure_future(client(i)) for i in range(clients)]
-    tick = asyncio.ensure_future(ticker()) if on_tick is not None else None
+    tick = asyncio.ensure_future(ticker(on_tick)) if on_tick is not None else None
     try:
         await asyncio.gather(*tasks)
     finally:

@@ -147,9 +147,9 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
         result = await run_level(args.url, auth, table, clients, args.duration, ids, args.warmup)
         cpu1, n1, m1 = cpu_seconds(args.server_pid), next(ids), await commit_counters(args.url)
         batches = m1[0] - m0[0] if m0 and m1 else 0
-        result["writes_per_fsync"] = (m1[1] - m0[1]) / batches if batches else None
+        result["writes_per_fsync"] = (m1[1] - m0[1]) / batches if m0 and m1 and batches else None
         # server CPU per request: comparable across runs even when the machine is busy
-        result["server_cpu_us"] = ((cpu1 - cpu0) / max(1, n1 - n0 - 1) * 1e6) if cpu0 is not None else None
+        result["server_cpu_us"] = ((cpu1 - cpu0) / max(1, n1 - n0 - 1) * 1e6) if cpu0 is not None and cpu1 is not None else None
         out.append(result)
     return out
 

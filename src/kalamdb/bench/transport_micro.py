@@ -13,6 +13,8 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -24,7 +26,7 @@ SMALL = [3, 7, 1, 123456, 7, [], 123450]
 
 
 async def _pair(max_queue_frames: int = 1 << 20, max_queue_bytes: int = 256 << 20):
-    sinks = {}
+    sinks: dict[int, Callable[[int, Any], object]] = {}
 
     def sink_for(node_id):
         def sink(src, payload):
@@ -39,8 +41,10 @@ async def _pair(max_queue_frames: int = 1 << 20, max_queue_bytes: int = 256 << 2
     ]
     for n in nodes:
         await n.start()
-    nodes[0].set_peer(2, ("127.0.0.1", nodes[1].bound_port))
-    nodes[1].set_peer(1, ("127.0.0.1", nodes[0].bound_port))
+    port1, port2 = nodes[0].bound_port, nodes[1].bound_port
+    assert port1 is not None and port2 is not None  # start() published them
+    nodes[0].set_peer(2, ("127.0.0.1", port2))
+    nodes[1].set_peer(1, ("127.0.0.1", port1))
     return nodes, sinks
 
 
@@ -61,7 +65,11 @@ async def small_frames(total: int, batch: int, use_send_many: bool) -> dict:
     try:
         # warm the connection so connect + handshake is not in the measurement
         warm = asyncio.get_running_loop().create_future()
-        sinks[2] = lambda s, p: warm.done() or warm.set_result(None)
+        def warmed(s: int, p: Any) -> None:
+            if not warm.done():
+                warm.set_result(None)
+
+        sinks[2] = warmed
         a.send(2, "warm")
         await asyncio.wait_for(warm, 10)
         sinks[2] = on_b

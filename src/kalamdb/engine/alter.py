@@ -86,6 +86,14 @@ def _column(info: cat.TableInfo, name: str, verb: str) -> st.ColumnDef:
     return col
 
 
+def _given(value: str | None, what: str, s: st.AlterTable) -> str:
+    """A part of the statement that the parser always fills for this operation (st.AlterTable
+    carries every operation's parts, each optional)."""
+    if value is None:
+        raise KalamError("INVALID_SQL", f"ALTER TABLE ({s.op}) needs {what}")
+    return value
+
+
 def _replace(info: cat.TableInfo, name: str, new: st.ColumnDef) -> list[st.ColumnDef]:
     return [new if c.name == name else c for c in info.columns]
 
@@ -94,16 +102,17 @@ def alter_table(db: Database, ctx: ExecContext, s: st.AlterTable) -> dict:
     info = table_for_alter(db, ctx, s.namespace, s.name)
     op = s.op
     if op == "access_level":
-        desc = f"SET ACCESS LEVEL {_LEVEL_NAMES[s.level]}"
+        level = _given(s.level, "an access level", s)
+        desc = f"SET ACCESS LEVEL {_LEVEL_NAMES[level]}"
         if info.table_type != "SHARED":
             raise KalamError("SQL_EXECUTION_ERROR", "ACCESS LEVEL can only be set on SHARED tables")
-        changed = info.options.get("ACCESS_LEVEL", "PRIVATE") != s.level
-        return altered(db, ctx, info, desc, changed, options={**info.options, "ACCESS_LEVEL": s.level})
+        changed = info.options.get("ACCESS_LEVEL", "PRIVATE") != level
+        return altered(db, ctx, info, desc, changed, options={**info.options, "ACCESS_LEVEL": level})
     if op in ("create_index", "drop_index"):
         return _vector_index(db, ctx, info, s)
     if op == "rename":
         return _rename(db, ctx, info, s)
-    col = _column(info, s.column, "modify")
+    col = _column(info, _given(s.column, "a column", s), "modify")
     if op in ("set_not_null", "drop_not_null"):
         nullable = op == "drop_not_null"
         desc = f"ALTER COLUMN {col.name} {'DROP NOT NULL' if nullable else 'SET NOT NULL'}"
@@ -139,7 +148,7 @@ def _no_nulls(ctx: ExecContext, info: cat.TableInfo, col: st.ColumnDef) -> None:
 
 
 def _rename(db: Database, ctx: ExecContext, info: cat.TableInfo, s: st.AlterTable) -> dict:
-    old, new = s.column, s.new_name
+    old, new = _given(s.column, "a column", s), _given(s.new_name, "a new column name", s)
     if old.startswith("_"):
         raise KalamError("SQL_EXECUTION_ERROR", f"Cannot rename column '{old}': system column cannot be modified")
     if new.startswith("_"):
@@ -156,9 +165,10 @@ def _rename(db: Database, ctx: ExecContext, info: cat.TableInfo, s: st.AlterTabl
 
 
 def _modify(db: Database, ctx: ExecContext, info: cat.TableInfo, col: st.ColumnDef, s: st.AlterTable) -> dict:
-    new = st.ColumnDef(col.name, s.data_type, col.not_null if s.nullable is None else not s.nullable,
+    data_type = _given(s.data_type, "a data type", s)
+    new = st.ColumnDef(col.name, data_type, col.not_null if s.nullable is None else not s.nullable,
                        col.default, col.primary_key, s.type_args)
-    desc = f"MODIFY COLUMN {col.name} {sql_name(s.data_type, s.type_args)}"
+    desc = f"MODIFY COLUMN {col.name} {sql_name(data_type, s.type_args)}"
     if new.primary_key and not new.not_null:
         raise KalamError("SQL_EXECUTION_ERROR", f"Column '{col.name}' is a PRIMARY KEY and cannot be nullable")
     type_changed = (new.data_type, new.type_args) != (col.data_type, col.type_args)
@@ -235,7 +245,7 @@ def _vector_index(db: Database, ctx: ExecContext, info: cat.TableInfo, s: st.Alt
     compatibility; kalamdb has no vector search, so the index serves no query yet."""
     if info.table_type not in ("USER", "SHARED"):
         raise KalamError("SQL_EXECUTION_ERROR", "Vector indexing is only supported for USER/SHARED tables")
-    col = info.by_name.get(s.column)
+    col = info.by_name.get(_given(s.column, "a column", s))
     if col is None:
         raise KalamError("SQL_EXECUTION_ERROR", f"Column '{s.column}' does not exist")
     if col.data_type != "Embedding":

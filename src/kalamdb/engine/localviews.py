@@ -195,7 +195,7 @@ def install(db: Database) -> None:
                  db.node_id, 0)]
 
     def information_columns() -> list[tuple]:
-        out = []
+        out: list[tuple] = []
         for name, view_types in db.system_columns().items():
             schema, table = name.split(".", 1)
             for i, (col, typ) in enumerate(view_types, 1):
@@ -204,7 +204,7 @@ def install(db: Database) -> None:
             cols = [(c.name, c.sql_type, not c.not_null, c.default) for c in info.columns]
             cols += [("_seq", "BIGINT", False, None), ("_deleted", "BOOLEAN", False, {"lit": False})]
             for i, (col, typ, nullable, default) in enumerate(cols, 1):
-                shown = None
+                shown: str | None = None
                 if default is not None:
                     shown = f"{default['fn']}()" if "fn" in default else repr(default.get("lit"))
                 out.append(("kalam", ns, name, col, i, shown, "YES" if nullable else "NO", typ))

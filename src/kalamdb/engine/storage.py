@@ -165,7 +165,9 @@ def kill_job(db: Database, ctx: ExecContext, s: st.KillJob) -> dict:
 # ------------------------------------------------------------------------------------ flush
 
 
-def _table(db: Database, ctx: ExecContext, ns: str | None, name: str, verb: str) -> cat.TableInfo:
+def _table(db: Database, ctx: ExecContext, ns: str | None, name: str | None, verb: str) -> cat.TableInfo:
+    if name is None:  # the parser names the table unless the statement says ALL
+        raise KalamError("INVALID_SQL", f"STORAGE {verb} TABLE needs a table name")
     ns = ns or ctx.namespace
     info = db.writer_catalog.tables.get((ns, name))
     if info is None:

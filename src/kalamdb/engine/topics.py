@@ -294,8 +294,10 @@ def execute(db: Database, ctx: ExecContext, s: tsql.TopicStatement) -> dict:
         result = _create(db, ctx, s)
     elif isinstance(s, tsql.AddTopicSource):
         result = _add_source(db, ctx, s)
-    else:
+    elif isinstance(s, tsql.DropTopic | tsql.ClearTopic):
         result = _drop_or_clear(ctx, s)
+    else:
+        raise KalamError("INTERNAL_ERROR", f"{type(s).__name__} is not a topic statement this engine runs")
     db.topics.reload(ctx.conn)
     return result
 

@@ -282,7 +282,7 @@ class LiveSubscription:
             if not first:
                 self.reconnects += 1
             log.info("live subscription %s: %s; reconnecting to %s (from=%s)", self.id, why, self.url, self.last_seq)
-            marker = None
+            marker: dict[str, Any] | None = None
             if first:
                 pass
             elif not self.ready and self.initial_data:

@@ -45,7 +45,7 @@ def _header(n: int, binary: bool) -> bytes:
 
 class LiveConnection:
     def __init__(self, ws: web.WebSocketResponse, *, remote: str | None, compress: bool,
-                 transport: asyncio.BaseTransport | None = None):
+                 transport: asyncio.Transport | None = None):
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.remote = remote

@@ -129,11 +129,10 @@ def add_auth_routes(app: web.Application, state_key: web.AppKey) -> None:
             if not is_local_address(request.remote) and not lg.policy.allow_remote_setup:
                 return _answer(403, "forbidden", "Server setup can only be performed from localhost")
             body = await _body(request, state, {"user", "username", "password", "root_password", "email"})
-            user = body.get("user", body.get("username"))
-            password, root_password, email = body.get("password"), body.get("root_password"), body.get("email")
-            for name, value in (("user", user), ("password", password), ("root_password", root_password)):
-                if not isinstance(value, str) or len(value) > (MAX_USER if name == "user" else MAX_PASSWORD):
-                    raise KalamError("INVALID_INPUT", f"missing or too long field `{name}`")
+            user = _text_field(body.get("user", body.get("username")), "user", MAX_USER)
+            password = _text_field(body.get("password"), "password", MAX_PASSWORD)
+            root_password = _text_field(body.get("root_password"), "root_password", MAX_PASSWORD)
+            email = body.get("email")
             if email is not None and (not isinstance(email, str) or len(email) > 256):
                 raise KalamError("INVALID_INPUT", "field `email` must be a string of at most 256 characters")
             if not elogins.root_needs_setup(state.db):
@@ -220,6 +219,13 @@ async def _tokens(request: web.Request, state: Any, user_id: str, principal: Any
         resp.set_cookie(name, value, path="/", httponly=True, samesite="Strict", secure=request.secure,
                         expires=formatdate(exp, usegmt=True))
     return resp
+
+
+def _text_field(value: Any, name: str, max_len: int) -> str:
+    """A required string field of a JSON body, at most `max_len` characters."""
+    if not isinstance(value, str) or len(value) > max_len:
+        raise KalamError("INVALID_INPUT", f"missing or too long field `{name}`")
+    return value
 
 
 def _user_info(rec: elogins.UserRecord) -> dict:

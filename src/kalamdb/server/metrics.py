@@ -7,6 +7,7 @@ The commit counters show group commit at work: commands per batch = commands / b
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 
 # seconds; upper bounds of the latency histogram buckets
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -28,7 +29,7 @@ class SqlMetrics:
         self.count += 1
 
 
-def render(sql: SqlMetrics, stats: dict[str, int | float], *, applied_index: int) -> str:
+def render(sql: SqlMetrics, stats: Mapping[str, int | float], *, applied_index: int) -> str:
     lines = [
         "# HELP kalamdb_sql_requests_total SQL requests answered, by HTTP status.",
         "# TYPE kalamdb_sql_requests_total counter",

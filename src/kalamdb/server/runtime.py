@@ -132,6 +132,8 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     try:
         await node.start()
         await runner.setup()
+        if runner.server is None:  # setup() made it
+            raise RuntimeError("the HTTP runner has no server after setup()")
         guard_task = asyncio.create_task(guard.run(runner.server), name="connection-guard")
         if listen_fd is not None:
             site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=listen_fd))

@@ -153,8 +153,8 @@ class SqlHandler:
         except Exception as exc:  # noqa: BLE001 - one broken request must not take the server down
             detail = redact(f"{type(exc).__name__}: {exc}")
             log.error("internal error while serving /v1/api/sql: %s\n%s", detail, redact(traceback.format_exc()))
-            err = KalamError("INTERNAL_ERROR", f"Internal error: {detail}")
-            return responses.error(err, (time.perf_counter() - started) * 1000.0)
+            internal = KalamError("INTERNAL_ERROR", f"Internal error: {detail}")
+            return responses.error(internal, (time.perf_counter() - started) * 1000.0)
         return responses.success(results, (time.perf_counter() - started) * 1000.0, raft_index=raft_index)
 
     async def run(self, req: SqlRequest, principal: Principal) -> tuple[list, int | None]:
