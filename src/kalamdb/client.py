@@ -37,6 +37,7 @@ class Response(dict):
     Timestamp as microseconds); `typed_rows()` decodes them. `http_status` is the HTTP status code."""
 
     http_status: int = 0
+    node_id: int | None = None  # which node answered, when the test kit asked (testing/nodes.py)
 
     @property
     def ok(self) -> bool:

@@ -167,7 +167,7 @@ class KitFaultBackend:
         if self.rec is not None:
             self.rec.invoke("nemesis", "membership", value=value)
         t0 = self._now()
-        if op == "add":
+        if op == "add" or target is None:  # (None only with "add", see above)
             ch = c.membership.add()
         elif op == "remove":
             ch = c.membership.remove(target)

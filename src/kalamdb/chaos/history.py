@@ -89,6 +89,13 @@ class Operation:
     def indeterminate(self) -> bool:
         return self.ret is None
 
+    @property
+    def returned(self) -> int:
+        """When it returned: asked only of an operation known to be determinate."""
+        if self.ret is None:
+            raise ValueError(f"operation {self.id} is indeterminate: it never returned")
+        return self.ret
+
     def describe(self) -> str:
         key = f" {self.key!r}" if self.key is not None else ""
         if self.f in READ_FUNCTIONS:
@@ -120,7 +127,7 @@ def pair_events(events: Iterable[Event], *, source: str | None = None) -> list[O
     """
     evs = list(events)
     if evs and all(e.time is not None for e in evs):
-        evs.sort(key=lambda e: e.time)  # stable: ties keep file order
+        evs.sort(key=lambda e: e.time or 0)  # stable: ties keep file order (`or 0`: never None here)
     pending: dict[Any, tuple[int, Event]] = {}
     ops: list[Operation] = []
     done: list[tuple[int, Event, Event | None, int | None]] = []

@@ -141,9 +141,9 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
     last_of_kind: dict[int, int] = {}
     per_kind: list[int] = []
     remaining = 0
-    for i, op in enumerate(ops):
-        if op.ret is None:
-            k = kind_ids.setdefault((op.f, repr(op.value)), len(kind_ids))
+    for i, operation in enumerate(ops):
+        if operation.ret is None:
+            k = kind_ids.setdefault((operation.f, repr(operation.value)), len(kind_ids))
             if k == len(per_kind):
                 per_kind.append(0)
             per_kind[k] += 1
@@ -172,11 +172,11 @@ def _wgl(ops: list[Operation], model: Model, budget: _Budget, record: bool) -> _
     blind = [model.is_blind(op) for op in ops]
     done = bytearray(n)
     # entries: call of op i = 2i, its return = 2i+1; head sentinel = 2n; -1 = end of list
-    keyed = []
+    keyed: list[tuple[float, int, int]] = []
     inf = float("inf")
-    for i, op in enumerate(ops):
-        keyed.append((op.call, 0, 2 * i))
-        keyed.append((inf if op.ret is None else op.ret, 1, 2 * i + 1))
+    for i, operation in enumerate(ops):
+        keyed.append((operation.call, 0, 2 * i))
+        keyed.append((inf if operation.ret is None else operation.ret, 1, 2 * i + 1))
     keyed.sort()
     head = 2 * n
     nxt = [-1] * (2 * n + 1)
@@ -309,6 +309,8 @@ def _as_prefix(ops: list[Operation], failed: Operation) -> list[Operation]:
     """The history cut right after `failed` returned: later calls vanish, and what was still open
     then becomes indeterminate (it may or may not have taken effect by then)."""
     cut = failed.ret
+    if cut is None:  # the search sticks at a return, and an indeterminate op's is at infinity, after all others
+        raise ValueError(f"the history cannot be cut at an operation that never returned: {failed.describe()}")
     out = []
     for op in ops:
         if op.call > cut:

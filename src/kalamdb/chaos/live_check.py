@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,7 +207,7 @@ class _Checker:
         return seq
 
 
-def check_live(truth: list[Committed], streams: list[Stream], *, failed_values: set[int] = frozenset()
+def check_live(truth: list[Committed], streams: list[Stream], *, failed_values: AbstractSet[int] = frozenset()
                ) -> CheckerResult:
     checker = _Checker(truth, set(failed_values))
     for s in streams:

@@ -22,11 +22,11 @@ def check_monotonic_reads(
             groups[(op.node, op.key)].append(op)
     violations = []
     for (node, key), reads in groups.items():
-        by_ret = sorted(reads, key=lambda o: o.ret)
+        by_ret = sorted(reads, key=lambda o: o.returned)
         i = 0
         best: Operation | None = None
         for op in sorted(reads, key=lambda o: o.call):
-            while i < len(by_ret) and by_ret[i].ret < op.call:
+            while i < len(by_ret) and by_ret[i].returned < op.call:
                 if best is None or version(by_ret[i]) > version(best):
                     best = by_ret[i]
                 i += 1

@@ -104,7 +104,7 @@ def _fault_rects(windows: list[dict], axis: _Axis, top: float, height: float, la
         start, end = w.get("start", 0.0), w.get("end")
         end = axis.t_max if end is None else end
         x0, x1 = axis.x(start), axis.x(end)
-        color = FAULT_COLORS.get(w.get("kind"), "#e0e0e0")
+        color = FAULT_COLORS.get(w.get("kind", ""), "#e0e0e0")
         title = f"{w.get('kind')} {w.get('target')} nodes {w.get('nodes')} {start:.2f}-{end:.2f}s"
         parts.append(f'<rect class="fault" x="{x0:.1f}" y="{top:.1f}" width="{max(1.0, x1 - x0):.1f}" '
                      f'height="{height:.1f}" fill="{color}" opacity="0.45"><title>{_esc(title)}</title></rect>')
@@ -179,10 +179,11 @@ def latency_svg(ops: list[OpSpan], windows: list[dict], t_max: float) -> str:
     parts = [f'<svg id="latency" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height + 20}">']
     parts += _fault_rects(windows, axis, top, plot, labels=False)
     parts += _time_ticks(axis, top, plot)
-    for ms in (1, 10, 100, 1000, 10000):
-        if math.log10(ms) <= hi:
-            parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(ms):.1f}" y2="{y(ms):.1f}" stroke="#eee"/>'
-                         f'<text x="{LEFT - 4}" y="{y(ms) + 3:.1f}" font-size="10" text-anchor="end">{ms} ms</text>')
+    for grid_ms in (1, 10, 100, 1000, 10000):
+        if math.log10(grid_ms) <= hi:
+            gy = y(grid_ms)
+            parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" stroke="#eee"/>'
+                         f'<text x="{LEFT - 4}" y="{gy + 3:.1f}" font-size="10" text-anchor="end">{grid_ms} ms</text>')
     step = math.ceil(len(pts) / MAX_LATENCY_POINTS) if len(pts) > MAX_LATENCY_POINTS else 1
     for t, ms, outcome in pts[::step]:
         parts.append(f'<circle cx="{axis.x(t):.1f}" cy="{y(ms):.1f}" r="1.6" fill="{COLORS[outcome]}" opacity="0.6"/>')
@@ -246,7 +247,7 @@ def render(events: Sequence[Event], results: dict) -> str:
     ops = spans(events, t0, n_clients)
     windows = results.get("windows", [])
     t_max = max([o.end or o.start for o in ops] + [w.get("end") or 0.0 for w in windows] + [1.0])
-    verdict = {0: "PASS", 1: "VIOLATION", 3: "UNKNOWN"}.get(results.get("exit_code"), "ERROR")
+    verdict = {0: "PASS", 1: "VIOLATION", 3: "UNKNOWN"}.get(results.get("exit_code", -1), "ERROR")
     out = [("<!DOCTYPE html><html><head><meta charset='utf-8'><title>kalamdb chaos run "
            f"seed {_esc(results.get('seed'))}</title><style>{CSS}</style></head><body>")]
     cls = "pass" if verdict == "PASS" else "fail"

@@ -47,7 +47,7 @@ def check_set_full(
 
     lost, stale, never_read, stable = [], [], [], 0
     for element, op in adds.items():
-        seen_at = [r.ret for r, c in zip(reads, contents) if element in c]
+        seen_at = [r.returned for r, c in zip(reads, contents) if element in c]
         candidates = ([op.ret] if op.ret is not None else []) + ([min(seen_at)] if seen_at else [])
         if not candidates:
             if not any(r.call > op.call for r in reads):

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from kalamdb.chaos.bank import check_bank
 from kalamdb.chaos.history import Event, HistoryRecorder, Operation
@@ -118,6 +118,7 @@ class Workload:
     """One workload: schema setup, one random operation per call, final reads and its checkers."""
 
     name = "workload"
+    table: ClassVar[str]  # its table, read back on every node for the final-state comparison
 
     def setup(self, admin: Client) -> None:
         raise NotImplementedError

@@ -9,8 +9,13 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from kalamdb.sim.simulation import SimResult
 
 
 def _replay_command(seed: int, nodes: int | None, seconds: float | None, profile: str) -> str:
@@ -56,6 +61,7 @@ def sim_command(seed: int | None, count: int | None, start: int, nodes: int | No
 
     t0 = time.perf_counter()
     failures = []
+    results: Iterator[SimResult]
     if len(seeds) == 1 or trace:
         results = (run_seed(s, nodes=nodes, seconds=seconds, echo=echo, profile=profile) for s in seeds)
         for result in results:

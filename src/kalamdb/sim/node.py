@@ -27,8 +27,8 @@ _PROMISES = (MsgType.VOTE_RESP, MsgType.APP_RESP)
 
 class SimNode:
     __slots__ = (
+        "_core",
         "busy",
-        "core",
         "crash_point",
         "disk",
         "id",
@@ -52,7 +52,7 @@ class SimNode:
         self.sim = sim
         self.disk = SimDisk()
         self.rng = rng  # this node's branch of the seed tree (core jitter, fsync times, crash loss)
-        self.core: RaftCore | None = None
+        self._core: RaftCore | None = None  # None while the node is down (crashed or never started)
         self.sm = KVStateMachine()
         self.incarnation = 0
         self.busy = False  # an fsync is in flight: the outstanding Ready is not yet advanced
@@ -78,9 +78,9 @@ class SimNode:
         self.sm = KVStateMachine.from_snapshot(
             msgpack.unpackb(self.disk.snapshot_data, strict_map_key=False) if self.disk.snapshot_data else None)
         self.snap_bytes = self.disk.snapshot_data or b""
-        self.core = RaftCore(cfg, state, random.Random(self.rng.getrandbits(64)))
+        core = self._core = RaftCore(cfg, state, random.Random(self.rng.getrandbits(64)))
         if bootstrap is not None:
-            self.core.bootstrap(bootstrap)
+            core.bootstrap(bootstrap)
         self.incarnation += 1
         self.up = True
         self.busy = False
@@ -100,11 +100,19 @@ class SimNode:
         if not self.up:
             return
         self.up = False
-        self.core = None
+        self._core = None
         self.incarnation += 1  # every event of the old incarnation is now ignored
         self.disk.crash(self.rng)
         self.sim.trace.add(self.id, "crash", f"durable: term {self.disk.hard_state.term} "
                            f"vote {self.disk.hard_state.vote} last {self.disk.last_index()}")
+
+    @property
+    def core(self) -> RaftCore:
+        """The running core; only an up node has one (the simulation asks only up nodes)."""
+        core = self._core
+        if core is None:
+            raise RuntimeError(f"node {self.id} is down: it has no Raft core")
+        return core
 
     # --- inputs -----------------------------------------------------------------------------------
     def _tick(self, incarnation: int) -> None:
@@ -146,7 +154,7 @@ class SimNode:
                 self.sim.loop.after(delay, self._synced, self.incarnation, rd)
                 return
             self.finish(rd)
-            if self.core is not core:
+            if self._core is not core:
                 return  # decommissioned while applying
 
     def _leader_sends_early(self, rd: Ready) -> bool:
@@ -167,7 +175,7 @@ class SimNode:
         self.disk.sync()
         self.busy = False
         self.finish(rd)
-        if self.core is not None:
+        if self._core is not None:
             self.drain()
 
     def persist(self, rd: Ready) -> bool:
@@ -215,14 +223,14 @@ class SimNode:
                 self.waiting_reads.append((rs.index, rs.context, req[0], req[1]))
         if self.waiting_reads:
             self.serve_reads()
-        for req in rd.snapshot_requests:
+        for sreq in rd.snapshot_requests:
             snap = self.disk.snapshot
-            if snap is None or snap.index != req.meta.index or not self.snap_bytes:
-                core.report_snapshot(req.to, ok=False)
+            if snap is None or snap.index != sreq.meta.index or not self.snap_bytes:
+                core.report_snapshot(sreq.to, ok=False)
                 continue
-            data = self.snap_bytes[req.offset: req.offset + req.max_bytes]
-            core.provide_snapshot_chunk(req.to, req.meta.index, req.offset, data,
-                                        req.offset + len(data) >= len(self.snap_bytes))
+            data = self.snap_bytes[sreq.offset: sreq.offset + sreq.max_bytes]
+            core.provide_snapshot_chunk(sreq.to, sreq.meta.index, sreq.offset, data,
+                                        sreq.offset + len(data) >= len(self.snap_bytes))
         if rd.soft_state is not None:
             sim.trace.add(me, "role", f"{rd.soft_state.role.name} term {core.term} leader {rd.soft_state.leader_id}")
         core.advance(rd)

@@ -222,7 +222,10 @@ class Simulation:
         return f"no leader [{views}]"
 
     def _final_checks(self) -> None:
-        members = sorted(self.leader().core.membership.members)
+        leader = self.leader()
+        if leader is None:  # _final_checks runs only once settled, and a settled cluster has a leader
+            raise RuntimeError("final checks of a simulation without a leader")
+        members = sorted(leader.core.membership.members)
         self.checker.check_log_matching({n.id: n.core for n in self.node_list if n.up})
         for i in members:
             node = self.nodes[i]

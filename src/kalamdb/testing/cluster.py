@@ -54,7 +54,7 @@ def _env_log_level() -> str:
 
 
 @dataclass(eq=False)
-class ClusterTestServer(ClusterOps):
+class ClusterTestServer(ClusterOps[NodeProcess]):
     """A running N-node cluster of real processes, with the helpers cluster tests need.
 
     `faults=True` wires network faults (`net`); `network` picks the mode: "proxy" (default, no
@@ -93,8 +93,8 @@ class ClusterTestServer(ClusterOps):
             self.faults = True
         sweep_stale()  # nodes and network objects of kit runs whose process died
         self._owns_root = self.root is None
-        self.root = Path(self.root or tempfile.mkdtemp(prefix="kalamdb-cluster-"))
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = self._root = Path(self.root or tempfile.mkdtemp(prefix="kalamdb-cluster-"))
+        self._root.mkdir(parents=True, exist_ok=True)
         self.run_record = RunRecord(self.root, owns_root=self._owns_root)
         self.start_seconds: float | None = None
         self._last_id = 0  # node ids are never reused, not even after a node is removed
@@ -135,7 +135,7 @@ class ClusterTestServer(ClusterOps):
     # ---- nodes and their processes ----------------------------------------------------------------
     def _make_node(self, node_id: int) -> NodeProcess:
         self._last_id = max(self._last_id, node_id)
-        return NodeProcess(len(self.nodes), node_id, self.root, self.root_password, self.launcher.place(node_id),
+        return NodeProcess(len(self.nodes), node_id, self._root, self.root_password, self.launcher.place(node_id),
                            self.launcher, self.run_record.add_process, self.run_record.forget_process)
 
     def _env_for(self, node: NodeProcess) -> dict[str, str]:
@@ -199,11 +199,11 @@ class ClusterTestServer(ClusterOps):
     def wait_for_voters(self, voters: set[int], timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Until every running node answers, names the same leader and sees exactly `voters` (ids)."""
         def check() -> tuple[bool, str]:
-            dead = [n for n in self.nodes if n.proc is not None and not n.is_running()
+            dead = [(n, n.proc.returncode) for n in self.nodes if n.proc is not None and not n.is_running()
                     and n.node_id in voters and n.proc.returncode not in (None, -signal.SIGKILL, -signal.SIGTERM)]
             if dead:
-                n = dead[0]
-                raise ClusterError(f"node {n.node_id} exited with code {n.proc.returncode}:\n{n.log_tail(30)}")
+                n, code = dead[0]
+                raise ClusterError(f"node {n.node_id} exited with code {code}:\n{n.log_tail(30)}")
             hs = self._health_all()
             bad = {nid: h for nid, h in hs.items() if isinstance(h, Exception)}
             if bad:
@@ -212,7 +212,7 @@ class ClusterTestServer(ClusterOps):
             if lid is None:
                 return False, why
             want = sorted(voters)
-            views = {nid: h.get("voters") for nid, h in hs.items()}
+            views = {nid: h.get("voters") for nid, h in hs.items() if not isinstance(h, Exception)}  # (none is)
             if any(v != want for v in views.values()):
                 return False, f"voters seen by each node: {views}, want {want}"
             return True, ""
@@ -294,7 +294,7 @@ class ClusterTestServer(ClusterOps):
         self._pool.shutdown(wait=False)
         self.launcher.close()
         if self._owns_root and not self.keep:
-            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(self._root, ignore_errors=True)
         self.run_record.close()
 
     def __enter__(self) -> Self:
@@ -313,11 +313,11 @@ def start_cluster_server(nodes: int = 3, *, timeout: float = STARTUP_TIMEOUT_S, 
     return ClusterTestServer(size=nodes, **options).start(timeout=timeout)
 
 
-_global: ClusterOps | None = None
+_global: ClusterOps[Any] | None = None
 _global_lock = threading.Lock()
 
 
-def get_cluster_server(verbose: bool = False) -> ClusterOps:
+def get_cluster_server(verbose: bool = False) -> ClusterOps[Any]:
     """A lazily started, process-wide 3-node cluster shared by tests; shut down at exit.
 
     With KALAMDB_CLUSTER_URLS set, the already running cluster at those URLs instead (see

@@ -39,7 +39,7 @@ class ExternalNode(NodeHandle):
         return f"<external node {self.node_id} (index {self.index}) {self.url}>"
 
 
-class ExternalCluster(ClusterOps):
+class ExternalCluster(ClusterOps[ExternalNode]):
     """The ClusterOps helpers over nodes at fixed URLs (no process control, no network faults)."""
 
     external = True
@@ -54,7 +54,7 @@ class ExternalCluster(ClusterOps):
         self.verbose = verbose
         self.seed = default_seed() if seed is None else seed
         self._init_ops()
-        self.nodes: list[ExternalNode] = []
+        self.nodes = []
         for i, url in enumerate(urls):
             probe = ExternalNode(i, -1, url, root_password)
             try:

@@ -96,7 +96,7 @@ class MembershipChanges:
 
     def _leader(self, timeout: float) -> tuple[NodeProcess | None, str | None]:
         try:
-            return self._c.leader(timeout=min(timeout, 5.0)), None  # type: ignore[return-value]
+            return self._c.leader(timeout=min(timeout, 5.0)), None
         except ClusterError as exc:
             return None, f"no leader to send it to: {str(exc).splitlines()[0]}"
 

@@ -243,7 +243,7 @@ class NetnsNetwork(Partitions):
         self._made("netns", self.hub)
         _run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
         _run("ip", "-n", self.hub, "link", "set", "br0", "up")
-        if self.host_access:
+        if self.host_veth is not None:  # made when host_access is asked
             self._check_host_route_free()
             _run("ip", "link", "add", self.host_veth, "type", "veth", "peer", "name", "host", "netns", self.hub)
             self._made("netns-link", self.host_veth)

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import subprocess
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kalamdb.testing import netns
 from kalamdb.testing.launchers import HandedSockets, Placement, peer_entry
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 API_PORT = 8080
 RPC_PORT = 9188
-SUBNETS = ipaddress.ip_network("10.213.0.0/16")
+SUBNETS = ipaddress.IPv4Network("10.213.0.0/16")
 
 _reason: list[str | None] = []
 
@@ -64,7 +64,7 @@ def _routed() -> list[ipaddress.IPv4Network]:
         dest = line.split()[0] if line.strip() else "default"
         if dest != "default":
             with contextlib.suppress(ValueError):
-                nets.append(ipaddress.ip_network(dest, strict=False))
+                nets.append(ipaddress.IPv4Network(dest, strict=False))
     return nets
 
 
@@ -141,7 +141,7 @@ class NetnsFaults:
         known = self.net.reachability()
         return {(a, b): known.get((a, b), True) for a in node_ids for b in node_ids if a != b}
 
-    def stats(self) -> dict[str, dict[Link, Any]]:
+    def stats(self) -> dict[str, dict[Link, netns.RuleStats]]:
         return {"kernel": self.net.stats()}
 
     def close(self) -> None:

@@ -253,8 +253,8 @@ class NetworkController(Partitions):
                 self._default_faults = dataclasses.replace(self._default_faults, **changes)
                 self._pair_faults = {k: dataclasses.replace(v, **changes) for k, v in self._pair_faults.items()}
             else:
-                for pair in links:
-                    pair = tuple(pair)
+                for src, dst in links:
+                    pair = (src, dst)  # a list from JSON works too
                     cur = self._pair_faults.get(pair, self._default_faults)
                     self._pair_faults[pair] = dataclasses.replace(cur, **changes)
         self._notify()

@@ -15,13 +15,15 @@ bandwidth limits. Reports (`reachability`, `stats`) are keyed by node index.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kalamdb.testing.netproxy import CLIENT, LinkStats, NetworkController, Partitions
+from kalamdb.testing.netproxy_links import Pair
 from kalamdb.testing.nodes import ClusterError, NodeHandle
 
 if TYPE_CHECKING:
+    from kalamdb.testing.netns import RuleStats
     from kalamdb.testing.ops import ClusterOps, NodeRef
 
 Link = tuple[int, int]
@@ -53,7 +55,10 @@ class NetworkFaults(Protocol):
     def isolate_client(self, node_id: int) -> None: ...
     def unisolate_client(self, node_id: int) -> None: ...
     def reachability(self, node_ids: list[int]) -> dict[Link, bool]: ...
-    def stats(self) -> dict[str, dict[Link, LinkStats]]: ...
+    def stats(self) -> dict[str, dict[Pair, LinkStats]] | dict[str, dict[Link, RuleStats]]:
+        """Counters per direction and layer: the proxy's per link (client endpoints included), or
+        what the kernel dropped."""
+        ...
     def close(self) -> None: ...
 
 
@@ -93,7 +98,7 @@ class ProxyNetwork:
     # ---- faults ----------------------------------------------------------------------------------
     def partition_grudge(self, grudge: dict[int, set[int]]) -> None:
         for net in self._both():
-            net.partition_grudge(grudge)
+            net.partition_grudge({dst: srcs for dst, srcs in grudge.items()})  # node ids as proxy endpoints
 
     def cut(self, a: int, b: int) -> None:
         for net in self._both():
@@ -145,7 +150,7 @@ class ProxyNetwork:
         known = self.rpc.reachability()
         return {(a, b): known.get((a, b), True) for a in node_ids for b in node_ids if a != b}
 
-    def stats(self) -> dict[str, dict[Link, LinkStats]]:
+    def stats(self) -> dict[str, dict[Pair, LinkStats]]:
         return {"rpc": self.rpc.stats(), "http": self.http.stats()}
 
     def close(self) -> None:
@@ -170,7 +175,7 @@ class _Shapes(Partitions):
 class ClusterNetwork:
     """The network faults of one kit cluster (`c.net`), taking node indexes or handles."""
 
-    def __init__(self, cluster: ClusterOps, backend: NetworkFaults):
+    def __init__(self, cluster: ClusterOps[Any], backend: NetworkFaults):
         self._cluster = cluster
         self.backend = backend
         self._shapes = _Shapes(self)
@@ -202,7 +207,7 @@ class ClusterNetwork:
         return [(a, b) for a in every for b in every if a != b and (a in ids or b in ids)]
 
     # ---- partitions (silence, never an error) ---------------------------------------------------
-    def partition(self, groups: list[list[NodeRef]]) -> None:
+    def partition(self, groups: Sequence[Sequence[NodeRef]]) -> None:
         """Nodes talk only within their group; every node in exactly one group."""
         self._shapes.partition([[self._id(n) for n in g] for g in groups])
 
@@ -302,12 +307,13 @@ class ClusterNetwork:
         return [n for n in up
                 if sum(1 for m in up if m is not n and reach[(n.index, m.index)] and reach[(m.index, n.index)]) >= need]
 
-    def stats(self) -> dict[str, dict[tuple[int, int], LinkStats]]:
-        """Counters per direction, keyed by (src index, dst index); the keys of the outer mapping
-        name the layer ("rpc", "http" in proxy mode; "kernel" in netns mode)."""
+    def stats(self) -> dict[str, dict[tuple[int, int], LinkStats | RuleStats]]:
+        """Counters per direction between nodes, keyed by (src index, dst index); the keys of the
+        outer mapping name the layer ("rpc", "http" in proxy mode, with LinkStats; "kernel" in
+        netns mode, with RuleStats)."""
         index_of = {n.node_id: n.index for n in self._cluster.nodes}
-        out: dict[str, dict[tuple[int, int], LinkStats]] = {}
+        out: dict[str, dict[tuple[int, int], LinkStats | RuleStats]] = {}
         for layer, per_link in self.backend.stats().items():
             out[layer] = {(index_of[a], index_of[b]): s for (a, b), s in per_link.items()
-                          if a in index_of and b in index_of}
+                          if isinstance(a, int) and isinstance(b, int) and a in index_of and b in index_of}
         return out

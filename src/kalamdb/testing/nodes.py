@@ -47,7 +47,6 @@ class NodeHandle:
     index: int
     node_id: int
     paused: bool = False
-    pid: int | None = None
     data_dir: Path | None = None
     log_path: Path | None = None
     removed: bool = False  # left the cluster (CLUSTER LEAVE): no longer in the cluster's `nodes`
@@ -63,6 +62,11 @@ class NodeHandle:
     @property
     def url(self) -> str:
         raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """The node's process id, when the kit runs the process."""
+        return None
 
     @property
     def listen_url(self) -> str:
@@ -119,7 +123,7 @@ class NodeHandle:
                         consistency: str | None = None, **extra: Any) -> Response:
         return await asyncio.to_thread(self.sql, text, params, namespace_id, consistency, **extra)
 
-    def health(self, timeout: float = 5.0) -> dict:
+    def health(self, timeout: float = 5.0) -> Response:
         h = self._request("GET", "/v1/api/cluster/health", timeout=timeout)
         self._seen(h.get("last_applied"))
         return h
@@ -156,7 +160,7 @@ class NodeHandle:
         if running and not self.paused:
             with contextlib.suppress(OSError):
                 h = self.health(timeout=2.0)
-        me = next((n for n in h.get("nodes", []) if n.get("is_self")), {})
+        me: dict[str, Any] = next((n for n in h.get("nodes", []) if n.get("is_self")), {})
         if rss is None and me.get("memory_usage_mb") is not None:
             rss = float(me["memory_usage_mb"])
         lag = None

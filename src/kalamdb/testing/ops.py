@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -30,16 +30,17 @@ from kalamdb.testing.progress import progress
 from kalamdb.testing.seeds import replay_hint
 
 NodeRef = int | NodeHandle
+N = TypeVar("N", bound=NodeHandle)  # the kind of node handle a cluster holds
 Target = NodeRef | str | Iterable[NodeRef]
 SHAPES = ("leader", "follower", "random", "one", "minority", "majority", "all")
 FAILPOINTS_PATH = "/v1/api/admin/failpoints"
 
 
-class ClusterOps:
+class ClusterOps(Generic[N]):
     """HTTP-only helpers over `nodes` (handles in index order). Users of this base provide `nodes`,
-    `verbose` and `seed` and call `_init_ops()`."""
+    `verbose` and `seed`, call `_init_ops()` and say what `shutdown` does."""
 
-    nodes: list[NodeHandle]
+    nodes: list[N]
     verbose: bool
     seed: int
     root: Any = None
@@ -51,26 +52,30 @@ class ClusterOps:
         self.failpoints = Failpoints(self)
 
     # ---- nodes ----------------------------------------------------------------------------------
-    def get_node(self, ref: NodeRef) -> NodeHandle:
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def get_node(self, ref: NodeRef) -> N:
         """A node by 0-based index (upstream's `get_node(i)`), or the handle itself (checked to be
         one of this cluster's nodes)."""
         if isinstance(ref, NodeHandle):
-            if ref not in self.nodes:
-                raise ClusterError(f"{ref!r} is not a node of this cluster (removed, or another cluster's)")
-            return ref
+            for n in self.nodes:
+                if n == ref:
+                    return n
+            raise ClusterError(f"{ref!r} is not a node of this cluster (removed, or another cluster's)")
         if isinstance(ref, bool) or not isinstance(ref, int) or not 0 <= ref < len(self.nodes):
             raise IndexError(f"node index {ref!r} out of range: the cluster has {len(self.nodes)} nodes (0-based)")
         return self.nodes[ref]
 
-    def node_by_id(self, node_id: int) -> NodeHandle | None:
+    def node_by_id(self, node_id: int) -> N | None:
         """The node with this Raft id (1-based), or None."""
         return next((n for n in self.nodes if n.node_id == node_id), None)
 
-    def running_nodes(self) -> list[NodeHandle]:
+    def running_nodes(self) -> list[N]:
         """Nodes whose process runs and is not paused: the ones that can answer."""
         return [n for n in self.nodes if n.is_up()]
 
-    def select(self, target: Target) -> list[NodeHandle]:
+    def select(self, target: Target) -> list[N]:
         """Resolve a target to nodes (node order; random choices from the seeded RNG)."""
         if isinstance(target, int | NodeHandle):
             return [self.get_node(target)]
@@ -122,12 +127,12 @@ class ClusterOps:
             time.sleep(delay)  # polling interval for other processes' state, bounded by the deadline
             delay = min(delay * 1.5, 0.1)
 
-    def leader(self, timeout: float = 10.0, among: Iterable[NodeRef] | None = None) -> NodeHandle:
+    def leader(self, timeout: float = 10.0, among: Iterable[NodeRef] | None = None) -> N:
         """Wait (up to `timeout`) for the one leader the answering nodes -- or the nodes `among` --
         agree on (see `agreed_leader` for what is required); raises ClusterError saying why there
         is none. Never a guess: a paused leader or a lone leader cut off from its majority is not
         returned."""
-        found: list[NodeHandle] = []
+        found: list[N] = []
         group = [self.get_node(r) for r in among] if among is not None else None
 
         def check() -> tuple[bool, str]:
@@ -144,7 +149,7 @@ class ClusterOps:
         self.wait_until("one agreed leader", check, timeout)
         return found[0]
 
-    def followers(self, timeout: float = 10.0) -> list[NodeHandle]:
+    def followers(self, timeout: float = 10.0) -> list[N]:
         """The running, unpaused nodes other than the agreed leader (in node order)."""
         lead = self.leader(timeout)
         return [n for n in self.running_nodes() if n is not lead]
@@ -154,7 +159,7 @@ class ClusterOps:
                        **extra: Any) -> Response:
         return self.get_node(node).sql(sql, params, namespace_id, **extra)
 
-    def random_node(self) -> NodeHandle:
+    def random_node(self) -> N:
         """A running node chosen with the cluster's seeded RNG (the seed is in failure reports)."""
         running = self.running_nodes()
         if not running:
@@ -301,7 +306,7 @@ class ClusterOps:
     async def execute_sql_on_all_async(self, sql: str, *args: Any, **kwargs: Any) -> list[Response]:
         return await asyncio.to_thread(self.execute_sql_on_all, sql, *args, **kwargs)
 
-    async def leader_async(self, timeout: float = 10.0) -> NodeHandle:
+    async def leader_async(self, timeout: float = 10.0) -> N:
         return await asyncio.to_thread(self.leader, timeout)
 
     async def wait_for_replication_async(self, index: int | None = None, timeout: float = 10.0) -> int:
@@ -319,7 +324,7 @@ class Failpoints:
     `set(target, {"log.fsync": "1*eio"})`; "off" removes one. Works on any cluster the kit can
     reach as root, external ones included."""
 
-    def __init__(self, cluster: ClusterOps):
+    def __init__(self, cluster: ClusterOps[Any]):
         self._cluster = cluster
 
     def _admin(self, node: NodeHandle, method: str, body: dict | None = None) -> dict:

@@ -10,7 +10,9 @@ class Partitions:
     A subclass provides ``nodes`` (sorted node ids) and ``partition_grudge(grudge)``.
     """
 
-    nodes: list[int]
+    @property
+    def nodes(self) -> list[int]:
+        raise NotImplementedError
 
     def partition_grudge(self, grudge: dict) -> None:
         raise NotImplementedError

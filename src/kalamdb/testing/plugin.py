@@ -22,7 +22,7 @@ nodes' log level.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -122,7 +122,7 @@ def fresh_cluster(request: pytest.FixtureRequest, make_cluster):
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, Any, None]:
     outcome = yield
     rep = outcome.get_result()
     clusters = item.stash.get(_CLUSTERS, [])

@@ -330,7 +330,12 @@ def memory_hog(nbytes: int, timeout: float = 30.0) -> PressureHandle:
     proc = lifeline.spawn([sys.executable, "-c", _HOG_MEMORY, str(int(nbytes))],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ready = threading.Event()
-    threading.Thread(target=lambda: proc.stdout.readline() and ready.set(), daemon=True).start()
+
+    def wait_allocated() -> None:
+        if proc.stdout is not None and proc.stdout.readline():  # (stdout is a pipe: never None)
+            ready.set()
+
+    threading.Thread(target=wait_allocated, daemon=True).start()
     if not ready.wait(timeout):
         _kill([proc])
         raise RuntimeError(f"memory hog did not allocate {nbytes} bytes within {timeout}s")

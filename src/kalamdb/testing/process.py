@@ -41,6 +41,9 @@ _live_lock = threading.Lock()
 class NodeProcess(NodeHandle):
     """One node of a kit cluster: a real process, its data dir, its log and its addresses."""
 
+    data_dir: Path
+    log_path: Path
+
     def __init__(self, index: int, node_id: int, root: Path, root_password: str, placement: Placement,
                  launcher: Launcher, on_spawn: Callable[[int], None], on_reap: Callable[[int], None]):
         super().__init__(index, node_id, root_password)
@@ -136,7 +139,9 @@ class NodeProcess(NodeHandle):
             return "(no log)"
 
     def _process_stats(self) -> tuple[float | None, float | None, float | None]:
-        with contextlib.suppress(psutil.Error, AttributeError):
+        with contextlib.suppress(psutil.Error):
+            if self.proc is None:
+                return None, None, None
             p = psutil.Process(self.proc.pid)
             times = p.cpu_times()
             percent = p.cpu_percent(interval=0.05) if not self.paused else 0.0
@@ -161,7 +166,7 @@ class ProcessControl:
         self._cluster = cluster
 
     def targets(self, target: Target) -> list[NodeProcess]:
-        return self._cluster.select(target)  # type: ignore[return-value] - a kit cluster's nodes
+        return self._cluster.select(target)
 
     def kill(self, target: Target) -> list[NodeProcess]:
         """SIGKILL (a crash: nothing of the node's shutdown code runs); every target is signalled
@@ -263,7 +268,9 @@ class ProcessControl:
         """Start again every node whose process ended by itself: {index: its exit status}."""
         out = {}
         for n in self.crashed():
-            out[n.index] = n.proc.returncode
+            proc = n.proc
+            assert proc is not None  # crashed() lists only nodes whose process ended
+            out[n.index] = proc.returncode
             n.terminate(signal.SIGKILL)  # reaps it and forgets its client
             self.start(n, timeout=timeout)
         return out

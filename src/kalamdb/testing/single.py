@@ -155,10 +155,13 @@ class ServerProcess:
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.005
+        proc = self.proc
+        if proc is None:
+            raise ServerStartError("kalamdb serve was never spawned")
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise ServerStartError(
-                    f"kalamdb serve exited with code {self.proc.returncode} during startup:\n{self.log_tail()}")
+                    f"kalamdb serve exited with code {proc.returncode} during startup:\n{self.log_tail()}")
             if self.port is None and self.port_file.exists():
                 text = self.port_file.read_text().strip()
                 if text:

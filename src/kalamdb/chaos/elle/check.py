@@ -167,7 +167,7 @@ def check_txns(txns: Sequence[Txn], *, model: str = "list-append", consistency: 
     except UncheckableHistory as exc:
         unknown.append(str(exc))
         return result(None)
-    if model == "rw-register":
+    if isinstance(inference, RwRegister):  # model == "rw-register"
         stats["version_sources"] = inference.sources
     for name, cases in inference.anomalies.items():
         counts[name] = len(cases)
@@ -191,7 +191,7 @@ def check_txns(txns: Sequence[Txn], *, model: str = "list-append", consistency: 
     stats["sccs"] = len(sccs)
     stats["largest_scc"] = len(sccs[-1]) if sccs else 0
     wanted = {t for t in CYCLE_TYPES if t in forbidden_kinds}
-    timeouts = []
+    timeouts: list[dict[str, Any]] = []
     for scc in sccs:
         res = search_scc(graph, scc, wanted, mask, type_budget=cycle_search_timeout, deadline=deadline)
         for cycle in res.cycles:

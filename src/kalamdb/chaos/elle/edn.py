@@ -126,6 +126,7 @@ def read_all(text: str) -> Iterator[tuple[Any, int]]:
         if m is None:
             raise EdnError(f"cannot read {text[pos:pos + 20]!r}", line)
         kind = m.lastgroup
+        assert kind is not None  # every alternative of _TOKEN is a named group
         tok = m.group(kind)
         pos = m.end()
         if kind == "ws":

@@ -58,7 +58,7 @@ class DepGraph:
 
 
 def strongly_connected_components(graph: DepGraph, mask: int, vertices: Sequence[int] | None = None,
-                                  member: Sequence[bool] | None = None) -> list[list[int]]:
+                                  member: Sequence[int] | None = None) -> list[list[int]]:
     """Tarjan's SCCs (iterative) of the subgraph of edges intersecting `mask`, restricted to
     `vertices`/`member` if given; only components with more than one vertex (no self-edges exist)."""
     out = graph.out

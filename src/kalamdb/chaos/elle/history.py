@@ -159,10 +159,10 @@ def pair_txn_events(events: Iterable[Event], *, source: str | None = None,
     for ct, cev in pending.values():
         done.append((ct, cev, None, None))
     done.sort(key=lambda d: d[0])
-    txns = []
+    txns: list[Txn] = []
     for ct, cev, rev, rt in done:
         type_ = "info" if rev is None else rev.type
-        if type_ == "ok":
+        if rev is not None and type_ == "ok":
             value = _mops(rev.value, source=source, line=rev.line, completed=True)
             invoked = _mops(cev.value, source=source, line=cev.line, completed=False)
             if [(f, k) for f, k, _ in value] != [(f, k) for f, k, _ in invoked] or any(
@@ -173,7 +173,7 @@ def pair_txn_events(events: Iterable[Event], *, source: str | None = None,
             value = _mops(cev.value, source=source, line=cev.line, completed=False)
         line = rev.line if rev is not None else cev.line
         label = None
-        if labels is not None:
+        if labels is not None and line is not None:
             label = labels.get(line)
         txns.append(Txn(len(txns), cev.process, type_, value, ct, rt if type_ == "ok" else None,
                         label if label is not None else (line if line is not None else len(txns)), line,
@@ -261,7 +261,7 @@ def parse_txn_history(text: str, fmt: str = "auto", source: str = "<history>",
     if fmt == "jsonl":
         events = parse_jsonl(text, source)
         if events and all(e.time is not None for e in events):
-            events.sort(key=lambda e: e.time)  # stable: ties keep file order
+            events.sort(key=lambda e: e.time or 0)  # stable: ties keep file order (`or 0`: never None here)
         return pair_txn_events(events, source=source, functions=txn_functions(model, {e.f for e in events}))
     raise HistoryError(f"format {fmt!r} cannot hold transactions; use edn or jsonl", source=source)
 

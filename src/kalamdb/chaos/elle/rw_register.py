@@ -22,7 +22,7 @@ writes count, as in Adya's model.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from kalamdb.chaos.elle.graph import RW, WR, WW, DepGraph
@@ -62,7 +62,7 @@ def _sccs(graph: dict[Any, set]) -> list[list[Any]]:
         counter += 1
         stack.append(root)
         on.add(root)
-        work = [(root, iter(graph.get(root, ())))]
+        work: list[tuple[Any, Iterator[Any]]] = [(root, iter(graph.get(root, ())))]
         while work:
             v, it = work[-1]
             pushed = False
@@ -275,9 +275,9 @@ class RwRegister:
                         preds[(i, k)] = frozenset(before)
             else:
                 for k in keys:
-                    before = preds.pop((i, k), None)
-                    if before:
-                        buffer[k] -= before
+                    earlier = preds.pop((i, k), None)
+                    if earlier:
+                        buffer[k] -= earlier
                     buffer[k].add(i)
 
     def add_edges(self, graph: DepGraph) -> None:

@@ -91,7 +91,7 @@ def _state(rw: int, last_rw: bool, wr: bool, var: bool) -> int:
     return rw | (last_rw << 2) | (wr << 3) | (var << 4)
 
 
-def _bfs(graph: DepGraph, member: Sequence[bool], spec: CycleSpec, start: int, target: int, state0: int,
+def _bfs(graph: DepGraph, member: Sequence[int], spec: CycleSpec, start: int, target: int, state0: int,
          first_rw: bool, deadline: float) -> list[tuple[int, int, str]] | None:
     """Shortest path start -> target over allowed relations that completes a cycle of `spec`
     (the pivot target -> start already taken, leaving state0). Returns the path's steps."""
@@ -217,8 +217,7 @@ def fallback_cycle(graph: DepGraph, scc: Sequence[int], mask: int) -> Cycle:
                 continue
             if w == start:
                 steps = [(v, start, _label(rel & mask))]
-                while parent[v] is not None:
-                    p = parent[v]
+                while (p := parent[v]) is not None:
                     steps.append((p, v, _label(out[p][v] & mask)))
                     v = p
                 steps.reverse()
