@@ -76,6 +76,7 @@ class Database:
         self._readers_lock = threading.Lock()
         self._tls = threading.local()
         self._closed = False
+        self._reads_stopped = threading.Event()
         self._applied_index = 0  # loaded from the file by _load_state
         self._last_snowflake = 0
 
@@ -114,7 +115,7 @@ class Database:
         conn = getattr(self._tls, "conn", None)
         if conn is None:
             conn = self._connect()
-            state = FnState(None, self.node_id)
+            state = FnState(None, self.node_id, self._reads_stopped)
             register(conn, state)
             state.guard = authorizer.install(conn, cat.SYSTEM_VIEW_BASES)
             self._tls.conn, self._tls.state = conn, state
@@ -444,6 +445,11 @@ class Database:
                 self._compile_cache.clear()
             self._load_state()
         self.feed.publish(Reset(self._applied_index))
+
+    def stop_reads(self) -> None:
+        """Shutting down: reads running now stop at their next progress check (within
+        PROGRESS_EVERY VM steps) and answer 503, so a stop never waits for a long query."""
+        self._reads_stopped.set()
 
     def close(self) -> None:
         if self._closed:
