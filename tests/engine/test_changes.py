@@ -106,7 +106,6 @@ def test_changes_since_reads_the_durable_log_per_owner(node, feed):
 
 def test_a_resume_point_older_than_the_retention_is_refused(node, feed, monkeypatch):
     monkeypatch.setattr(changes, "CHANGE_RETENTION_ROWS", 3)
-    monkeypatch.setattr("kalamdb.engine.database.CHANGE_RETENTION_ROWS", 3)
     monkeypatch.setattr("kalamdb.engine.database.PRUNE_EVERY", 1)
     alice = node.alice
     for i in range(6):

@@ -8,6 +8,7 @@ import http.client
 import orjson
 
 from kalamdb.client import Response, _decode
+from kalamdb.server.metrics import parse
 from kalamdb.testing.single import ServerProcess
 from kalamdb.testing.waiting import wait_for  # noqa: F401 - re-exported for the server tests
 
@@ -50,3 +51,13 @@ def assert_serving(server: ServerProcess) -> None:
         assert resp.ok, resp
 
 
+def scrape(server: ServerProcess) -> dict[str, float]:
+    """The server's /metrics as {name: value}."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/plain")
+        return parse(resp.read().decode())
+    finally:
+        conn.close()

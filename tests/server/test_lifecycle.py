@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 import signal
 import threading
+import time
 
 import pytest
 
 from kalamdb.client import Client
 from kalamdb.testing.single import start_server
-from tests.server.helpers import wait_for
+from tests.server.helpers import scrape, wait_for
 
 
 def create_table(server, ns: str) -> str:
@@ -90,6 +91,35 @@ def test_sigterm_finishes_in_flight_writes_and_exits_zero(fresh_server):
     assert "stopped cleanly" in fresh_server.log_tail()
     fresh_server.restart()
     assert set(acked) <= ids_in(fresh_server, table)
+
+
+HEAVY_READ = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+def test_sigterm_stops_a_long_read_at_once_with_a_clear_503(fresh_server):
+    """A read may run for its whole time budget (15 s); a stop must not wait for it."""
+    answers: list = []
+    started = threading.Event()
+
+    def read() -> None:
+        with Client(fresh_server.url, timeout=60) as c:
+            started.set()
+            answers.append(c.sql(HEAVY_READ))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    started.wait(10)
+    wait_for(lambda: scrape(fresh_server).get("kalamdb_sql_queue_depth", 0) >= 1, what="the heavy read running")
+    t0 = time.monotonic()
+    fresh_server.proc.send_signal(signal.SIGTERM)
+    assert fresh_server.proc.wait(timeout=30) == 0
+    took = time.monotonic() - t0
+    reader.join(timeout=10)
+    assert took < 5.0, f"the stop waited {took:.1f} s for a running read"
+    (resp,) = answers
+    assert resp.http_status == 503 and resp.error["code"] == "CLUSTER_UNAVAILABLE", resp
+    assert "shutting down" in resp.error["message"] and "definite" in resp.error.get("details", ""), resp
+    assert "stopped cleanly" in fresh_server.log_tail()
 
 
 def test_token_survives_a_restart(fresh_server):

@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 
 from kalamdb.client import AsyncClient
-from kalamdb.server.metrics import parse
-
-
-def scrape(server) -> dict[str, float]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        resp = conn.getresponse()
-        assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/plain")
-        return parse(resp.read().decode())
-    finally:
-        conn.close()
+from tests.server.helpers import scrape
 
 
 def test_concurrent_writes_share_fsyncs(server, unique_ns):

@@ -14,189 +14,27 @@
         rate: every notification counted, latency from the write's `_seq` time to arrival, node RSS;
         then the write benchmark (16 closed-loop clients, another table) with and without them open.
 
-The fan-out subscribers run in a separate process with a minimal WebSocket reader (raw asyncio
-protocol, frames parsed by hand, `?compress=false`) so that measuring 100,000 frames per second does
-not cost more than producing them. A notification's latency is its arrival time minus the time in
-its `_seq` (the writing node's clock when it prepared the write, milliseconds; same machine).
+The subscribers run in their own process (bench/live_subscribers.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import itertools
 import json
 import os
 import random
-import struct
-import subprocess
-import sys
 import time
 from typing import Any
 
 import orjson
 
-from kalamdb.engine.ids import SNOWFLAKE_EPOCH_MS
+from kalamdb.bench.live_subscribers import TABLE, SubscriberProcess, pct, subscribers_main
 
-TABLE = "benchlive.t"
 WRITE_TABLE = "bench.items"
 USER_PASSWORD = "bench-live-pw"
 
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-# ------------------------------------------------------------------------------ a minimal subscriber
-
-class _WsReader(asyncio.Protocol):
-    """Client side of one WebSocket after the upgrade: counts text frames and records, per frame,
-    now - (time in its `_seq`) in ms."""
-
-    def __init__(self, stats: dict) -> None:
-        self.buf = bytearray()
-        self.stats = stats
-        self.transport: Any = None
-        self.handshake_done = asyncio.get_running_loop().create_future()
-        self.acks = 0
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self.stats["reads"] = self.stats.get("reads", 0) + 1
-        buf = self.buf
-        buf += data
-        if not self.handshake_done.done():
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end])
-            del buf[: end + 4]
-            if b" 101 " not in head.split(b"\r\n", 1)[0]:
-                self.handshake_done.set_exception(RuntimeError(head.decode(errors="replace")))
-                return
-            self.handshake_done.set_result(None)
-        pos = 0
-        n = len(buf)
-        now_ms = time.time() * 1000.0
-        lat = self.stats["lat"]
-        frames = 0
-        while n - pos >= 2:
-            b1 = buf[pos + 1] & 0x7F
-            if b1 < 126:
-                hdr, length = 2, b1
-            elif b1 == 126:
-                if n - pos < 4:
-                    break
-                hdr, length = 4, struct.unpack_from("!H", buf, pos + 2)[0]
-            else:
-                if n - pos < 10:
-                    break
-                hdr, length = 10, struct.unpack_from("!Q", buf, pos + 2)[0]
-            if n - pos < hdr + length:
-                break
-            start = pos + hdr
-            opcode = buf[pos] & 0x0F
-            if opcode == 1:
-                i = buf.find(b'"_seq":"', start, start + length)
-                if i >= 0:
-                    j = buf.find(b'"', i + 8)
-                    seq = int(buf[i + 8: j])
-                    lat.append(now_ms - ((seq >> 22) + SNOWFLAKE_EPOCH_MS))
-                    frames += 1
-                elif buf.find(b"subscription_ack", start, start + length) >= 0:
-                    self.acks += 1
-            pos = start + length
-        del buf[:pos]
-        self.stats["frames"] += frames
-
-    def send_text(self, text: str) -> None:
-        payload = text.encode()
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
-        n = len(payload)
-        if n < 126:
-            head = struct.pack("!BB", 0x81, 0x80 | n)
-        elif n < 65536:
-            head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-        else:
-            head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
-        self.transport.write(head + mask + masked)
-
-
-async def _open(url: str, token: str, stats: dict) -> _WsReader:
-    host, port = url.removeprefix("http://").split(":")
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_connection(lambda: _WsReader(stats), host, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    proto.transport.write((f"GET /v1/ws?compress=false HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           f"Authorization: Bearer {token}\r\n\r\n").encode())
-    await proto.handshake_done
-    return proto
-
-
-async def subscribers_main(spec: dict) -> None:
-    """The subscriber process: open every connection, subscribe, say `ready`, count until stdin
-    says `stop`, then print the counts and latencies as JSON."""
-    stats = {"frames": 0, "lat": []}
-    conns: list[_WsReader] = []
-
-    async def ping() -> None:  # from the start: the server closes a connection silent for 10 s
-        while True:
-            await asyncio.sleep(3)
-            for c in conns:
-                if not c.transport.is_closing():
-                    c.send_text('{"type":"ping"}')
-
-    pinger = asyncio.create_task(ping())
-    for url in spec["urls"]:
-        for token in spec["tokens"]:
-            c = await _open(url, token, stats)
-            for j in range(spec["subs_per_conn"]):
-                c.send_text(json.dumps({"type": "subscribe", "subscription": {"id": f"s{j}",
-                                                                              "sql": f"SELECT * FROM {TABLE}"}}))
-            conns.append(c)
-    want = len(conns) * spec["subs_per_conn"]
-    while sum(c.acks for c in conns) < want:
-        await asyncio.sleep(0.05)  # acks arrive through the protocol callbacks; bounded by the parent
-    print(json.dumps({"ready": len(conns), "subscriptions": want}), flush=True)
-
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        line = (await reader.readline()).decode().strip()
-        if line == "count":  # cheap: polled while waiting for the last notifications
-            print(json.dumps({"frames": stats["frames"], "reads": stats.get("reads", 0)}), flush=True)
-        elif line == "stats":
-            lat = stats["lat"]
-            print(json.dumps({"frames": stats["frames"], "reads": stats.get("reads", 0), "p50_ms": _pct(lat, 0.5),
-                              "p99_ms": _pct(lat, 0.99), "max_ms": max(lat) if lat else None}), flush=True)
-        elif line == "reset":
-            stats["frames"], stats["lat"] = 0, []
-            print(json.dumps({"reset": True}), flush=True)
-        elif line in ("stop", ""):
-            break
-    pinger.cancel()
-    lat = stats["lat"]
-    print(json.dumps({"frames": stats["frames"], "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
-                      "max_ms": max(lat) if lat else None}), flush=True)
-    for c in conns:
-        c.transport.close()
-
-
-# ------------------------------------------------------------------------------ orchestration
 
 def _cluster() -> Any:
     from kalamdb.bench.cluster import start_kalamdb
@@ -266,10 +104,10 @@ def latency(writes: int) -> dict:
                                 if ev["type"] == "change" and ev["rows"][0]["id"] == str(k):
                                     break
                             lat.append((time.perf_counter() - t0) * 1000)
-                    out[label] = {"writes": writes, "p50_ms": round(_pct(lat, 0.5), 2),
-                                  "p99_ms": round(_pct(lat, 0.99), 2), "max_ms": round(max(lat), 2),
-                                  "write_answer_p50_ms": round(_pct(acked, 0.5), 2),
-                                  "write_answer_p99_ms": round(_pct(acked, 0.99), 2)}
+                    out[label] = {"writes": writes, "p50_ms": round(pct(lat, 0.5), 2),
+                                  "p99_ms": round(pct(lat, 0.99), 2), "max_ms": round(max(lat), 2),
+                                  "write_answer_p50_ms": round(pct(acked, 0.5), 2),
+                                  "write_answer_p99_ms": round(pct(acked, 0.99), 2)}
             return out
 
         return asyncio.run(run())
@@ -304,10 +142,8 @@ def fanout(subs_per_node: int, rate: float, duration: float, write_clients: int,
 
         without = [write_bench()]
         rss_before = rss_mb(pids)
-        spec = {"urls": urls, "tokens": tokens, "subs_per_conn": subs_per_conn}
-        proc = subprocess.Popen([sys.executable, "-m", "kalamdb.bench.live", "_subscribers", json.dumps(spec)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        ready = json.loads(proc.stdout.readline())
+        proc = SubscriberProcess(urls, tokens, subs_per_conn)
+        ready = proc.ready
         rss_open = rss_mb(pids)
 
         async def paced_writes() -> dict:
@@ -332,25 +168,15 @@ def fanout(subs_per_node: int, rate: float, duration: float, write_clients: int,
         deadline = time.monotonic() + 60
         frames = 0
         while time.monotonic() < deadline:
-            proc.stdin.write("count\n")
-            proc.stdin.flush()
-            frames = json.loads(proc.stdout.readline())["frames"]
+            frames = proc.ask("count")["frames"]
             if frames >= expected:
                 break
             time.sleep(0.5)  # polling the subscriber process's counter, bounded by the deadline
-        proc.stdin.write("stats\n")
-        proc.stdin.flush()
-        final = json.loads(proc.stdout.readline())
+        final = proc.ask("stats")
         rss_after = rss_mb(pids)
-        proc.stdin.write("reset\n")
-        proc.stdin.flush()
-        proc.stdout.readline()
+        proc.ask("reset")
         with_subs = write_bench()  # A/B: without (before), with, without (after closing them)
-        proc.stdin.write("stop\n")
-        proc.stdin.flush()
-        proc.stdin.close()
-        proc.stdout.readlines()
-        proc.wait(30)
+        proc.stop()
         without.append(write_bench())
         return {
             "subscriptions_per_node": ready["subscriptions"] // len(urls), "connections": ready["ready"],
@@ -364,9 +190,8 @@ def fanout(subs_per_node: int, rate: float, duration: float, write_clients: int,
             "write_bench_ratio_with_vs_without": round(with_subs / (sum(without) / len(without)), 3),
         }
     finally:
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             proc.kill()
-            proc.wait()
         cluster.shutdown()
 
 
@@ -389,10 +214,8 @@ def cpu(writes: int, subs_per_conn: int) -> dict:
         for name in names:
             srv.sql(f"CREATE USER {name} WITH PASSWORD '{USER_PASSWORD}' ROLE user").raise_for_error()
         tokens = _tokens(srv.url, names)
-        spec = {"urls": [srv.url], "tokens": tokens, "subs_per_conn": subs_per_conn}
-        proc = subprocess.Popen([sys.executable, "-m", "kalamdb.bench.live", "_subscribers", json.dumps(spec)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        ready = json.loads(proc.stdout.readline())
+        proc = SubscriberProcess([srv.url], tokens, subs_per_conn)
+        ready = proc.ready
         node, subs = psutil.Process(srv.pid), psutil.Process(proc.pid)
         n0, s0, t0 = node.cpu_times(), subs.cpu_times(), time.perf_counter()
 
@@ -406,16 +229,12 @@ def cpu(writes: int, subs_per_conn: int) -> dict:
         deadline = time.monotonic() + 120
         frames = 0
         while frames < want and time.monotonic() < deadline:
-            proc.stdin.write("count\n")
-            proc.stdin.flush()
-            frames = json.loads(proc.stdout.readline())["frames"]
+            frames = proc.ask("count")["frames"]
             if frames < want:
                 time.sleep(0.2)  # polling the subscriber process's counter, bounded by the deadline
         wall = time.perf_counter() - t0
         n1, s1 = node.cpu_times(), subs.cpu_times()
-        proc.stdin.write("stats\n")
-        proc.stdin.flush()
-        st = json.loads(proc.stdout.readline())
+        st = proc.ask("stats")
         node_cpu = (n1.user + n1.system) - (n0.user + n0.system)
         sub_cpu = (s1.user + s1.system) - (s0.user + s0.system)
         return {"writes": writes, "subscriptions": ready["subscriptions"], "notifications": frames,
@@ -424,9 +243,8 @@ def cpu(writes: int, subs_per_conn: int) -> dict:
                 "subscriber_us_per_notification": round(sub_cpu / max(frames, 1) * 1e6, 2),
                 "latency_p50_ms": round(st["p50_ms"], 1), "latency_p99_ms": round(st["p99_ms"], 1)}
     finally:
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             proc.kill()
-            proc.wait()
         srv.close()
 
 
@@ -469,18 +287,12 @@ def writes_ab(subs_per_node: int, rounds: int, write_clients: int, write_s: floa
         without, with_subs = [], []
         for _ in range(rounds):
             without.append(bench())
-            spec = {"urls": urls, "tokens": tokens, "subs_per_conn": subs_per_conn}
-            proc = subprocess.Popen([sys.executable, "-m", "kalamdb.bench.live", "_subscribers", json.dumps(spec)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            proc = SubscriberProcess(urls, tokens, subs_per_conn)
             try:
-                opened = json.loads(proc.stdout.readline())["subscriptions"]
+                opened = proc.ready["subscriptions"]
                 with_subs.append(bench("with"))
             finally:
-                proc.stdin.write("stop\n")
-                proc.stdin.flush()
-                proc.stdin.close()
-                proc.stdout.read()
-                proc.wait(30)
+                proc.stop()
         med = lambda xs: sorted(xs)[len(xs) // 2]
         return {"subscriptions_open": opened, "rounds": rounds, "ops_per_s_without": [round(x, 1) for x in without],
                 "ops_per_s_with": [round(x, 1) for x in with_subs],

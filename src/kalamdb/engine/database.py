@@ -2,10 +2,10 @@
 into one deterministic command, and applied in log order on every replica's SQLite file.
 
 This module is the engine's facade: the connections, the catalog as writers and readers see it, the
-compile cache, the apply batch (one transaction, change log, publishing) and reads. The work itself
-lives by concept beside it: prepare.py (a request's checks before the log), commands.py (the
-command format), executor.py (the statement loop, SELECT), writes.py (two-phase
-INSERT/UPDATE/DELETE), ddl.py, users.py, changes.py (the change log and feed), compile.py +
+compile cache, the apply batch (one transaction, publishing) and reads. The work itself lives by
+concept beside it: prepare.py (a request's checks before the log), commands.py (the command
+format), executor.py (the statement loop, SELECT), writes.py (two-phase INSERT/UPDATE/DELETE),
+ddl.py, users.py, changes.py (the feed) and change_log.py (the durable change log), compile.py +
 authorizer.py (what a statement means, and what it may touch), local_tables.py (node-local views),
 snapshots.py (digests, snapshots).
 
@@ -22,11 +22,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from kalamdb.engine import authorizer, commands, executor, localviews, snapshots, sysviews, topics, users
+from kalamdb.engine import (
+    authorizer,
+    change_log,
+    commands,
+    executor,
+    localviews,
+    snapshots,
+    sysviews,
+    topics,
+    users,
+)
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import (
-    CHANGE_RETENTION_ROWS,
-    CHANGE_RETENTION_S,
     CHANGES_SQL,
     PRUNE_EVERY,
     Applied,
@@ -34,7 +42,6 @@ from kalamdb.engine.changes import (
     ChangeFeed,
     FeedEvent,
     Reset,
-    ResumeTooOld,
 )
 from kalamdb.engine.compile import Compiled, compile_query
 from kalamdb.engine.functions import FnState, register
@@ -76,6 +83,7 @@ class Database:
         self._readers_lock = threading.Lock()
         self._tls = threading.local()
         self._closed = False
+        self._reads_stopped = threading.Event()
         self._applied_index = 0  # loaded from the file by _load_state
         self._last_snowflake = 0
 
@@ -114,7 +122,7 @@ class Database:
         conn = getattr(self._tls, "conn", None)
         if conn is None:
             conn = self._connect()
-            state = FnState(None, self.node_id)
+            state = FnState(None, self.node_id, self._reads_stopped)
             register(conn, state)
             state.guard = authorizer.install(conn, cat.SYSTEM_VIEW_BASES)
             self._tls.conn, self._tls.state = conn, state
@@ -273,11 +281,11 @@ class Database:
                         pending, first = [], 0
                         events.extend(ctx.events)
                 if index % PRUNE_EVERY == 0:
-                    self._log_changes(logged)
-                    self._prune_changes()
+                    change_log.append(conn, logged)
+                    change_log.prune(conn)
                 self._applied_index = index
                 outcomes.append(outcome)
-            self._log_changes(logged)
+            change_log.append(conn, logged)
             conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'applied_index'", (self._applied_index,))
             conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'last_snowflake'", (self._last_snowflake,))
             conn.execute("COMMIT")
@@ -321,30 +329,6 @@ class Database:
         elif isinstance(s, st.ExecuteAs):
             self._attach_ast(s.inner)
 
-    def _log_changes(self, changes: list[Change]) -> None:
-        """Write the batch's changes to the change log (in the batch's transaction) and clear them."""
-        if changes:
-            self._wconn.executemany("INSERT INTO _kdb_changes VALUES (?, ?, ?, ?, ?, ?)",
-                                    [(c.seq, c.index, c.table, c.owner or "", c.op, c.encode()) for c in changes])
-            changes.clear()
-
-    def _prune_changes(self) -> None:
-        """Drop changes past the retention (by the newest change's time, and by count): depends
-        only on the log itself, and runs at fixed indexes, so every replica prunes identically."""
-        conn = self._wconn
-        newest = conn.execute("SELECT MAX(seq) FROM _kdb_changes").fetchone()[0]
-        if newest is None:
-            return
-        cutoff = newest - ((CHANGE_RETENTION_S * 1000) << 22)
-        row = conn.execute("SELECT seq FROM _kdb_changes ORDER BY seq DESC LIMIT 1 OFFSET ?",
-                           (CHANGE_RETENTION_ROWS,)).fetchone()
-        if row is not None:
-            cutoff = max(cutoff, row[0] + 1)
-        gone = conn.execute("SELECT MAX(seq) FROM _kdb_changes WHERE seq < ?", (cutoff,)).fetchone()[0]
-        if gone is not None:
-            conn.execute("DELETE FROM _kdb_changes WHERE seq <= ?", (gone,))
-            conn.execute("UPDATE _kdb_meta SET value = MAX(value, ?) WHERE key = 'changes_pruned_upto'", (gone,))
-
     # ------------------------------------------------------------------ reads
 
     def execute_read(self, prepared: Prepared) -> list[dict]:
@@ -375,17 +359,7 @@ class Database:
         from the durable change log; `owner` for USER and STREAM tables (None for SHARED).
         Raises ResumeTooOld when changes after `after_seq` may have been pruned."""
         conn, _ = self.reader()
-        conn.execute("BEGIN")
-        try:
-            meta = dict(conn.execute("SELECT key, value FROM _kdb_meta WHERE key IN "
-                                     "('applied_index', 'changes_pruned_upto')"))
-            if after_seq < int(meta["changes_pruned_upto"]):
-                raise ResumeTooOld(table, after_seq, int(meta["changes_pruned_upto"]))
-            rows = conn.execute("SELECT seq, idx, tbl, owner, op, data FROM _kdb_changes WHERE tbl = ? AND owner = ? "
-                                "AND seq > ? ORDER BY seq LIMIT ?", (table, owner or "", after_seq, limit)).fetchall()
-        finally:
-            conn.execute("COMMIT")
-        return int(meta["applied_index"]), [Change.decode(*r) for r in rows]
+        return change_log.read_since(conn, table, owner, after_seq, limit)
 
     # ------------------------------------------------------------------ users
 
@@ -444,6 +418,11 @@ class Database:
                 self._compile_cache.clear()
             self._load_state()
         self.feed.publish(Reset(self._applied_index))
+
+    def stop_reads(self) -> None:
+        """Shutting down: reads running now stop at their next progress check (within
+        PROGRESS_EVERY VM steps) and answer 503, so a stop never waits for a long query."""
+        self._reads_stopped.set()
 
     def close(self) -> None:
         if self._closed:

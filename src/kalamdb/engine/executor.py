@@ -307,6 +307,9 @@ def sql_error(e: sqlite3.Error, ctx: ExecContext, compiled: Compiled | None) -> 
                           f"{limits.MAX_INTERMEDIATE_BYTES} bytes and a LIKE pattern "
                           f"{limits.MAX_LIKE_PATTERN} characters")
     if msg == "interrupted":
+        if not ctx.writing and ctx.state.stopped_by_shutdown():
+            return KalamError("CLUSTER_UNAVAILABLE", "The node is shutting down and stopped this read; retry it "
+                              "on another node", status=503, details="definite: a read changes nothing")
         return KalamError("SQL_EXECUTION_ERROR", "Statement exceeded its execution budget and was stopped")
     m = re.match(r"no such column: (.+)", msg)
     if m:

@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 class FnState:
     """Inputs of the SQL functions that would otherwise be non-deterministic, and budgets."""
 
-    def __init__(self, seq_source, node_id: int):
+    def __init__(self, seq_source, node_id: int, reads_stopped: threading.Event | None = None):
         #: the writer's snowflake counter (an object with `next_seq(now_ms, node_id)`); None on readers
         self.seq_source = seq_source
+        #: set when the node shuts down: a running read stops at its next progress check (never a
+        #: write: a write's outcome must be the same on every replica, so only its counted budget stops it)
+        self.reads_stopped = reads_stopped
         self.now_us = 0
         self.node_id = node_id
         self.seed: int | None = None  # None: a fresh unseeded RNG (reads)
@@ -53,7 +56,14 @@ class FnState:
         if self.step_budget:
             self.steps += limits.PROGRESS_EVERY
             return 1 if self.steps > self.step_budget else 0
-        return 1 if self.deadline and time.monotonic() > self.deadline else 0
+        if not self.deadline:
+            return 0
+        if self.reads_stopped is not None and self.reads_stopped.is_set():
+            return 1
+        return 1 if time.monotonic() > self.deadline else 0
+
+    def stopped_by_shutdown(self) -> bool:
+        return self.reads_stopped is not None and self.reads_stopped.is_set()
 
     def reset(self, now_us: int, seed: int | None) -> None:
         self.now_us, self.seed, self._rng = now_us, seed, None

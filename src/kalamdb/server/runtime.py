@@ -154,6 +154,7 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
             ready.set()
         await stop.wait()
         log.info("shutting down: refusing new connections, finishing in-flight requests")
+        db.stop_reads()  # a long read would otherwise hold the stop for up to its whole time budget
     finally:
         if "guard_task" in locals():
             guard_task.cancel()
