@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from sqlglot import exp
@@ -37,6 +37,9 @@ from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.node.failpoints import NodeFailpoints
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
 from kalamdb.sql import statements as st
+
+if TYPE_CHECKING:
+    from kalamdb.engine import ClusterOp, Database, Outcome, Prepared, Principal
 
 log = logging.getLogger("kalamdb.node")
 
@@ -92,7 +95,7 @@ class AddressBook:
 
 
 class ClusterNode:
-    def __init__(self, cfg: ClusterConfig, db: Any, data_dir: Path, *, expiry_interval_s: float = 1.0):
+    def __init__(self, cfg: ClusterConfig, db: Database, data_dir: Path, *, expiry_interval_s: float = 1.0):
         self.cfg = cfg
         self.db = db
         self.node_id = cfg.node_id
@@ -191,7 +194,7 @@ class ClusterNode:
                          f"no leader elected within {self.cfg.leader_wait_ms} ms (is a majority of the "
                          "cluster reachable?)", status=503, details="definite: the write was not applied")
 
-    async def submit(self, command: bytes) -> tuple[int, Any]:
+    async def submit(self, command: bytes) -> tuple[int, Outcome]:
         """Replicate a command and return (index, engine Outcome) once this node applied it.
         On the leader it is proposed directly; on a follower it travels to the leader inside the
         peer transport (node/forwarding.py), and the answer comes from this node's own apply. A
@@ -237,7 +240,7 @@ class ClusterNode:
             if not leader and refusal is not None:
                 raise refusal
 
-    async def read_barrier(self, prepared: Any, *, consistency: str | None = None,
+    async def read_barrier(self, prepared: Prepared, *, consistency: str | None = None,
                            min_applied_index: int | None = None) -> None:
         """Return once this node's applied state may serve the read at the asked consistency:
         after min_applied_index, and (default) after a ReadIndex round for data-table reads."""
@@ -277,7 +280,7 @@ class ClusterNode:
         return await self.driver.wait_applied(index, timeout_s)
 
     # ------------------------------------------------------------------ CLUSTER statements
-    async def cluster(self, op: Any, principal: Any) -> list[dict]:
+    async def cluster(self, op: ClusterOp, principal: Principal) -> list[dict]:
         if principal.role not in ("dba", "system"):
             raise KalamError("PERMISSION_DENIED", f"CLUSTER {op.op.upper()} requires role dba or system")
         name = op.op
@@ -324,14 +327,17 @@ class ClusterNode:
             return [await self._leave(op.node_id)]
         raise KalamError("INVALID_SQL", f"unsupported CLUSTER operation {name}")
 
-    async def _join(self, op: Any) -> dict:
+    async def _join(self, op: ClusterOp) -> dict:
         await self._leader_or_raise()
         nid = op.node_id
         if nid is None or not 1 <= nid <= 1023:
             raise KalamError("INVALID_PARAMETER", "CLUSTER JOIN needs a node id between 1 and 1023")
-        split_hostport(op.rpc_addr or "", "rpc_addr")
-        api = op.api_addr if "://" in (op.api_addr or "") else f"http://{op.api_addr}"
-        peer = Peer(nid, op.rpc_addr, api)
+        rpc_addr, api_addr = op.rpc_addr, op.api_addr
+        if rpc_addr is None or api_addr is None:  # the parser asks for both
+            raise KalamError("INVALID_PARAMETER", "CLUSTER JOIN needs the node's rpc and api addresses")
+        split_hostport(rpc_addr, "rpc_addr")
+        api = api_addr if "://" in api_addr else f"http://{api_addr}"
+        peer = Peer(nid, rpc_addr, api)
         self.book.removed.discard(nid)
         await self._propose_meta({"op": "peer", "id": nid, "rpc": peer.rpc_addr, "api": peer.api_addr},
                                  f"CLUSTER JOIN {nid}")
@@ -525,7 +531,7 @@ def _msg(message: str) -> dict:
     return {"row_count": 0, "message": message}
 
 
-def _reads_data(prepared: Any) -> bool:
+def _reads_data(prepared: Prepared) -> bool:
     """Only data-table reads need ReadIndex. SHOW/DESCRIBE and queries that touch only `system.*`
     tables are answered from this node's own state (as upstream does). A table name without the
     `system` schema (a data table, or a CTE name) counts as data: the safe side."""

@@ -24,13 +24,17 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kalamdb.engine import logins as elogins
 from kalamdb.engine.passwords import hash_password, verify_password
 from kalamdb.engine.types import Prepared, Principal
 from kalamdb.errors import KalamError, RetryLater
 from kalamdb.node.clock import clock
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Database
+    from kalamdb.node.api import Node
 
 log = logging.getLogger("kalamdb.auth")
 
@@ -92,7 +96,7 @@ def rate_limited(wait_s: float) -> RetryLater:
 
 
 class Logins:
-    def __init__(self, db: Any, node: Any, policy: LoginPolicy):
+    def __init__(self, db: Database, node: Node, policy: LoginPolicy):
         self.db, self.node, self.policy = db, node, policy
         self.by_address = Throttle(policy.auth_requests_per_ip_per_sec)
         self.by_user = Throttle(policy.auth_requests_per_user_per_sec)

@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -27,6 +27,11 @@ from kalamdb.server.auth import Authenticator
 from kalamdb.server.connguard import ConnectionGuard
 from kalamdb.server.logins import LoginPolicy
 from kalamdb.server.standalone import StandaloneNode
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Database
+    from kalamdb.node.api import Node
+    from kalamdb.node.config import ClusterConfig
 
 log = logging.getLogger("kalamdb.server")
 
@@ -54,15 +59,20 @@ def write_port_file(path: Path, host: str, port: int) -> None:
     os.replace(tmp, path)
 
 
-def build_node(cfg: Config, db: Any, data_dir: Path, cluster_cfg: Any = None) -> Any:
+def build_node(cfg: Config, db: Database, data_dir: Path, cluster_cfg: ClusterConfig | None = None, *,
+               rpc_sock: socket.socket | None = None) -> Node:
+    """The node the server talks to: a Raft cluster member (with `rpc_sock`, the peer port its parent
+    bound for it) or a single node."""
     if cluster_cfg is not None:
         from kalamdb.node.cluster_node import ClusterNode
 
-        return ClusterNode(cluster_cfg, db, data_dir, expiry_interval_s=cfg.storage.expiry_interval_ms / 1000.0)
+        node = ClusterNode(cluster_cfg, db, data_dir, expiry_interval_s=cfg.storage.expiry_interval_ms / 1000.0)
+        node.driver.rpc_sock = rpc_sock
+        return node
     return StandaloneNode(db, node_id=1, expiry_interval_s=cfg.storage.expiry_interval_ms / 1000.0)
 
 
-def load_cluster(cfg: Config) -> Any:
+def load_cluster(cfg: Config) -> ClusterConfig | None:
     """The [cluster] section merged with KALAMDB_CLUSTER_* variables; None for a single node."""
     from kalamdb.node.config import load_cluster_config
 
@@ -97,9 +107,8 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
     except Exception as exc:
         log.exception("cannot open the database")
         raise StartupError(f"cannot open the database in {data_dir}: {type(exc).__name__}: {exc}") from None
-    node = build_node(cfg, db, data_dir, cluster_cfg)
-    if rpc_fd is not None and cluster_cfg is not None:
-        node.driver.rpc_sock = socket.socket(fileno=rpc_fd)
+    node = build_node(cfg, db, data_dir, cluster_cfg,
+                      rpc_sock=socket.socket(fileno=rpc_fd) if rpc_fd is not None and cluster_cfg is not None else None)
     authenticator = Authenticator(
         verify_password=db.authenticate,
         principal_for=db.principal_for,

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -23,6 +23,9 @@ from kalamdb.node import cluster_results
 from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.node.snapshot_files import SnapshotFiles
 
+if TYPE_CHECKING:
+    from kalamdb.engine import ClusterOp, Database, Outcome, Prepared, Principal
+
 log = logging.getLogger("kalamdb.node")
 
 MAX_BATCH = 1024
@@ -31,7 +34,7 @@ MAX_BATCH = 1024
 class Committer:
     """Batches concurrently submitted commands into single `apply_batch` calls on one writer thread."""
 
-    def __init__(self, db: Any, *, max_batch: int = MAX_BATCH):
+    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH):
         self._db = db
         self._max_batch = max_batch
         self._pending: list[tuple[bytes, asyncio.Future]] = []
@@ -49,7 +52,7 @@ class Committer:
         """Index of the last command handed to the writer."""
         return self._next_index - 1
 
-    def submit(self, command: bytes) -> asyncio.Future:
+    def submit(self, command: bytes) -> asyncio.Future[tuple[int, Outcome]]:
         if self._closed:
             raise KalamError("CLUSTER_UNAVAILABLE", "Server is shutting down", status=503)
         fut = asyncio.get_running_loop().create_future()
@@ -130,7 +133,7 @@ class Committer:
 class StandaloneNode:
     """A single node: its own log index sequence, durable through the engine's fsynced SQLite."""
 
-    def __init__(self, db: Any, *, node_id: int = 1, expiry_interval_s: float = 1.0):
+    def __init__(self, db: Database, *, node_id: int = 1, expiry_interval_s: float = 1.0):
         self.db = db
         self.node_id = node_id
         self._committer = Committer(db)
@@ -173,7 +176,7 @@ class StandaloneNode:
             pass
         return self.applied_index >= index
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         """Group-commit counters for /metrics (commands per fsync = commands / batches)."""
         return {"commit_batches_total": self._committer.batches,
                 "commit_commands_total": self._committer.commands,
@@ -192,10 +195,10 @@ class StandaloneNode:
                 pass
         await self._committer.drain()
 
-    async def submit(self, command: bytes) -> tuple[int, Any]:
+    async def submit(self, command: bytes) -> tuple[int, Outcome]:
         return await self._committer.submit(command)
 
-    async def read_barrier(self, prepared: Any, *, consistency: str | None = None,
+    async def read_barrier(self, prepared: Prepared, *, consistency: str | None = None,
                            min_applied_index: int | None = None) -> None:
         if consistency not in (None, "linearizable", "local", "leader"):
             raise KalamError("INVALID_INPUT", f"Unknown consistency '{consistency}' (linearizable, local)")
@@ -209,7 +212,7 @@ class StandaloneNode:
         # Every acknowledged write is already applied here, so local state is linearizable.
         # A write still in the writer is not acknowledged yet: reading without it is allowed.
 
-    async def cluster(self, op: Any, principal: Any) -> list[dict]:
+    async def cluster(self, op: ClusterOp, principal: Principal) -> list[dict]:
         """A single node answers the statements that make sense for a one-node group, as upstream's
         single server does (it runs a one-node Raft group); membership and leadership ones need a
         cluster."""

@@ -18,9 +18,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kalamdb.node.clock import clock
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Database, Prepared
+    from kalamdb.node.api import Node
 from kalamdb.sql import statements as st
 
 log = logging.getLogger("kalamdb.unsafe")
@@ -51,7 +55,7 @@ class UnsafeTxn:
                      "checker tests", ENV, mode)
         return unsafe
 
-    def applies(self, prepared: Any) -> bool:
+    def applies(self, prepared: Prepared) -> bool:
         stmts = prepared.statements
         if not prepared.is_write or not any(isinstance(s, st.Begin) for s in stmts):
             return False
@@ -61,12 +65,12 @@ class UnsafeTxn:
             return any(_is_read(s) for s in stmts)
         return sum(not isinstance(s, (st.Begin, st.Commit)) for s in stmts) > 1
 
-    async def run(self, db: Any, node: Any, prepared: Any) -> tuple[list, int | None]:
+    async def run(self, db: Database, node: Node, prepared: Prepared) -> tuple[list, int | None]:
         if self.mode == "stale-reads":
             return await self._stale_reads(db, node, prepared)
         return await self._split_writes(db, node, prepared)
 
-    async def _stale_reads(self, db: Any, node: Any, prepared: Any) -> tuple[list, int | None]:
+    async def _stale_reads(self, db: Database, node: Node, prepared: Prepared) -> tuple[list, int | None]:
         stmts = prepared.statements
         reads = [i for i, s in enumerate(stmts) if _is_read(s)]
         rest = [i for i in range(len(stmts)) if i not in set(reads)]
@@ -83,7 +87,7 @@ class UnsafeTxn:
             results[i] = r
         return results, index
 
-    async def _split_writes(self, db: Any, node: Any, prepared: Any) -> tuple[list, int | None]:
+    async def _split_writes(self, db: Database, node: Node, prepared: Prepared) -> tuple[list, int | None]:
         results: list = []
         index = None
         for s in prepared.statements:
