@@ -9,7 +9,7 @@ break a node on purpose, so the caller must authenticate as role dba or system (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -17,11 +17,15 @@ from kalamdb.errors import KalamError
 from kalamdb.server import responses
 from kalamdb.server.sql_endpoint import read_json_body
 
+if TYPE_CHECKING:
+    from kalamdb.node.failpoints import NodeFailpoints
+    from kalamdb.server.app import ServerState
+
 FAILPOINTS_PATH = "/v1/api/admin/failpoints"
 
 
-def add_admin_routes(app: web.Application, state_key: web.AppKey) -> None:
-    async def guard(request: web.Request) -> Any:
+def add_admin_routes(app: web.Application, state_key: web.AppKey[ServerState]) -> None:
+    async def guard(request: web.Request) -> tuple[ServerState, NodeFailpoints]:
         state = request.app[state_key]
         principal = await state.auth.authenticate(request.headers.get("Authorization"), remote=request.remote)
         if principal.role.lower() not in ("dba", "system"):
@@ -32,7 +36,7 @@ def add_admin_routes(app: web.Application, state_key: web.AppKey) -> None:
                              "of a cluster node (start with KALAMDB_NODE_ID / KALAMDB_CLUSTER_PEERS)")
         return state, failpoints
 
-    def describe(state: Any, failpoints: Any) -> dict:
+    def describe(state: ServerState, failpoints: NodeFailpoints) -> dict:
         return {"node_id": state.node.node_id, "failpoints": failpoints.active(), "points": list(failpoints.POINTS)}
 
     async def get(request: web.Request) -> web.Response:

@@ -17,12 +17,16 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from kalamdb.errors import KalamError
 from kalamdb.node.clock import clock
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Principal
+    from kalamdb.server.logins import LoginPolicy, Logins
 
 log = logging.getLogger("kalamdb.auth")
 
@@ -44,12 +48,12 @@ class Authenticator:
     def __init__(
         self,
         *,
-        verify_password: Callable[[str, str], Any],
-        principal_for: Callable[[str], Any],
+        verify_password: Callable[[str, str], Principal],
+        principal_for: Callable[[str], Principal | None],
         jwt_secret: str,
         jwt_expiry_hours: float = 24.0,
-        users_version: Callable[[], Any] | None = None,
-        policy: Any = None,
+        users_version: Callable[[], object] | None = None,
+        policy: LoginPolicy | None = None,
     ):
         self._verify_password = verify_password
         self._principal_for = principal_for
@@ -57,9 +61,9 @@ class Authenticator:
         self._expiry_s = jwt_expiry_hours * 3600.0
         self._cache_key = secrets.token_bytes(32)  # per process: cache keys mean nothing elsewhere
         # key -> (principal, trusted until (monotonic)); token cache: token -> (principal, exp, until)
-        self._basic_cache: dict[bytes, tuple[Any, float]] = {}
-        self._inflight: dict[bytes, asyncio.Future] = {}  # credentials being verified right now
-        self._token_cache: dict[str, tuple[Any, float, float]] = {}
+        self._basic_cache: dict[bytes, tuple[Principal, float]] = {}
+        self._inflight: dict[bytes, asyncio.Future[Principal]] = {}  # credentials being verified right now
+        self._token_cache: dict[str, tuple[Principal, float, float]] = {}
         # A counter the storage bumps whenever users change (on every replica); None = not offered,
         # then only users_changed() and the TTL invalidate.
         self._users_version = users_version
@@ -69,10 +73,10 @@ class Authenticator:
         self.policy = policy
         #: throttling, lockout, setup state and token stamps (server/logins.py), installed with the
         #: auth routes; None in unit tests that build an Authenticator alone
-        self.logins: Any = None
+        self.logins: Logins | None = None
         self._stamp_key = hmac.new(jwt_secret.encode(), b"kalamdb-credential-stamp", hashlib.sha256).digest()
 
-    def install_logins(self, logins: Any) -> None:
+    def install_logins(self, logins: Logins) -> None:
         self.logins = logins
 
     def stamp(self, user_id: str) -> str | None:
@@ -80,7 +84,7 @@ class Authenticator:
         return self.logins.stamp(user_id, self._stamp_key) if self.logins is not None else None
 
     # ---- tokens -------------------------------------------------------------------------------
-    def issue_token(self, principal: Any, *, now: float | None = None, token_type: str = "access") -> tuple[str, float]:
+    def issue_token(self, principal: Principal, *, now: float | None = None, token_type: str = "access") -> tuple[str, float]:
         """An access (or refresh: 7 times as long, as upstream) token for `principal` and its
         expiry (unix seconds). It carries the user's credential stamp: a password or role change
         invalidates it."""
@@ -131,7 +135,7 @@ class Authenticator:
             raise KalamError("INVALID_TOKEN", "Invalid token: the user's password or role changed since it was "
                              "issued; log in again")
 
-    def verify_token(self, token: str) -> Any:
+    def verify_token(self, token: str) -> Principal:
         self._check_version()
         cached = self._token_cache.get(token)
         if cached is not None:
@@ -142,15 +146,15 @@ class Authenticator:
             if time.monotonic() < until:
                 return principal
         claims = self.decode(token, "access")
-        principal = self._principal_for(str(claims["sub"]))
-        if principal is None:
+        found = self._principal_for(str(claims["sub"]))
+        if found is None:
             raise KalamError("INVALID_TOKEN", "Invalid token: the user no longer exists")
         self.check_stamp(claims)
-        self._remember(self._token_cache, token, (principal, float(claims["exp"]), time.monotonic() + CACHE_TTL_S))
-        return principal
+        self._remember(self._token_cache, token, (found, float(claims["exp"]), time.monotonic() + CACHE_TTL_S))
+        return found
 
     # ---- passwords ----------------------------------------------------------------------------
-    async def verify_credentials(self, username: str, password: str, *, remote: str | None) -> Any:
+    async def verify_credentials(self, username: str, password: str, *, remote: str | None) -> Principal:
         """Principal for (username, password); the slow hash runs off the event loop."""
         key = self._key(f"{username}\0{password}", remote)
         cached = self._cached(key)
@@ -158,7 +162,7 @@ class Authenticator:
             return cached
         return await self._verify(key, username, password, remote)
 
-    async def authenticate(self, header: str | None, *, remote: str | None) -> Any:
+    async def authenticate(self, header: str | None, *, remote: str | None) -> Principal:
         """Principal for an `Authorization` header value."""
         if not header:
             raise KalamError("MISSING_AUTHORIZATION", "Missing Authorization header (Bearer <token> or Basic)")
@@ -185,20 +189,20 @@ class Authenticator:
         where = "l" if is_local_address(remote) else "r"
         return hashlib.blake2b(f"{secret_material}\0{where}".encode(), key=self._cache_key, digest_size=16).digest()
 
-    def _cached(self, key: bytes) -> Any:
+    def _cached(self, key: bytes) -> Principal | None:
         self._check_version()
         cached = self._basic_cache.get(key)
         if cached is not None and time.monotonic() < cached[1]:
             return cached[0]
         return None
 
-    async def _verify(self, key: bytes, username: str, password: str, remote: str | None) -> Any:
+    async def _verify(self, key: bytes, username: str, password: str, remote: str | None) -> Principal:
         """Concurrent checks of the same credentials (a client opening many connections at once)
         share one verification: one argon2 run, one throttling token."""
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Principal] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
             principal = await self._verify_once(key, username, password, remote)
@@ -214,7 +218,7 @@ class Authenticator:
         finally:
             self._inflight.pop(key, None)
 
-    async def _verify_once(self, key: bytes, username: str, password: str, remote: str | None) -> Any:
+    async def _verify_once(self, key: bytes, username: str, password: str, remote: str | None) -> Principal:
         generation = self._generation
         if self.logins is not None:  # throttling, lockout, setup state, no name enumeration
             principal = await self.logins.verify(username, password, remote, is_local=is_local_address(remote))

@@ -20,7 +20,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -34,6 +34,10 @@ from kalamdb.server.auth import REFRESH_FACTOR, is_local_address
 from kalamdb.server.logins import ROOT, LoginPolicy, Logins
 from kalamdb.server.sql_endpoint import read_json_body
 
+if TYPE_CHECKING:
+    from kalamdb.engine import Principal
+    from kalamdb.server.app import ServerState
+
 log = logging.getLogger("kalamdb.auth")
 
 PREFIX = "/v1/api/auth"
@@ -43,18 +47,21 @@ USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 ADMIN_ROLES = ("dba", "system")
 
 
-def add_auth_routes(app: web.Application, state_key: web.AppKey) -> None:
+def add_auth_routes(app: web.Application, state_key: web.AppKey[ServerState]) -> None:
     async def install(app: web.Application) -> None:
         """Every password check of this server (login, Basic credentials) follows the login rules."""
         state = app[state_key]
-        policy = state.auth.policy if isinstance(state.auth.policy, LoginPolicy) else LoginPolicy()
+        policy = state.auth.policy if state.auth.policy is not None else LoginPolicy()
         state.auth.install_logins(Logins(state.db, state.node, policy))
 
     app.on_startup.append(install)
 
-    def logins(request: web.Request) -> tuple[Any, Logins]:
+    def logins(request: web.Request) -> tuple[ServerState, Logins]:
         state = request.app[state_key]
-        return state, state.auth.logins
+        lg = state.auth.logins
+        if lg is None:  # install() runs at startup, before any request
+            raise KalamError("INTERNAL_ERROR", "the login rules are not installed")
+        return state, lg
 
     async def login(request: web.Request) -> web.Response:
         try:
@@ -175,7 +182,7 @@ def add_auth_routes(app: web.Application, state_key: web.AppKey) -> None:
         app.router.add_route(method, f"{PREFIX}/{path}", handler)
 
 
-async def _body(request: web.Request, state: Any, allowed: set[str]) -> dict:
+async def _body(request: web.Request, state: ServerState, allowed: set[str]) -> dict:
     body = await read_json_body(request, state.max_body_bytes)
     if not isinstance(body, dict):
         raise KalamError("INVALID_INPUT", "Invalid JSON payload: expected an object")
@@ -197,7 +204,7 @@ def _bearer(request: web.Request) -> str:
     return token.strip()
 
 
-async def _tokens(request: web.Request, state: Any, user_id: str, principal: Any) -> web.Response:
+async def _tokens(request: web.Request, state: ServerState, user_id: str, principal: Principal) -> web.Response:
     """The login/refresh answer: both tokens, their expiries, the user, and the two cookies."""
     rec = elogins.user_record(state.db, user_id)
     if rec is None:  # root's convenience login without a row cannot happen; be explicit anyway

@@ -9,7 +9,7 @@ otherwise only an authenticated dba/system caller.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -19,14 +19,17 @@ from kalamdb.node.cluster_view import AUTH_HEADER, NODE_REPORT_PATH, HasClusterV
 from kalamdb.server import responses
 from kalamdb.server.auth import is_local_address
 
+if TYPE_CHECKING:
+    from kalamdb.server.app import ServerState
+
 CLUSTER_HEALTH_PATH = "/v1/api/cluster/health"
 WAIT_PATH = "/v1/api/cluster/wait"
 DIGEST_PATH = "/v1/api/cluster/digest"
 MAX_WAIT_MS = 60_000
 
 
-def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
-    async def guard(request: web.Request) -> Any:
+def add_cluster_routes(app: web.Application, state_key: web.AppKey[ServerState]) -> None:
+    async def guard(request: web.Request) -> ServerState:
         state = request.app[state_key]
         if is_local_address(request.remote):
             return state
@@ -70,7 +73,7 @@ def add_cluster_routes(app: web.Application, state_key: web.AppKey) -> None:
     app.router.add_get(DIGEST_PATH, digest)
 
 
-def add_node_report_route(app: web.Application, state_key: web.AppKey) -> None:
+def add_node_report_route(app: web.Application, state_key: web.AppKey[ServerState]) -> None:
     """`GET /v1/api/cluster/node-report`: this node's own rows of system.cluster, for cluster members
     only (node/cluster_view.py says what a report is and how the member token is made)."""
 

@@ -27,6 +27,7 @@ from kalamdb.sql import statements as st
 
 if TYPE_CHECKING:
     from kalamdb.engine import Database, Prepared, Principal
+    from kalamdb.live.service import LiveService
     from kalamdb.node.api import Node
     from kalamdb.server.auth import Authenticator
     from kalamdb.server.forward import Forwarder
@@ -124,7 +125,7 @@ class SqlHandler:
         self.workers = workers
         self.cheap = CheapStatements()
         self.forwarder: Forwarder | None = None  # cluster mode: CLUSTER statements to the leader
-        self.live: Any = None  # the node's LiveService (kalamdb.live): executes KILL LIVE QUERY here
+        self.live: LiveService | None = None  # the node's live queries (kalamdb.live): KILL LIVE QUERY runs here
         self.metrics = SqlMetrics()
         self.unsafe_txn = UnsafeTxn.from_env()  # None unless a checker test plants a transaction bug
 
@@ -213,7 +214,7 @@ class SqlHandler:
         return prepared, self.db.to_command(prepared, now_us=now_us, node_id=self.node.node_id)
 
 
-def _kill_live_statement(statements: list, principal: Any, live: Any) -> list[dict]:
+def _kill_live_statement(statements: list, principal: Principal, live: LiveService | None) -> list[dict]:
     """KILL LIVE QUERY runs on the node that received it (live queries are node-local)."""
     if len(statements) != 1:
         raise KalamError("INVALID_SQL", "KILL LIVE QUERY must be sent alone")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,13 +29,17 @@ from kalamdb.server import responses
 from kalamdb.server.sql_endpoint import read_json_body
 from kalamdb.sql.topics import GROUP_RE, MAX_OFFSET, Ack, Consume
 
+if TYPE_CHECKING:
+    from kalamdb.engine import Principal
+    from kalamdb.server.app import ServerState
+
 log = logging.getLogger("kalamdb.topics")
 
 CONSUME_PATH = "/v1/api/topics/consume"
 ACK_PATH = "/v1/api/topics/ack"
 
 
-def add_topic_routes(app: web.Application, state_key: web.AppKey) -> None:
+def add_topic_routes(app: web.Application, state_key: web.AppKey[ServerState]) -> None:
     async def consume(request: web.Request) -> web.Response:
         try:
             state, principal, body = await _admit(request, state_key, "Topic consumption")
@@ -81,7 +85,8 @@ def add_topic_routes(app: web.Application, state_key: web.AppKey) -> None:
     app.router.add_post(ACK_PATH, ack)
 
 
-async def _admit(request: web.Request, state_key: web.AppKey, what: str) -> tuple[Any, Any, dict]:
+async def _admit(request: web.Request, state_key: web.AppKey[ServerState], what: str
+                 ) -> tuple[ServerState, Principal, dict]:
     state = request.app[state_key]
     principal = await state.auth.authenticate(request.headers.get("Authorization"), remote=request.remote)
     if principal.role.lower() not in CONSUMER_ROLES:
