@@ -16,10 +16,13 @@ import base64
 import http.client
 import socket
 import time
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 import orjson
+
+if TYPE_CHECKING:
+    import aiohttp
 
 from kalamdb.cells import typed_rows
 from kalamdb.errors import KalamError
@@ -225,13 +228,13 @@ class AsyncClient:
         self._creds = _Credentials(user, password, token)
         self._timeout = timeout
         self._connections = connections
-        self._session = None
+        self._session: aiohttp.ClientSession | None = None  # made on first use (aiohttp loads lazily)
 
     @property
     def token(self) -> str | None:
         return self._creds.token
 
-    def _get_session(self):
+    def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             import aiohttp
 
