@@ -53,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/kalamdb bench --compare etcd --clients 1,16,64 --duration 4 --json bench-out/bench.json --plot bench-out
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

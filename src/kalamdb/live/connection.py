@@ -16,11 +16,15 @@ import struct
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from kalamdb.errors import KalamError
 from kalamdb.live import protocol as p
+
+if TYPE_CHECKING:
+    from kalamdb.engine import Principal
 
 log = logging.getLogger("kalamdb.live")
 
@@ -52,7 +56,7 @@ class LiveConnection:
         self.compress = compress
         self.transport = transport
         self.protocol = p.Protocol()  # sets .ser and .binary
-        self.principal: Any = None  # set once authenticated
+        self._principal: Principal | None = None  # set once authenticated
         self.token_exp: float | None = None  # unix seconds
         self.subs: dict[str, Any] = {}
         self.opened = time.monotonic()
@@ -74,11 +78,23 @@ class LiveConnection:
     # ---- identity --------------------------------------------------------------------------
     @property
     def authenticated(self) -> bool:
-        return self.principal is not None
+        return self._principal is not None
+
+    @property
+    def principal(self) -> Principal:
+        """Who the connection authenticated as; asked only once `authenticated` (the endpoint
+        answers AUTH_REQUIRED before anything else)."""
+        if self._principal is None:
+            raise KalamError("INTERNAL_ERROR", f"live connection {self.id} is not authenticated")
+        return self._principal
+
+    @principal.setter
+    def principal(self, principal: Principal) -> None:
+        self._principal = principal
 
     @property
     def user_id(self) -> str:
-        return self.principal.user_id if self.principal is not None else ""
+        return self._principal.user_id if self._principal is not None else ""
 
     @property
     def serialization(self) -> str:

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import jwt
 from aiohttp import WSMsgType, web
@@ -25,6 +26,9 @@ from kalamdb.live.connection import LiveConnection
 from kalamdb.live.service import LiveService
 from kalamdb.node.clock import clock
 
+if TYPE_CHECKING:
+    from kalamdb.engine import Database, Principal
+
 log = logging.getLogger("kalamdb.live")
 
 WS_PATH = "/v1/ws"
@@ -34,10 +38,18 @@ SWEEP_EVERY_S = 0.5
 RECEIVE_LIMIT = 4 * p.MAX_MESSAGE_BYTES
 
 
+class TokenVerifier(Protocol):
+    """What live queries need of the server's authenticator (server/auth.py): a JWT checked and
+    turned into the principal it names, or a KalamError."""
+
+    def verify_token(self, token: str) -> Principal: ...
+
+
 class LiveEndpoint:
     """The route handler and the sweeper; one per server process."""
 
-    def __init__(self, service: LiveService, authenticator: Any, users_version: Any = None):
+    def __init__(self, service: LiveService, authenticator: TokenVerifier,
+                 users_version: Callable[[], object] | None = None):
         self.service = service
         self.auth = authenticator
         self._users_version = users_version  # () -> counter the storage bumps when users change
@@ -223,12 +235,11 @@ class LiveEndpoint:
 LIVE_KEY: web.AppKey[LiveEndpoint] = web.AppKey("kalamdb_live")
 
 
-def add_live_routes(app: web.Application, state: Any) -> LiveEndpoint:
+def add_live_routes(app: web.Application, db: Database, node_id: int, auth: TokenVerifier) -> LiveEndpoint:
     """Register `GET /v1/ws` and `system.live` on a server's app; the endpoint starts and stops
-    with the app. `state` is the ServerState (db, node, auth, sql)."""
-    db = state.db
-    service = LiveService(db, node_id=state.node.node_id)
-    endpoint = LiveEndpoint(service, state.auth, lambda: db.users_version)
+    with the app. Its `service` also executes KILL LIVE QUERY for the server's SQL endpoint."""
+    service = LiveService(db, node_id=node_id)
+    endpoint = LiveEndpoint(service, auth, lambda: db.users_version)
     app[LIVE_KEY] = endpoint
     app.router.add_get(WS_PATH, endpoint)
 
@@ -240,5 +251,4 @@ def add_live_routes(app: web.Application, state: Any) -> LiveEndpoint:
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
-    state.sql.live = service
     return endpoint

@@ -60,7 +60,8 @@ def create_app(state: ServerState) -> web.Application:
     add_admin_routes(app, STATE_KEY)
     add_topic_routes(app, STATE_KEY)
     add_node_report_route(app, STATE_KEY)
-    add_live_routes(app, state)  # GET /v1/ws, system.live, KILL LIVE QUERY
+    # GET /v1/ws and system.live; KILL LIVE QUERY, sent to /v1/api/sql, runs on the same service
+    state.sql.live = add_live_routes(app, state.db, state.node.node_id, state.auth).service
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
