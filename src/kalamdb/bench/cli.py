@@ -15,13 +15,16 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from kalamdb.bench import cluster as kc
 from kalamdb.bench.load import LoadResult, closed_loop, new_session
+
+if TYPE_CHECKING:
+    from kalamdb.testing.cluster import ClusterTestServer
 
 ALL_SCENARIOS = ("start", "insert", "batch", "mixed", "lag", "failover", "catchup", "memory")
 
@@ -171,14 +174,14 @@ class Bench:
         except (click.ClickException, RuntimeError, AssertionError, OSError) as exc:
             self.add("kalamdb", scenario, errors=1, first_error=f"{type(exc).__name__}: {exc}"[:500])
 
-    def run_failover(self, cluster: Any) -> None:
+    def run_failover(self, cluster: ClusterTestServer) -> None:
         runs = []
         for i in range(self.o["failover_runs"]):
             self.console.print(f"  failover run {i + 1}/{self.o['failover_runs']}", end="\r")
             runs.append(kc.failover_once(cluster, self.ids))
         self.add("kalamdb", "failover", election_ms=list(self.o["election_ms"]), **kc.summarize_seconds(runs))
 
-    def run_lag(self, cluster: Any, urls: list[str], auth: str, pids: dict[str, int]) -> None:
+    def run_lag(self, cluster: ClusterTestServer, urls: list[str], auth: str, pids: dict[str, int]) -> None:
         clients = self.o["lag_clients"]
         leader = cluster.leader()
         probe = kc.LagProbe(leader.url, [n.url for n in cluster.nodes if n is not leader and n.is_running()], auth)
@@ -188,7 +191,7 @@ class Bench:
                  lag=probe.summary(), rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent)
         self.extra["lag_over_time"] = [[round(t, 3), round(lag, 3)] for t, lag in probe.samples]
 
-    def fill_million(self, cluster: Any, auth: str, pids: dict[str, int]) -> None:
+    def fill_million(self, cluster: ClusterTestServer, auth: str, pids: dict[str, int]) -> None:
         rows, rpr = self.o["million_rows"], 500
         leader = cluster.leader()
         self.console.print(f"  filling {rows} rows in batches of {rpr}")
@@ -209,7 +212,7 @@ class Bench:
             "rows": done, "rss_mb": kc.rss_mb(pids), "max_rss_mb": smp.max_rss_mb,
             "failed_batches": len(failed), "first_failure": failed[0] if failed else None}
 
-    def run_catchup(self, cluster: Any) -> None:
+    def run_catchup(self, cluster: ClusterTestServer) -> None:
         n = self.o["catchup_writes"]
         by_log = kc.catch_up_once(cluster, n, self.ids)
         self.add("kalamdb", "catchup_log", **by_log)

@@ -17,12 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 import psutil
 
 from kalamdb.bench.load import Request, Target, json_ok, percentile
+
+if TYPE_CHECKING:
+    from kalamdb.testing.cluster import ClusterTestServer
 
 SQL_PATH = "/v1/api/sql"
 WAIT_PATH = "/v1/api/cluster/wait"
@@ -52,7 +55,7 @@ def basic_auth(password: str) -> str:
     return "Basic " + base64.b64encode(f"root:{password}".encode()).decode()
 
 
-def create_table(cluster: Any) -> None:
+def create_table(cluster: ClusterTestServer) -> None:
     for sql in ("CREATE NAMESPACE IF NOT EXISTS bench",
                 f"CREATE SHARED TABLE IF NOT EXISTS {TABLE} (id BIGINT PRIMARY KEY, body TEXT)"):
         r = cluster.execute_sql_on_leader(sql)
@@ -60,7 +63,7 @@ def create_table(cluster: Any) -> None:
             raise RuntimeError(f"setup failed: {sql}: {r.error}")
 
 
-def node_urls(cluster: Any, target: str) -> list[str]:
+def node_urls(cluster: ClusterTestServer, target: str) -> list[str]:
     """`random`: every node (followers forward writes to the leader); `leader`: the leader only."""
     if target == "leader":
         return [cluster.leader().url]
@@ -168,8 +171,8 @@ def rss_mb(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def kalamdb_pids(cluster: Any) -> dict[str, int]:
-    return {f"node{n.node_id}": n.pid for n in cluster.nodes if n.is_running()}
+def kalamdb_pids(cluster: ClusterTestServer) -> dict[str, int]:
+    return {f"node{n.node_id}": n.pid for n in cluster.nodes if n.is_running() and n.pid is not None}
 
 
 # ---------------------------------------------------------------- replication lag
@@ -251,7 +254,7 @@ def write_once(node: Any, n: int, timeout: float = 2.0) -> tuple[bool, int | Non
         return False, None
 
 
-def failover_once(cluster: Any, ids: Any, deadline_s: float = 20.0) -> float:
+def failover_once(cluster: ClusterTestServer, ids: Any, deadline_s: float = 20.0) -> float:
     """kill -9 the leader, then write round-robin to the survivors until one write succeeds.
     Returns seconds from the kill to that acknowledgement; the killed node is restarted and waited for."""
     leader = cluster.leader()
@@ -272,7 +275,7 @@ def failover_once(cluster: Any, ids: Any, deadline_s: float = 20.0) -> float:
     return took
 
 
-def catch_up_once(cluster: Any, writes: int, ids: Any, *, rows_per_request: int = CATCHUP_ROWS_PER_REQUEST) -> dict:
+def catch_up_once(cluster: ClusterTestServer, writes: int, ids: Any, *, rows_per_request: int = CATCHUP_ROWS_PER_REQUEST) -> dict:
     """Stop a follower, write `writes` rows, restart it; seconds from restart to applied >= last write."""
     follower = cluster.followers()[0]
     leader = cluster.leader()

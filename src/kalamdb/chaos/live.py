@@ -26,13 +26,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kalamdb.chaos.history import Event, HistoryRecorder, Operation
 from kalamdb.chaos.live_check import Committed, Stream, check_live, committed_from_changes
 from kalamdb.chaos.workloads import NAMESPACE, ClientContext, Definite, Workload, _create, _jsonable, run_sql
 from kalamdb.client import Client
 from kalamdb.engine.changes import Change
+
+if TYPE_CHECKING:
+    from kalamdb.testing.cluster import ClusterTestServer
 
 log = logging.getLogger("kalamdb.chaos.live")
 
@@ -95,7 +98,7 @@ class LiveWorkload(Workload):
         self._call(ctx, rec, "live-write", k, [op, value], write)
 
     # ------------------------------------------------------------------ subscribers
-    def begin(self, cluster: Any, seed: int) -> None:
+    def begin(self, cluster: ClusterTestServer, seed: int) -> None:
         """Create the subscribers' users and start them on a background event loop."""
         nodes = list(cluster.nodes)
         admin = cluster.leader().client(timeout=30)
@@ -176,7 +179,7 @@ class LiveWorkload(Workload):
             self._arrived.notify_all()
 
     # ------------------------------------------------------------------ the end
-    def end(self, cluster: Any, timeout: float) -> None:
+    def end(self, cluster: ClusterTestServer, timeout: float) -> None:
         """Read the committed change log, wait until every long-lived stream received all of its
         changes (or the timeout), then stop the subscribers."""
         try:
@@ -234,7 +237,7 @@ class LiveWorkload(Workload):
         return [out]
 
 
-def read_truth(cluster: Any, table: str) -> tuple[list[Committed] | None, str | None]:
+def read_truth(cluster: ClusterTestServer, table: str) -> tuple[list[Committed] | None, str | None]:
     """The table's committed changes from the change log of every node's state (read-only), which
     must agree; None with the reason when they cannot serve as ground truth."""
     logs: dict[int, list[Committed]] = {}

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kalamdb.chaos.bank import check_bank
 from kalamdb.chaos.history import Event, HistoryRecorder, Operation
@@ -26,6 +26,9 @@ from kalamdb.chaos.replicas import check_monotonic_reads
 from kalamdb.chaos.result import CheckerResult
 from kalamdb.chaos.set_full import check_set_full
 from kalamdb.client import Client, Response
+
+if TYPE_CHECKING:
+    from kalamdb.testing.cluster import ClusterTestServer
 
 NAMESPACE = "chaos"
 WORKLOAD_NAMES = ("register", "set", "bank", "append", "rw-register", "live")
@@ -129,10 +132,10 @@ class Workload:
     def final_reads(self, clients: dict[int, Client], rec: HistoryRecorder) -> None:
         """Reads through every node after the recovery barrier (recorded in the history)."""
 
-    def begin(self, cluster: Any, seed: int) -> None:
+    def begin(self, cluster: ClusterTestServer, seed: int) -> None:
         """Start background activity besides the client operations (the live workload's subscribers)."""
 
-    def end(self, cluster: Any, timeout: float) -> None:
+    def end(self, cluster: ClusterTestServer, timeout: float) -> None:
         """After recovery and final reads: finish background activity (let it catch up, then stop)."""
 
     def close(self) -> None:

@@ -4,12 +4,15 @@ watch what a subscriber of a given node receives while the cluster is written to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kalamdb.live.client import LiveSubscription
 
+if TYPE_CHECKING:
+    from kalamdb.testing.ops import ClusterOps, NodeRef
 
-def subscribe(cluster: Any, node: Any, sql: str, *, failover: bool = False, user: str = "root",
+
+def subscribe(cluster: ClusterOps[Any], node: NodeRef, sql: str, *, failover: bool = False, user: str = "root",
               password: str | None = None, **options: Any) -> LiveSubscription:
     """A subscription on `node` (index or handle). `failover=True`: after a disconnect it resumes on
     the next node (any node serves any subscriber); by default it reconnects to the same node.

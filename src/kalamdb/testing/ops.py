@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
@@ -28,6 +28,9 @@ from kalamdb.testing.leader import agreed_leader
 from kalamdb.testing.nodes import ClusterError, NodeHandle, NodeStats
 from kalamdb.testing.progress import progress
 from kalamdb.testing.seeds import replay_hint
+
+if TYPE_CHECKING:
+    from kalamdb.live.client import LiveSubscription
 
 NodeRef = int | NodeHandle
 N = TypeVar("N", bound=NodeHandle)  # the kind of node handle a cluster holds
@@ -286,7 +289,7 @@ class ClusterOps(Generic[N]):
         """A progress line for a test step (📝), shown with `pytest -s` only."""
         progress(f"📝 {message}", self.verbose)
 
-    def subscribe(self, node: NodeRef, sql: str, **options: Any) -> Any:
+    def subscribe(self, node: NodeRef, sql: str, **options: Any) -> LiveSubscription:
         """A live query on `node`: a `kalamdb.live.client.LiveSubscription` (use it with `async
         with` and iterate its events); see kalamdb.testing.live.subscribe for the options."""
         from kalamdb.testing.live import subscribe

@@ -23,12 +23,15 @@ nodes' log level.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from kalamdb.chaos.pytest_support import chaos_run_fixture  # noqa: F401 - provides `chaos_run`
 from kalamdb.testing.fixtures_single import fresh_server, server, unique_ns  # noqa: F401 - fixtures
+
+if TYPE_CHECKING:
+    from kalamdb.testing.ops import ClusterOps
 
 _CLUSTERS = pytest.StashKey[list]()
 
@@ -52,7 +55,7 @@ def _verbose(config: pytest.Config) -> bool:
     return config.getoption("capture") == "no"
 
 
-def _track(request: pytest.FixtureRequest, cluster: Any) -> None:
+def _track(request: pytest.FixtureRequest, cluster: ClusterOps[Any]) -> None:
     request.node.stash.setdefault(_CLUSTERS, []).append(cluster)
 
 
