@@ -281,6 +281,9 @@ class ClusterTestServer(ClusterOps[NodeProcess]):
         self.failpoints.clear("all")
         return self.wait_for_replication(timeout=max(1.0, deadline - time.monotonic()))
 
+    def keep_after_shutdown(self) -> None:
+        self.keep = True
+
     def shutdown(self) -> None:
         """Stop every node (SIGTERM, SIGKILL after a grace period), remove proxies or namespaces,
         and the data root unless `keep`. Idempotent."""

@@ -58,6 +58,10 @@ class ClusterOps(Generic[N]):
     def shutdown(self) -> None:
         raise NotImplementedError
 
+    def keep_after_shutdown(self) -> None:
+        """Keep what explains a failure (data dirs, logs) past `shutdown`; a cluster the kit did
+        not start has nothing of ours to keep."""
+
     def get_node(self, ref: NodeRef) -> N:
         """A node by 0-based index (upstream's `get_node(i)`), or the handle itself (checked to be
         one of this cluster's nodes)."""

@@ -86,8 +86,8 @@ def cluster(request: pytest.FixtureRequest):
         pytest.skip(f"{request.node.name} needs process control (@pytest.mark.process_control), which the kit "
                     "does not have over an external cluster (KALAMDB_CLUSTER_URLS)")
     c = get_cluster_server(verbose=_verbose(request.config))
-    if request.config.getoption("kalamdb_keep") and hasattr(c, "keep"):
-        c.keep = True
+    if request.config.getoption("kalamdb_keep"):
+        c.keep_after_shutdown()
     _track(request, c)
     return c
 
@@ -133,8 +133,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Gener
         return
     parts = []
     for c in clusters:
-        if hasattr(c, "keep"):
-            c.keep = True  # a failed test keeps what explains it
+        c.keep_after_shutdown()  # a failed test keeps what explains it
         try:
             parts.append(c.describe())
         except Exception as exc:  # noqa: BLE001 - the report must not hide the test's failure
