@@ -14,8 +14,11 @@ import logging
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("kalamdb.server.connguard")
 
@@ -41,7 +44,7 @@ class ConnectionGuard:
         app.on_response_prepare.append(_plain_server_header)
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler):
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         transport = request.transport
         if transport is None:
             return await handler(request)
@@ -62,7 +65,7 @@ class ConnectionGuard:
             except Exception:  # the guard must never stop serving
                 log.exception("connection sweep failed")
 
-    def sweep(self, connections) -> None:
+    def sweep(self, connections: Iterable[RequestHandler]) -> None:
         now = time.monotonic()
         by_address: dict[str, list] = defaultdict(list)
         for handler in list(connections):
@@ -90,7 +93,7 @@ class ConnectionGuard:
                         excess, address, self.max_per_address)
 
 
-def _close(transport) -> None:
+def _close(transport: asyncio.BaseTransport) -> None:
     with contextlib.suppress(Exception):
         transport.close()
 

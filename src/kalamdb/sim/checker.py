@@ -8,10 +8,13 @@ broken rule raises `SafetyViolation`, which stops the run with the seed and the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from kalamdb.raft.messages import MsgType
+from kalamdb.raft.messages import Message, MsgType
 from kalamdb.raft.types import Entry
+
+if TYPE_CHECKING:
+    from kalamdb.sim.disk import SimDisk
 
 
 class SafetyViolation(Exception):
@@ -91,7 +94,7 @@ class SafetyChecker:
                                   f"n{node} restored a snapshot at {index} term {term}; committed term {seen.term}")
 
     # --- the Ready contract: what a message promises is durable before it leaves -------------------
-    def on_promise(self, node: int, msg, disk) -> None:
+    def on_promise(self, node: int, msg: Message, disk: SimDisk) -> None:
         if msg.type == MsgType.APP_RESP:  # "I hold entries up to msg.index" (unless a later term took over)
             if disk.last_index() < msg.index and disk.hard_state.term <= msg.term:
                 raise SafetyViolation(

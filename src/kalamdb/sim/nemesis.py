@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from kalamdb.raft.core import RaftError
+from kalamdb.raft.core import RaftCore, RaftError
 from kalamdb.raft.messages import MsgType
 from kalamdb.sim.params import FAULT_KINDS
 
@@ -260,7 +260,7 @@ class Nemesis:
         sim.trace.add(leader.id, "member", f"{what} at index {index}")
         leader.kick()
 
-    def _decommission(self, core) -> None:
+    def _decommission(self, core: RaftCore) -> None:
         """Stop nodes that left the cluster (their removal is committed): an operator's last step."""
         committed = core.membership_at(core.commit_index).members
         want = self.target_members

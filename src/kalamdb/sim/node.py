@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from kalamdb.raft.core import RaftConfig, RaftCore, Ready, Role
-from kalamdb.raft.messages import MsgType
+from kalamdb.raft.messages import Message, MsgType
 from kalamdb.raft.types import Membership
 from kalamdb.sim.disk import SimDisk
 from kalamdb.sim.statemachine import KVStateMachine
@@ -123,7 +123,7 @@ class SimNode:
         if not self.busy:
             self.drain()
 
-    def receive(self, msg) -> None:
+    def receive(self, msg: Message) -> None:
         self.core.step(msg)
         if not self.busy:
             self.drain()
@@ -164,7 +164,7 @@ class SimNode:
         return (self.sim.params.leader_early_send and self.core.role is _LEADER and rd.snapshot is None
                 and not rd.snapshot_chunks and (hs is None or (hs.term, hs.vote) == (disk.term, disk.vote)))
 
-    def _send_all(self, messages) -> None:
+    def _send_all(self, messages: list[Message]) -> None:
         send, me = self.sim.send, self.id
         for m in messages:
             send(me, m)

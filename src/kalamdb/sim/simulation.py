@@ -18,7 +18,7 @@ import msgpack
 
 from kalamdb.raft.core import Role
 from kalamdb.raft.messages import Message, MsgType, decode_membership
-from kalamdb.raft.types import Membership
+from kalamdb.raft.types import Entry, Membership
 from kalamdb.sim.checker import SafetyChecker, SafetyViolation
 from kalamdb.sim.loop import MS, EventBudgetExceeded, EventLoop
 from kalamdb.sim.nemesis import Nemesis
@@ -65,7 +65,7 @@ class Simulation:
         self.phase = "faults"
 
     # --- wiring -----------------------------------------------------------------------------------
-    def _deliver(self, src: int, dst: int, msg) -> None:
+    def _deliver(self, src: int, dst: int, msg: Message) -> None:
         node = self.nodes[dst]
         if node.up:
             if self.params.wire:  # as over TCP: encode, decode, validate (a decode error fails the run)
@@ -73,7 +73,7 @@ class Simulation:
             self.trace.add(dst, "recv", msg)
             node.receive(msg)
 
-    def send(self, src: int, msg) -> None:
+    def send(self, src: int, msg: Message) -> None:
         """Every message a driver sends: first check that what it promises is on the sender's disk
         (an append ack covers only synced entries; a vote grant only a synced vote)."""
         t = msg.type
@@ -96,7 +96,7 @@ class Simulation:
             return None
         return leaders[0] if len(leaders) == 1 else rng.choice(leaders)
 
-    def on_config_applied(self, node: SimNode, entry) -> None:
+    def on_config_applied(self, node: SimNode, entry: Entry) -> None:
         m = decode_membership(entry.data)
         self.trace.add(node.id, "config", f"at {entry.index}: voters {sorted(m.voters)} learners "
                        f"{sorted(m.learners)} outgoing {sorted(m.voters_outgoing)}")

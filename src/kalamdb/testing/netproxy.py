@@ -32,11 +32,13 @@ import contextlib
 import dataclasses
 import itertools
 import threading
-from collections.abc import Iterable
-from typing import Self
+from collections.abc import Coroutine, Iterable
+from typing import Any, Self, TypeVar
 
 from kalamdb.testing.netproxy_links import CLIENT, Endpoint, Faults, LinkStats, Pair, _Link
 from kalamdb.testing.partitions import Partitions
+
+T = TypeVar("T")
 
 __all__ = ["CLIENT", "Faults", "LinkStats", "NetworkController", "Partitions"]
 
@@ -81,7 +83,7 @@ class NetworkController(Partitions):
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 
-    def _call(self, coro, timeout: float = 10.0):
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         if self._closed:
             coro.close()
             raise RuntimeError("NetworkController is closed")
@@ -109,7 +111,7 @@ class NetworkController(Partitions):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- links ---------------------------------------------------------------------------------
@@ -126,7 +128,7 @@ class NetworkController(Partitions):
         """Proxy for clients reaching ``node`` (HTTP by default, so unframed)."""
         return self._add(CLIENT, node, target_addr, framed)
 
-    def _add(self, src: Endpoint, dst: Endpoint, target_addr, framed: bool) -> tuple[str, int]:
+    def _add(self, src: Endpoint, dst: Endpoint, target_addr: tuple[str, int], framed: bool) -> tuple[str, int]:
         key = (src, dst)
         with self._lock:
             if key in self._links:
@@ -247,7 +249,7 @@ class NetworkController(Partitions):
                     for a in nodes for b in nodes if a != b}
 
     # -- packet-level faults --------------------------------------------------------------------
-    def _set(self, links: Iterable[Pair] | None, **changes) -> None:
+    def _set(self, links: Iterable[Pair] | None, **changes: Any) -> None:
         with self._lock:
             if links is None:
                 self._default_faults = dataclasses.replace(self._default_faults, **changes)
