@@ -24,6 +24,8 @@ import orjson
 if TYPE_CHECKING:
     import aiohttp
 
+    from kalamdb.live.client import LiveSubscription
+
 from kalamdb.cells import typed_rows
 from kalamdb.errors import KalamError
 
@@ -263,7 +265,7 @@ class AsyncClient:
     async def health(self) -> Response:
         return await self._request("GET", HEALTH_PATH, None, {})
 
-    def subscribe(self, sql: str, *, urls: list[str] | None = None, **options: Any):
+    def subscribe(self, sql: str, *, urls: list[str] | None = None, **options: Any) -> LiveSubscription:
         """A live query (`kalamdb.live.client.LiveSubscription`): use it as `async with` and iterate
         its events. It authenticates with this client's token, or logs in with its user and password
         (again when the token expires); `urls` lists the nodes it may reconnect to (default: this

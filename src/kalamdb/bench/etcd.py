@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import random
 import shutil
 import signal
 import socket
@@ -181,7 +182,7 @@ class EtcdCluster:
         headers = {"Content-Type": "application/json"}
         value = _b64(b"x" * value_bytes)
 
-        def make(n: int, rng) -> Request:
+        def make(n: int, rng: random.Random) -> Request:
             body = orjson.dumps({"key": _b64(b"bench/%d" % n), "value": value})
             return Request(rng.choice(urls), body, headers)
 

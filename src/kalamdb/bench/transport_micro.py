@@ -25,7 +25,8 @@ SECRET = b"bench-secret-bench-secret"
 SMALL = [3, 7, 1, 123456, 7, [], 123450]
 
 
-async def _pair(max_queue_frames: int = 1 << 20, max_queue_bytes: int = 256 << 20):
+async def _pair(max_queue_frames: int = 1 << 20, max_queue_bytes: int = 256 << 20
+                ) -> tuple[list[PeerTransport], dict[int, Callable[[int, Any], object]]]:
     sinks: dict[int, Callable[[int, Any], object]] = {}
 
     def sink_for(node_id):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def chaos_run_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Callabl
     defaults = dict(marker.kwargs) if marker is not None else {}
     calls = [0]
 
-    def run(**overrides) -> RunResult:
+    def run(**overrides: Any) -> RunResult:
         opts = {"time": 15.0, "log_level": "info", **defaults, **overrides}
         opts.setdefault("seed", chaos_seed())
         calls[0] += 1

@@ -29,7 +29,7 @@ def _replay_command(seed: int, nodes: int | None, seconds: float | None, profile
     return cmd + " --trace"
 
 
-def _run_quiet(seed: int, nodes: int | None, seconds: float | None, profile: str):
+def _run_quiet(seed: int, nodes: int | None, seconds: float | None, profile: str) -> SimResult:
     from kalamdb.sim.simulation import run_seed
 
     result = run_seed(seed, nodes=nodes, seconds=seconds, profile=profile)

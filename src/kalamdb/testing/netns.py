@@ -39,7 +39,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from kalamdb.testing.partitions import Partitions
 from kalamdb.testing.runs import register_cleanup
@@ -295,7 +295,7 @@ class NetnsNetwork(Partitions):
                     raise RuntimeError(f"the host already routes {dest}; pick another subnet than "
                                        f"{self.subnet} for host_access")
 
-    def popen(self, i: int, argv: list[str], **kwargs) -> subprocess.Popen:
+    def popen(self, i: int, argv: list[str], **kwargs: Any) -> subprocess.Popen:
         """Start a process inside node i's namespace (the caller owns and must reap it)."""
         return subprocess.Popen(self.command(i, argv), **kwargs)
 
@@ -316,7 +316,7 @@ class NetnsNetwork(Partitions):
 
         return _in_namespace(self.ns(i), make)
 
-    def run(self, i: int, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def run(self, i: int, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
         kwargs.setdefault("timeout", 30)
         return subprocess.run(self.command(i, argv), check=kwargs.pop("check", False), **kwargs)
 
@@ -488,7 +488,7 @@ class NetnsNetwork(Partitions):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
