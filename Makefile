@@ -24,7 +24,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-test: $(STAMP)
+# lint first: a type error or a ruff finding fails the run before any test starts
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q --durations=30
 
 sim: $(STAMP)
