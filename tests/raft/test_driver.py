@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from kalamdb.node.driver import ForwardRefused
+from kalamdb.node.proposals import ForwardRefused
 from kalamdb.raft.core import RaftSafetyError
 from kalamdb.testing.waiting import async_wait_for
 from tests.raft.driver_harness import start_cluster, stop_all

@@ -26,15 +26,11 @@ from kalamdb.errors import KalamError
 from kalamdb.node import cluster_results
 from kalamdb.node.cluster_view import AGE_COLUMN, ClusterView
 from kalamdb.node.config import ClusterConfig, Peer, split_hostport
-from kalamdb.node.driver import (
-    ForwardRefused,
-    RaftDriver,
-    WriteOutcomeUnknown,
-    definite_not_leader,
-    meta_command,
-)
+from kalamdb.node.driver import RaftDriver
 from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.node.failpoints import NodeFailpoints
+from kalamdb.node.proposals import ForwardRefused, WriteOutcomeUnknown, definite_not_leader
+from kalamdb.node.proposing import meta_command
 from kalamdb.raft.core import NotLeader, ProposalRejected, Role
 from kalamdb.sql import statements as st
 
