@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kalamdb.node.cluster_node import CLUSTER_COLUMNS
+from kalamdb.node.cluster_status import CLUSTER_COLUMNS
 from kalamdb.node.cluster_view import BadReport, ClusterView, member_token
 
 COLUMNS = [c for c, _ in CLUSTER_COLUMNS[:-1]]
