@@ -158,7 +158,7 @@ class SimNode:
                 return  # decommissioned while applying
 
     def _leader_sends_early(self, rd: Ready) -> bool:
-        """The real driver's optimisation (node/driver.py): a leader whose term and vote are already
+        """The real driver's optimisation (node/raft_loops.py): a leader whose term and vote are already
         durable sends before its own fsync, so its disk write overlaps the followers'."""
         hs, disk = rd.hard_state, self.disk.hard_state
         return (self.sim.params.leader_early_send and self.core.role is _LEADER and rd.snapshot is None
