@@ -619,7 +619,7 @@ def test_backoff_is_capped_jittered_and_seeded():
     def delays(seed):
         t = PeerTransport(1, (LOCAL, 0), SECRET, on_message=lambda s, p: None, rng=random.Random(seed),
                           backoff_base=0.05, backoff_cap=1.0)
-        return [t._backoff_delay(k) for k in range(12)]
+        return [t._outbound.backoff_delay(k) for k in range(12)]
 
     d = delays(SEED)
     assert d == delays(SEED), "same seed, same schedule"
