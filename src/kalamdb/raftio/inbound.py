@@ -8,12 +8,12 @@ down (docs/design/transport.md, "Refusals" and "Threat model")."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 from kalamdb.raftio.frames import T_DATA, T_REFUSE, FrameDecoder, FrameError, encode_frame
-from kalamdb.raftio.handshake import Handshake, PeerRefused, nodelay, try_write
-from kalamdb.raftio.transport_stats import LogThrottle, TransportCounters, describe
+from kalamdb.raftio.handshake import PeerRefused, nodelay, try_write
+from kalamdb.raftio.links import LinkContext
+from kalamdb.raftio.transport_stats import describe
 
 READ_CHUNK = 256 * 1024
 
@@ -69,17 +69,12 @@ class HandshakeAdmission:
 class Listener:
     """Serves each inbound connection: admission, handshake, then receiving until it closes."""
 
-    def __init__(self, node_id: int, handshake: Handshake, counters: TransportCounters,
-                 writers: set[asyncio.StreamWriter], throttle: LogThrottle, logger: logging.Logger, *,
+    def __init__(self, ctx: LinkContext, *,
                  on_message: Callable[[int, object], None], is_peer: Callable[[int], bool],
                  max_frame_bytes: int, handshake_timeout: float, max_pending_handshakes: int,
                  max_pending_per_address: int):
-        self.node_id = node_id
-        self._handshake = handshake
-        self._counters = counters
-        self._writers = writers  # every open connection of the transport, closed by stop()
-        self._throttle = throttle
-        self._log = logger
+        self._ctx = ctx
+        self.node_id = ctx.node_id
         self._on_message = on_message
         self._is_peer = is_peer
         self.max_frame_bytes = max_frame_bytes
@@ -99,7 +94,7 @@ class Listener:
         task = asyncio.current_task()
         assert task is not None  # asyncio.start_server runs each connection's callback as a task
         self.tasks.add(task)
-        self._writers.add(writer)
+        self._ctx.writers.add(writer)
         peername = writer.get_extra_info("peername")
         where = f"{peername[0]}:{peername[1]}" if peername else "?"
         address = peername[0] if peername else "?"
@@ -109,7 +104,7 @@ class Listener:
             self.admission.admit(task, address)
             try:
                 async with asyncio.timeout(self.handshake_timeout):
-                    src = await self._handshake.server(reader, writer, where, self._is_peer)
+                    src = await self._ctx.handshake.server(reader, writer, where, self._is_peer)
             except TimeoutError:
                 raise FrameError("handshake_timeout", f"none in {self.handshake_timeout}s") from None
             finally:
@@ -120,35 +115,35 @@ class Listener:
             self.by_node[src] = writer
             await self._receive(src, reader)
         except FrameError as exc:
-            self._counters.refused[exc.reason] += 1
-            self._throttle.warning(("refused", exc.reason), "node %d refused connection from %s (node %s): %s",
+            self._ctx.counters.refused[exc.reason] += 1
+            self._ctx.throttle.warning(("refused", exc.reason), "node %d refused connection from %s (node %s): %s",
                                    self.node_id, where, src if src is not None else "?", exc)
             try_write(writer, encode_frame([T_REFUSE, exc.reason]))
         except asyncio.CancelledError:
             if self.admission.take_evicted(task):  # made room for a newer handshake (see admit)
-                self._counters.refused["too_many_handshakes"] += 1
-                self._throttle.warning(("refused", "too_many_handshakes"),
+                self._ctx.counters.refused["too_many_handshakes"] += 1
+                self._ctx.throttle.warning(("refused", "too_many_handshakes"),
                                        "node %d closed a handshake from %s to make room for newer ones "
                                        "(more than %d pending from that address or %d in all)", self.node_id,
                                        where, self.admission.max_per_address, self.admission.max_pending)
                 try_write(writer, encode_frame([T_REFUSE, "too_many_handshakes"]))
             # else: stop() or remove_peer(); finally closes
         except (PeerRefused, ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
-            self._log.debug("node %d: inbound connection from %s closed (%s)", self.node_id, where,
+            self._ctx.log.debug("node %d: inbound connection from %s closed (%s)", self.node_id, where,
                             describe(exc))
-        except Exception:  # noqa: BLE001 - a bug here must never take the listener down
-            self._log.exception("node %d: inbound connection from %s failed", self.node_id, where)
+        except Exception:
+            self._ctx.log.exception("node %d: inbound connection from %s failed", self.node_id, where)
         finally:
             if src is not None and self.by_node.get(src) is writer:
                 del self.by_node[src]
             writer.close()
-            self._writers.discard(writer)
+            self._ctx.writers.discard(writer)
             self.tasks.discard(task)
 
     async def _receive(self, src: int, reader: asyncio.StreamReader) -> None:
         decoder = FrameDecoder(self.max_frame_bytes)
         on_message = self._on_message
-        counters = self._counters
+        counters = self._ctx.counters
         read = reader.read
         while True:
             data = await read(READ_CHUNK)
@@ -161,7 +156,7 @@ class Listener:
                 counters.frames_received += 1
                 try:
                     on_message(src, msg[1])
-                except Exception:  # noqa: BLE001 - a callback bug must not cost the peer its connection
+                except Exception:
                     counters.callback_errors += 1
-                    self._log.exception("node %d: on_message failed for a message from node %d",
+                    self._ctx.log.exception("node %d: on_message failed for a message from node %d",
                                         self.node_id, src)

@@ -8,12 +8,12 @@ the queues; this module empties them (docs/design/transport.md, "Connections")."
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections import Counter
 
-from kalamdb.raftio.handshake import STREAM_LIMIT, Handshake, nodelay
-from kalamdb.raftio.transport_stats import LogThrottle, TransportCounters, describe
+from kalamdb.raftio.handshake import STREAM_LIMIT, nodelay
+from kalamdb.raftio.links import LinkContext
+from kalamdb.raftio.transport_stats import describe
 
 # Outbound connection states.
 IDLE, CONNECTING, CONNECTED, BACKOFF = "idle", "connecting", "connected", "backoff"
@@ -64,16 +64,10 @@ class OutboundPeer:
 class OutboundLinks:
     """Runs the connection task of each outbound peer; one per transport."""
 
-    def __init__(self, node_id: int, handshake: Handshake, counters: TransportCounters,
-                 writers: set[asyncio.StreamWriter], throttle: LogThrottle, logger: logging.Logger,
-                 rng: random.Random, *, connect_timeout: float, handshake_timeout: float,
+    def __init__(self, ctx: LinkContext, rng: random.Random, *, connect_timeout: float, handshake_timeout: float,
                  backoff_base: float, backoff_cap: float, write_stall_timeout: float):
-        self.node_id = node_id
-        self._handshake = handshake
-        self._counters = counters
-        self._writers = writers  # every open connection of the transport, closed by stop()
-        self._throttle = throttle
-        self._log = logger
+        self._ctx = ctx
+        self.node_id = ctx.node_id
         self._rng = rng
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
@@ -95,7 +89,7 @@ class OutboundLinks:
     async def run(self, peer: OutboundPeer) -> None:
         """Connect when there is something to send; pump the queue; back off after failures."""
         loop = asyncio.get_running_loop()
-        counters = self._counters
+        counters = self._ctx.counters
         while True:
             while not peer.chunks:
                 peer.waiter = loop.create_future()
@@ -113,11 +107,11 @@ class OutboundLinks:
                 peer.attempts += 1
                 peer.state = BACKOFF
                 if peer.attempts == 1:
-                    self._throttle.warning(("unreachable", peer.node_id),
+                    self._ctx.throttle.warning(("unreachable", peer.node_id),
                                            "node %d: cannot reach node %d at %s:%d (%s); retry in %.3fs",
                                            self.node_id, peer.node_id, *peer.addr, describe(exc), delay)
                 else:
-                    self._log.debug("node %d: cannot reach node %d at %s:%d (%s); retry in %.3fs",
+                    self._ctx.log.debug("node %d: cannot reach node %d at %s:%d (%s); retry in %.3fs",
                                     self.node_id, peer.node_id, *peer.addr, describe(exc), delay)
                 await asyncio.sleep(delay)  # backoff timer, not a wait for state
                 peer.state = IDLE
@@ -132,11 +126,11 @@ class OutboundLinks:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure just ends this connection
-                self._log.info("node %d: connection to node %d lost (%s)", self.node_id, peer.node_id,
+                self._ctx.log.info("node %d: connection to node %d lost (%s)", self.node_id, peer.node_id,
                                describe(exc))
             finally:
                 writer.close()
-                self._writers.discard(writer)
+                self._ctx.writers.discard(writer)
                 if peer.state == CONNECTED:
                     peer.state = IDLE
                 peer.clear_queue(counters.dropped, "connection_lost")
@@ -145,14 +139,14 @@ class OutboundLinks:
         host, port = peer.addr
         async with asyncio.timeout(self.connect_timeout):
             reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
-        self._writers.add(writer)
+        self._ctx.writers.add(writer)
         nodelay(writer)
         try:
             async with asyncio.timeout(self.handshake_timeout):
-                await self._handshake.client(peer.node_id, f"{host}:{port}", reader, writer)
+                await self._ctx.handshake.client(peer.node_id, f"{host}:{port}", reader, writer)
         except BaseException:
             writer.close()
-            self._writers.discard(writer)
+            self._ctx.writers.discard(writer)
             raise
         return reader, writer
 
@@ -160,7 +154,7 @@ class OutboundLinks:
                     writer: asyncio.StreamWriter) -> None:
         """Write everything queued since the last write in one write(); end when the peer closes."""
         loop = asyncio.get_running_loop()
-        counters = self._counters
+        counters = self._ctx.counters
         closed = loop.create_task(_watch_close(reader))
         closed.add_done_callback(lambda _t: peer.wake())
         try:

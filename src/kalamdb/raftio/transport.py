@@ -29,6 +29,7 @@ import msgpack
 from kalamdb.raftio.frames import HANDSHAKE_MAX_FRAME, HEADER, T_DATA, FrameTooLarge
 from kalamdb.raftio.handshake import STREAM_LIMIT, Handshake
 from kalamdb.raftio.inbound import Listener
+from kalamdb.raftio.links import LinkContext
 from kalamdb.raftio.outbound import BACKOFF, IDLE, OutboundLinks, OutboundPeer
 from kalamdb.raftio.transport_stats import LogThrottle, TransportCounters
 
@@ -87,12 +88,13 @@ class PeerTransport:
         self._counters = TransportCounters()
         throttle = LogThrottle(self._log, log_every_s)
         handshake = Handshake(node_id, cluster_id, secret, self._counters, throttle, self._log)
+        links = LinkContext(node_id, handshake, self._counters, self._writers, throttle, self._log)
         self._outbound = OutboundLinks(
-            node_id, handshake, self._counters, self._writers, throttle, self._log, rng or random.Random(),
+            links, rng or random.Random(),
             connect_timeout=connect_timeout, handshake_timeout=handshake_timeout,
             backoff_base=backoff_base, backoff_cap=backoff_cap, write_stall_timeout=write_stall_timeout)
         self._inbound = Listener(
-            node_id, handshake, self._counters, self._writers, throttle, self._log,
+            links,
             on_message=on_message, is_peer=self._peers.__contains__, max_frame_bytes=max_frame_bytes,
             handshake_timeout=handshake_timeout, max_pending_handshakes=max_pending_handshakes,
             max_pending_per_address=max_pending_per_address)
