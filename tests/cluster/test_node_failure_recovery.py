@@ -41,7 +41,9 @@ def test_a_killed_follower_catches_up_from_the_log_then_from_a_snapshot(fresh_cl
     assert "purged" in purged.results[0]["message"]
     c.processes.start(follower)
     index = c.wait_for_replication(timeout=30)
-    assert "installed snapshot" in follower.log_path.read_text()
+    # the restored state is visible (applied index) a moment before the driver logs the install
+    c.wait_until("the follower to log its snapshot install",
+                 lambda: ("installed snapshot" in follower.log_path.read_text(), "no such log line yet"), 10)
     assert local_ids(follower, ns, index) == list(range(ROWS_WHILE_DOWN + 500))
     assert c.verify_state_digest()
 
