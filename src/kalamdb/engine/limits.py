@@ -7,9 +7,13 @@ proposing, so replicas normally never spend the budget at all."""
 
 from __future__ import annotations
 
+from kalamdb.sql import templates
+
 MAX_SQL_BYTES = 1024 * 1024
 MAX_PARAMS = 50
 MAX_PARAM_BYTES = 512 * 1024
+#: items of one IN (...) list (enforced by the parser, before any parse: sql/templates.py)
+MAX_IN_LIST_ITEMS = templates.MAX_IN_LIST_ITEMS
 
 #: a written cell (TEXT, BYTES, JSON...) may be at most this big
 MAX_VALUE_BYTES = 1024 * 1024

@@ -87,6 +87,7 @@ SETTINGS_ROWS = [
     ("limits.max_sql_bytes", str(limits.MAX_SQL_BYTES), "Largest SQL text of one request", "limits"),
     ("limits.max_params", str(limits.MAX_PARAMS), "Most parameters of one request", "limits"),
     ("limits.max_param_bytes", str(limits.MAX_PARAM_BYTES), "Largest single parameter", "limits"),
+    ("limits.max_in_list_items", str(limits.MAX_IN_LIST_ITEMS), "Most items of one IN (...) list", "limits"),
     ("limits.max_value_bytes", str(limits.MAX_VALUE_BYTES), "Largest stored cell", "limits"),
     ("limits.max_write_rows", str(limits.MAX_WRITE_ROWS), "Most rows one write statement may change", "limits"),
     ("limits.write_step_budget", str(limits.WRITE_STEP_BUDGET), "SQLite VM steps of one write statement",

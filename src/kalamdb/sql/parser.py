@@ -17,7 +17,12 @@ from kalamdb.sql.admin_grammar import parse_cluster, parse_kill_job, parse_kill_
 from kalamdb.sql.ddl_grammar import parse_alter, parse_create, parse_drop, parse_show
 from kalamdb.sql.parse_cache import ParseCache
 from kalamdb.sql.storage_grammar import parse_storage_maintenance
-from kalamdb.sql.templates import parameterize_conditions, parameterize_values
+from kalamdb.sql.templates import (
+    MAX_IN_LIST_ITEMS,
+    longest_in_list,
+    parameterize_conditions,
+    parameterize_values,
+)
 from kalamdb.sql.tokens import Cursor, check_name, qualified
 from kalamdb.sql.topics import parse_topic_statement, starts_topic_statement
 from kalamdb.sql.user_grammar import USERNAME_RE
@@ -97,6 +102,12 @@ def parse_query(sql: str, cache: ParseCache) -> st.Query:
     """A query, as a template with its lifted literals when there are any."""
     m = _FIRST_WORD.match(sql)
     first = m.group(1).upper() if m is not None else ""
+    if len(sql) > 2 * MAX_IN_LIST_ITEMS:  # a shorter text cannot hold a list that long
+        n = longest_in_list(sql)
+        if n > MAX_IN_LIST_ITEMS:
+            raise KalamError("INVALID_SQL", (
+                f"An IN list has {n} items; at most {MAX_IN_LIST_ITEMS} are accepted (limits.max_in_list_items). "
+                "Split the statement, or load the values into a table and use IN (SELECT ...)"))
     templated = None
     if first == "INSERT":
         templated = parameterize_values(sql)
