@@ -103,7 +103,7 @@ class ClusterNode:
         await self.driver.stop()
 
     def leader_api(self) -> str | None:
-        return self.book.api_addr(self.driver.leader_id)
+        return self.statements.leader_api()
 
     # ------------------------------------------------------------------ writes and reads
     async def submit(self, command: bytes) -> tuple[int, Outcome]:

@@ -124,7 +124,7 @@ class ClusterStatements:
             fut = self.driver.propose_meta(meta)
             await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
         except (NotLeader, ProposalRejected) as exc:
-            raise definite_not_leader(f"cannot change membership now: {exc}", self._leader_api()) from None
+            raise definite_not_leader(f"cannot change membership now: {exc}", self.leader_api()) from None
         except TimeoutError:
             raise WriteOutcomeUnknown(
                 f"{what} was proposed but not committed within {self.cfg.write_timeout_ms} ms (no quorum "
@@ -140,7 +140,8 @@ class ClusterStatements:
             await asyncio.sleep(self.driver.tick_s)
         return True
 
-    def _leader_api(self) -> str | None:
+    def leader_api(self) -> str | None:
+        """The leader's HTTP address, when this node knows one (a NOT_LEADER answer carries it)."""
         return self.book.api_addr(self.driver.leader_id)
 
     async def _leader_or_raise(self) -> None:
@@ -153,7 +154,7 @@ class ClusterStatements:
             return
         if leader:
             raise definite_not_leader(f"node {self.node_id} is not the leader; the leader is node {leader}",
-                                      self._leader_api())
+                                      self.leader_api())
         raise KalamError("LEADER_NOT_AVAILABLE",
                          f"no leader elected within {self.cfg.leader_wait_ms} ms (is a majority of the "
                          "cluster reachable?)", status=503, details="definite: the write was not applied")

@@ -140,21 +140,16 @@ def longest_in_list(sql: str) -> int:
     (subqueries count as one item), found with the tokenizer alone: cheap enough to refuse an
     oversized list before the SQL parser spends seconds on it."""
     longest = 0
-    stack: list[int | None] = []  # per open parenthesis: its IN list's item count, or None
-    prev: str = ""
+    stack: list[int] = []  # per open parenthesis: its IN list's item count so far, 0 if not a list
+    prev = ""
     for t in tokenize(sql):
         if t.kind == "op" and t.text == "(":
-            stack.append(1 if prev == "IN" else None)
+            stack.append(1 if prev == "IN" else 0)
         elif t.kind == "op" and t.text == ")":
             if stack:
-                n = stack.pop()
-                if n is not None and n > longest:
-                    longest = n
-        elif t.kind == "op" and t.text == "," and stack and stack[-1] is not None:
+                longest = max(longest, stack.pop())
+        elif t.kind == "op" and t.text == "," and stack and stack[-1]:
             stack[-1] += 1
         prev = t.upper
-    for n in stack:  # unclosed lists still count (the parser will refuse the statement anyway)
-        if n is not None and n > longest:
-            longest = n
-    return longest
+    return max([longest, *stack])  # unclosed lists count too (the parser refuses them anyway)
 
