@@ -39,7 +39,7 @@ def test_oversized_values_are_refused_before_they_are_built(world, expr):
     assert world.rows("SELECT COUNT(*) FROM chat.mine", who=world.bob) == [["1"]]
 
 
-def test_an_in_list_at_the_limit_runs_in_well_under_a_second_per_thousand_items(world):
+def test_an_in_list_at_the_limit_is_answered_correctly_within_seconds(world):
     """Issue 11: 10,000 IN items took 13.7 s to compile (quadratic), and later 1.6 s, because every
     item was lifted into a named parameter and SQLite looks each name up among the ones before it.
     Beyond MAX_LIFTED the literals stay in the text, and the whole statement costs ~0.5 s."""
