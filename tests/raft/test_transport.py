@@ -148,7 +148,7 @@ async def test_messages_arrive_in_order_both_ways(make_node):
     assert a.stats["dropped_total"] == 0
 
 
-async def test_send_many_goes_out_in_one_write_and_in_order(make_node):
+async def test_send_many_on_an_idle_link_is_written_at_once_in_one_write(make_node):
     a, _ = await make_node(1)
     b, inbox_b = await make_node(2)
     link(a, b)
@@ -159,9 +159,30 @@ async def test_send_many_goes_out_in_one_write_and_in_order(make_node):
     original = writer.write
     writer.write = lambda data: (writes.append(len(data)), original(data))[1]
     assert a.send_many(2, [["entry", i] for i in range(100)])
+    assert len(writes) == 1, "an idle link's batch leaves inside send_many, before the caller's next step"
     assert a.send(2, "last")
+    assert len(writes) == 1, "a single send is queued for the pump"
     items = await inbox_b.wait_for(102)
     assert [p for _, p in items] == ["first", *(["entry", i] for i in range(100)), "last"]
+    assert len(writes) == 2
+
+
+async def test_what_is_queued_goes_first_and_everything_shares_one_write(make_node):
+    a, _ = await make_node(1)
+    b, inbox_b = await make_node(2)
+    link(a, b)
+    assert a.send(2, "first")
+    await inbox_b.wait_for(1)  # connection up
+    writes = []
+    writer = next(iter(a._writers))
+    original = writer.write
+    writer.write = lambda data: (writes.append(len(data)), original(data))[1]
+    assert a.send(2, "queued")
+    assert a.send_many(2, [["entry", i] for i in range(100)])  # behind "queued", not before it
+    assert a.send(2, "last")
+    assert writes == []
+    items = await inbox_b.wait_for(103)
+    assert [p for _, p in items] == ["first", "queued", *(["entry", i] for i in range(100)), "last"]
     assert len(writes) == 1, f"expected one coalesced write, got {writes}"
 
 
@@ -288,8 +309,10 @@ async def test_reconnects_after_the_peer_restarts(make_node):
     assert [p for _, p in items[-100:]] == [["steady", i] for i in range(100)]
 
 
-async def test_a_peer_that_stops_reading_is_dropped_after_the_stall_timeout(make_node):
-    """A genuine peer (it knows the secret) that accepts and then never reads, like a paused process."""
+@pytest.mark.parametrize("how", ["send", "send_many"])
+async def test_a_peer_that_stops_reading_is_dropped_after_the_stall_timeout(make_node, how):
+    """A genuine peer (it knows the secret) that accepts and then never reads, like a paused process.
+    `send_many` on an idle link writes directly: its backlog must be watched like the pump's own."""
     release = asyncio.Event()
 
     async def deaf_peer(reader, writer):
@@ -311,7 +334,7 @@ async def test_a_peer_that_stops_reading_is_dropped_after_the_stall_timeout(make
         def stalled():
             nonlocal sent
             if a.stats["write_stalls"] == 0 and sent < 256:  # kernel buffers hold a few MiB at most
-                sent += a.send(2, chunk)
+                sent += a.send(2, chunk) if how == "send" else a.send_many(2, [chunk])
             return a.stats["write_stalls"] == 1
 
         await wait_until(stalled, "the writer gives up on the deaf peer")

@@ -237,7 +237,10 @@ class PeerTransport:
         return True
 
     def send_many(self, dst: int, payloads: list) -> bool:
-        """Queue several messages for `dst` as one unit (all or none), written together."""
+        """Queue several messages for `dst` as one unit (all or none), written together: right away
+        when the link is idle (the Ready loop's one batch per peer per step: a leader's early
+        AppendEntries leave before its fsync), else behind what is queued. `send` always queues, so
+        the many single messages of one loop iteration (forwarded proposals) share one write."""
         peer = self._accepting(dst)
         if peer is None:
             return False
@@ -260,6 +263,8 @@ class PeerTransport:
         ):
             self._counters.dropped["queue_full"] += n
             return False
+        if self._outbound.write_now(peer, blob, n):
+            return True
         peer.chunks.append(blob)
         peer.queued_frames += n
         peer.queued_bytes += len(blob)
