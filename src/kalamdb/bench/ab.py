@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
                             f"err {r['errors']} (load {ld:.1f})" for r, _, ld in runs)
         cpu_per_op = statistics.mean(cpu * 10 / max(1.0, r["ops_per_s"]) for r, cpu, _ in runs)
         print(f"{name:>10} x{n:<4} {figures}  | CPU per op {cpu_per_op:.3f} ms")
+        for r, _, _ in runs:
+            if r["errors"]:
+                print(f"{'':>10} first error of a run with {r['errors']}: {r['first_error']}")
 
 
 if __name__ == "__main__":

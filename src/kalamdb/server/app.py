@@ -22,6 +22,7 @@ from kalamdb.server.topic_routes import add_topic_routes
 if TYPE_CHECKING:
     from kalamdb.engine import Database
     from kalamdb.node.api import Node
+    from kalamdb.server.sql_lane import SqlLane
 
 log = logging.getLogger("kalamdb.server")
 
@@ -45,6 +46,7 @@ class ServerState:
         self.workers = workers or SqlWorkers()
         self.sql = SqlHandler(db=db, node=node, authenticator=authenticator, max_body_bytes=max_body_bytes,
                               workers=self.workers)
+        self.lane: SqlLane | None = None  # set by the runtime when the SQL lane serves this port
 
 
 def create_app(state: ServerState) -> web.Application:
@@ -79,6 +81,9 @@ async def _metrics(request: web.Request) -> web.Response:
     cheap = state.sql.cheap
     stats = {**state.node.stats(), **state.workers.stats(), "sql_prepared_inline_total": cheap.inline,
              "sql_prepared_on_workers_total": cheap.offloaded}
+    if state.lane is not None:
+        stats["http_sql_lane_requests_total"] = state.lane.served
+        stats["http_sql_lane_handovers_total"] = state.lane.handed_over
     text = metrics.render(state.sql.metrics, stats, applied_index=state.node.applied_index)
     return web.Response(text=text + request.app[LIVE_KEY].metrics_text(), content_type="text/plain")
 

@@ -14,11 +14,11 @@ import logging
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("kalamdb.server.connguard")
 
@@ -26,6 +26,13 @@ IDLE_TIMEOUT_S = 30.0
 MAX_CONNECTIONS_PER_ADDRESS = 1024
 SWEEP_EVERY_S = 1.0
 SERVER_HEADER = "kalamdb"
+
+
+class Connection(Protocol):
+    """A server connection the guard judges: aiohttp's RequestHandler, or the SQL lane's protocol."""
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
 
 
 class ConnectionGuard:
@@ -48,24 +55,30 @@ class ConnectionGuard:
         transport = request.transport
         if transport is None:
             return await handler(request)
-        busy, _ = self._busy.get(transport, (0, 0.0))
-        self._busy[transport] = (busy + 1, time.monotonic())
+        self.request_started(transport)
         try:
             return await handler(request)
         finally:
-            busy, _ = self._busy.get(transport, (1, 0.0))
-            self._busy[transport] = (busy - 1, time.monotonic())
+            self.request_ended(transport)
 
-    async def run(self, server: web.Server) -> None:
-        """Sweep the connections of `server` until cancelled."""
+    def request_started(self, transport: asyncio.BaseTransport) -> None:
+        busy, _ = self._busy.get(transport, (0, 0.0))
+        self._busy[transport] = (busy + 1, time.monotonic())
+
+    def request_ended(self, transport: asyncio.BaseTransport) -> None:
+        busy, _ = self._busy.get(transport, (1, 0.0))
+        self._busy[transport] = (busy - 1, time.monotonic())
+
+    async def run(self, server: web.Server, more: Callable[[], Iterable[Connection]] = lambda: ()) -> None:
+        """Sweep the connections of `server` (and those `more` names: the SQL lane's) until cancelled."""
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)  # the sweep's period, not a wait for state
             try:
-                self.sweep(server.connections)
+                self.sweep([*server.connections, *more()])
             except Exception:  # the guard must never stop serving
                 log.exception("connection sweep failed")
 
-    def sweep(self, connections: Iterable[RequestHandler]) -> None:
+    def sweep(self, connections: Iterable[Connection]) -> None:
         now = time.monotonic()
         by_address: dict[str, list] = defaultdict(list)
         for handler in list(connections):

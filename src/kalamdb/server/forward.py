@@ -18,12 +18,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from kalamdb.errors import KalamError, NotLeaderError
 from kalamdb.server import responses
+
+if TYPE_CHECKING:
+    from kalamdb.server.sql_endpoint import HttpRequest
 
 log = logging.getLogger("kalamdb.server.forward")
 
@@ -153,7 +157,7 @@ class Forwarder:
             pool = self._pools[target] = _LeaderPool(target)
         return pool
 
-    async def forward(self, request: web.Request, err: KalamError, took_ms: float) -> web.Response:
+    async def forward(self, request: HttpRequest, err: KalamError, took_ms: float) -> web.Response:
         target = err.leader_api if isinstance(err, NotLeaderError) else None
         if request.headers.get(FORWARDED_HEADER) or not target:
             # Already forwarded once (the leader we were sent to no longer leads): answer, don't loop.

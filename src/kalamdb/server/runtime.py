@@ -26,6 +26,7 @@ from kalamdb.server.app import ServerState, create_app
 from kalamdb.server.auth import Authenticator
 from kalamdb.server.connguard import ConnectionGuard
 from kalamdb.server.logins import LoginPolicy
+from kalamdb.server.sql_lane import LaneSite, SqlLane, lane_connections
 from kalamdb.server.standalone import StandaloneNode
 
 if TYPE_CHECKING:
@@ -143,9 +144,19 @@ async def serve(cfg: Config, *, port_file: Path | None = None, ready: asyncio.Ev
         await runner.setup()
         if runner.server is None:  # setup() made it
             raise RuntimeError("the HTTP runner has no server after setup()")
-        guard_task = asyncio.create_task(guard.run(runner.server), name="connection-guard")
-        if listen_fd is not None:
-            site: web.BaseSite = web.SockSite(runner, socket.socket(fileno=listen_fd))
+        # The SQL lane serves POST /v1/api/sql without aiohttp's per-request machinery; it is off
+        # at log level debug, where every request must reach aiohttp's access log.
+        lane = None if cfg.logging.level == "debug" else SqlLane(
+            state.sql, runner.server, max_body_bytes=cfg.limits.max_body_bytes, guard=guard)
+        state.lane = lane
+        guard_task = asyncio.create_task(guard.run(runner.server, lane_connections(lane)), name="connection-guard")
+        listen_sock = socket.socket(fileno=listen_fd) if listen_fd is not None else None
+        site: web.BaseSite
+        if lane is not None:
+            site = LaneSite(runner, lane, host=cfg.server.host, port=cfg.server.port, sock=listen_sock,
+                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        elif listen_sock is not None:
+            site = web.SockSite(runner, listen_sock)
         else:
             site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=2048, reuse_address=True)
         try:

@@ -11,7 +11,7 @@ import re
 import time
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -44,6 +44,25 @@ def redact(text: str) -> str:
     return _PASSWORD_LITERAL.sub(r"\1'***'", text)
 
 
+class HttpRequest(Protocol):
+    """What the SQL endpoint reads of an HTTP request: aiohttp's `web.Request`, or the SQL lane's
+    `LaneRequest` (server/sql_lane.py), which serves the same endpoint without aiohttp's machinery."""
+
+    @property
+    def headers(self) -> Any: ...  # a mapping whose .get(name) ignores case
+
+    @property
+    def remote(self) -> str | None: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    async def read(self) -> bytes: ...
+
+
 @dataclass(slots=True)
 class SqlRequest:
     sql: str
@@ -53,7 +72,7 @@ class SqlRequest:
     min_applied_index: int | None
 
 
-async def read_json_body(request: web.Request, max_body_bytes: int) -> Any:
+async def read_json_body(request: HttpRequest, max_body_bytes: int) -> Any:
     """The parsed JSON body; 413 before reading anything when the declared length is too big."""
     length = request.content_length
     if length is not None and length > max_body_bytes:
@@ -129,13 +148,13 @@ class SqlHandler:
         self.metrics = SqlMetrics()
         self.unsafe_txn = UnsafeTxn.from_env()  # None unless a checker test plants a transaction bug
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def __call__(self, request: HttpRequest) -> web.Response:
         started = time.perf_counter()
         response = await self._answer(request, started)
         self.metrics.observe(response.status, time.perf_counter() - started)
         return response
 
-    async def _answer(self, request: web.Request, started: float) -> web.Response:
+    async def _answer(self, request: HttpRequest, started: float) -> web.Response:
         try:
             length = request.content_length
             if length is not None and length > self.max_body_bytes:
