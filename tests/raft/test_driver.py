@@ -81,3 +81,57 @@ async def test_a_raft_loop_that_dies_stops_the_node(tmp_path):
             victim.propose(b"refused")
     finally:
         await stop_all(drivers)
+
+
+async def test_applied_batches_wake_the_callers_loop_only_when_someone_there_waits(tmp_path):
+    drivers = await start_cluster(tmp_path)
+    try:
+        leader, follower = drivers[0], drivers[1]
+        wakeups = {d.node_id: 0 for d in drivers}
+        for d in drivers:
+            real = d._after_apply
+
+            def counted(applied, settled, d=d, real=real):
+                wakeups[d.node_id] += 1
+                real(applied, settled)
+
+            d._after_apply = counted
+        for i in range(20):
+            index, _ = await asyncio.wait_for(leader.propose(b"w%d" % i), 5)
+        # the leader's own proposals were waited for; nobody waited on the follower
+        assert wakeups[leader.node_id] >= 1 and wakeups[follower.node_id] == 0, wakeups
+        # a wait registered now still ends as soon as the index is applied there
+        assert await follower.wait_applied(index, 5)
+        _, _ = await asyncio.wait_for(follower.forward(leader.node_id, b"from the follower"), 5)
+        assert wakeups[follower.node_id] >= 1  # its own forwarded write is settled on its loop
+    finally:
+        await stop_all(drivers)
+
+
+class _AppliedBetweenReads:
+    """An applier whose index moves on right after the driver's first look at it: the moment the
+    apply thread may skip the wake-up because no waiter is queued yet."""
+
+    def __init__(self, before: int, after: int):
+        self.reads = 0
+        self.before, self.after = before, after
+
+    @property
+    def applied_index(self) -> int:
+        self.reads += 1
+        return self.before if self.reads == 1 else self.after
+
+
+async def test_a_wait_that_races_the_apply_thread_is_not_lost(tmp_path):
+    drivers = await start_cluster(tmp_path)
+    follower = drivers[1]
+    real = follower.applier
+    try:
+        target = real.applied_index + 1000  # no entry reaches it: only the re-check can end the wait
+        follower.applier = _AppliedBetweenReads(target - 1, target)
+        started = asyncio.get_running_loop().time()
+        assert await follower.wait_applied(target, 5)
+        assert asyncio.get_running_loop().time() - started < 1.0, "the wait waited for a wake-up that never comes"
+    finally:
+        follower.applier = real
+        await stop_all(drivers)

@@ -166,7 +166,11 @@ class RaftDriver(RaftLoops):
         metas = [e for e in batch if e.kind == EntryKind.NORMAL and e.data.startswith(META_PREFIX)]
         if metas and self._on_meta is not None:
             self._on_raft(self._apply_metas, metas)
-        self._on_main(self._after_apply, batch[-1].index, settled)
+        if settled or self._applied_waiters:
+            # Wake the caller's loop only when someone there waits: on a follower most batches
+            # settle nothing. A waiter registered meanwhile re-checks the applied index after it is
+            # queued (`wait_applied`), and the index is updated before this check, so none is lost.
+            self._on_main(self._after_apply, batch[-1].index, settled)
         self._maybe_snapshot()
 
     def _apply_metas(self, entries: list[Entry]) -> None:

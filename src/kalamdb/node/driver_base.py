@@ -239,6 +239,11 @@ class DriverBase(ABC):
             return True
         fut = self._caller_loop().create_future()
         heapq.heappush(self._applied_waiters, (index, next(self._ids), fut))
+        if self.applied_index >= index:
+            # Applied between the check above and the push: the apply thread may have seen no
+            # waiter and skipped telling this loop (see `_on_applied`), so don't wait for it.
+            fut.cancel()
+            return True
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
             return True
