@@ -148,16 +148,23 @@ async def test_messages_arrive_in_order_both_ways(make_node):
     assert a.stats["dropped_total"] == 0
 
 
-async def test_send_many_on_an_idle_link_is_written_at_once_in_one_write(make_node):
+async def connected_with_write_log(make_node) -> tuple[PeerTransport, Inbox, list[int]]:
+    """Node 1 linked to node 2 with its connection up ("first" delivered), and the sizes of every
+    write() node 1 makes on it from now on."""
     a, _ = await make_node(1)
     b, inbox_b = await make_node(2)
     link(a, b)
     assert a.send(2, "first")
     await inbox_b.wait_for(1)  # connection up
-    writes = []
+    writes: list[int] = []
     writer = next(iter(a._writers))  # the only connection a has: the outbound one to b
     original = writer.write
     writer.write = lambda data: (writes.append(len(data)), original(data))[1]
+    return a, inbox_b, writes
+
+
+async def test_send_many_on_an_idle_link_is_written_at_once_in_one_write(make_node):
+    a, inbox_b, writes = await connected_with_write_log(make_node)
     assert a.send_many(2, [["entry", i] for i in range(100)])
     assert len(writes) == 1, "an idle link's batch leaves inside send_many, before the caller's next step"
     assert a.send(2, "last")
@@ -168,15 +175,7 @@ async def test_send_many_on_an_idle_link_is_written_at_once_in_one_write(make_no
 
 
 async def test_what_is_queued_goes_first_and_everything_shares_one_write(make_node):
-    a, _ = await make_node(1)
-    b, inbox_b = await make_node(2)
-    link(a, b)
-    assert a.send(2, "first")
-    await inbox_b.wait_for(1)  # connection up
-    writes = []
-    writer = next(iter(a._writers))
-    original = writer.write
-    writer.write = lambda data: (writes.append(len(data)), original(data))[1]
+    a, inbox_b, writes = await connected_with_write_log(make_node)
     assert a.send(2, "queued")
     assert a.send_many(2, [["entry", i] for i in range(100)])  # behind "queued", not before it
     assert a.send(2, "last")

@@ -85,6 +85,16 @@ def test_idle_and_half_sent_connections_are_closed(guarded_server):
     assert guarded_server.client().health()["status"] == "healthy"
 
 
+def test_a_body_that_never_finishes_arriving_is_cut_like_an_idle_connection(guarded_server):
+    slow = socket.create_connection(("127.0.0.1", guarded_server.port))
+    slow.sendall(b"POST /v1/api/sql HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"sql\": ")  # 90 short
+    slow.settimeout(0.2)
+    started = time.monotonic()
+    wait_for(lambda: _closed_by_peer(slow), timeout=10, what="the connection with the unfinished body to be closed")
+    assert time.monotonic() - started < 8
+    assert guarded_server.client().health()["status"] == "healthy"
+
+
 def test_one_address_cannot_hold_more_than_its_share_of_connections(guarded_server):
     socks = [socket.create_connection(("127.0.0.1", guarded_server.port)) for _ in range(40)]
     for s in socks:
