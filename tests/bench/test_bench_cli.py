@@ -58,6 +58,9 @@ def test_insert_lag_and_batch_write_a_valid_report(tmp_path):
         assert r["errors"] == 0, r["first_error"]
         assert r["ops_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
         assert set(r["rss_mb"]) == {"node1", "node2", "node3"}
+        machine = r["machine"]  # how loaded the machine was, so a reader can trust the figures
+        assert machine["load_avg_1m"] >= 0 and 0 < machine["machine_busy_percent"] <= 100
+        assert 0 < machine["client_cpu_percent"] <= 100 * doc["machine"]["cpus"]
     (batch,) = rows(doc, "kalamdb", "batch")
     assert batch["rows_per_request"] == 10 and batch["ops_per_s"] >= 10 * batch["requests"] / 0.6 * 0.99
     (lag,) = rows(doc, "kalamdb", "replication_lag")
@@ -94,6 +97,8 @@ def test_compare_etcd_runs_the_same_load_and_prints_ratios(tmp_path):
     (ratio,) = doc["ratios"]
     assert ratio["clients"] == 2
     assert ratio["throughput_ratio"] == pytest.approx(kdb["ops_per_s"] / etcd["ops_per_s"], rel=1e-2)
+    assert ratio["machine_busy_percent"] == [kdb["machine"]["machine_busy_percent"],
+                                             etcd["machine"]["machine_busy_percent"]]
     assert doc["etcd_version"]
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from kalamdb.testing.cluster import ClusterTestServer
 
 ALL_SCENARIOS = ("start", "insert", "batch", "mixed", "lag", "failover", "catchup", "memory")
+SATURATED_PERCENT = 90.0  # machine busy at or above this during a level: its ratio says so
 
 
 def _ints(ctx: Any, param: Any, value: str) -> list[int]:
@@ -141,20 +142,21 @@ class Bench:
                     res, smp = self.load(kc.insert_target(urls, auth), clients, f"kalamdb insert x{clients}",
                                          sampler_pids=pids)
                     self.add("kalamdb", "insert", res, target=self.o["target"], rss_mb=smp.max_rss_mb,
-                             cpu_percent=smp.cpu_percent)
+                             cpu_percent=smp.cpu_percent, machine=smp.load)
             if "batch" in sc:
                 rpr = self.o["rows_per_request"]
                 clients = self.o["batch_clients"]
                 res, smp = self.load(kc.insert_target(urls, auth, rows_per_request=rpr), clients,
                                      f"kalamdb batch {rpr} rows x{clients}", ops_per_request=rpr, sampler_pids=pids)
                 self.add("kalamdb", "batch", res, rows_per_request=rpr, rss_mb=smp.max_rss_mb,
-                         cpu_percent=smp.cpu_percent)
+                         cpu_percent=smp.cpu_percent, machine=smp.load)
             if "mixed" in sc:
                 clients = max(self.o["clients"])
                 written = next(self.ids)
                 tgt = kc.mixed_target(urls, auth, read_fraction=self.o["read_fraction"], written=lambda: written)
                 res, smp = self.load(tgt, clients, f"kalamdb mixed x{clients}", sampler_pids=pids)
-                self.add("kalamdb", "mixed", res, read_fraction=self.o["read_fraction"], cpu_percent=smp.cpu_percent)
+                self.add("kalamdb", "mixed", res, read_fraction=self.o["read_fraction"], cpu_percent=smp.cpu_percent,
+                         machine=smp.load)
             if "lag" in sc:
                 self.guarded("replication_lag", self.run_lag, cluster, urls, auth, pids)
             if "memory" in sc and self.o["million"]:
@@ -188,7 +190,7 @@ class Bench:
         res, smp = self.load(kc.insert_target(urls, auth), clients, f"kalamdb lag under x{clients}",
                              sampler_pids=pids, side=lambda s, stop: probe.run(s, stop, self.ids))
         self.add("kalamdb", "replication_lag", res, load_clients=clients,
-                 lag=probe.summary(), rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent)
+                 lag=probe.summary(), rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent, machine=smp.load)
         self.extra["lag_over_time"] = [[round(t, 3), round(lag, 3)] for t, lag in probe.samples]
 
     def fill_million(self, cluster: ClusterTestServer, auth: str, pids: dict[str, int]) -> None:
@@ -244,7 +246,8 @@ class Bench:
             target = etcd.put_target()
             for clients in self.o["clients"]:
                 res, smp = self.load(target, clients, f"etcd put x{clients}", sampler_pids=pids)
-                self.add("etcd", "insert", res, target="random", rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent)
+                self.add("etcd", "insert", res, target="random", rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent,
+                         machine=smp.load)
         finally:
             etcd.stop()
 
@@ -257,7 +260,9 @@ class Bench:
             if k and e and e["ops_per_s"]:
                 out.append({"clients": clients, "throughput_ratio": round(k["ops_per_s"] / e["ops_per_s"], 3),
                             "p50_ratio": round(k["p50_ms"] / e["p50_ms"], 3) if e["p50_ms"] else None,
-                            "p99_ratio": round(k["p99_ms"] / e["p99_ms"], 3) if e["p99_ms"] else None})
+                            "p99_ratio": round(k["p99_ms"] / e["p99_ms"], 3) if e["p99_ms"] else None,
+                            "machine_busy_percent": [r.get("machine", {}).get("machine_busy_percent", 0.0)
+                                                     for r in (k, e)]})
         return out
 
     def print_table(self) -> None:
@@ -283,6 +288,10 @@ class Bench:
                 notes.append("CPU " + "/".join(f"{v:.0f}" for v in r["cpu_percent"].values()) + " %")
             if "runs" in r and "clients" not in r:
                 notes.append(f"{r['runs']} run(s)")
+            if r.get("machine"):
+                m = r["machine"]
+                notes.append(f"load {m['load_avg_1m']}, machine {m['machine_busy_percent']:.0f} % busy, "
+                             f"client {m['client_cpu_percent']:.0f} % of a CPU")
             t.add_row(r["system"], r["scenario"], str(r.get("clients", "")),
                       f"{r['ops_per_s']:.0f}" if "ops_per_s" in r else "",
                       _fmt(r.get("p50_ms")), _fmt(r.get("p99_ms")), str(r.get("errors", "")), "; ".join(notes))
@@ -292,7 +301,12 @@ class Bench:
             console.print(f"{m}: {v}")
         for r in self.ratios():
             console.print(f"kalamdb/etcd at {r['clients']} clients: throughput x{r['throughput_ratio']}, "
-                          f"p50 x{r['p50_ratio']}, p99 x{r['p99_ratio']}")
+                          f"p50 x{r['p50_ratio']}, p99 x{r['p99_ratio']}; machine busy "
+                          f"{r['machine_busy_percent'][0]:.0f} % (kalamdb) / {r['machine_busy_percent'][1]:.0f} % (etcd)")
+            if max(r["machine_busy_percent"]) >= SATURATED_PERCENT:
+                console.print(f"  the machine was saturated at {r['clients']} clients (>= {SATURATED_PERCENT:.0f} % "
+                              "busy): this ratio compares the systems competing for CPU with their client and "
+                              "whatever else runs, not only their own cost per write")
 
     def document(self) -> dict:
         import psutil

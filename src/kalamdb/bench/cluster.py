@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import os
 import random
 import signal
 import threading
@@ -118,12 +119,15 @@ def mixed_target(urls: list[str], auth: str, *, read_fraction: float, written: C
 # ---------------------------------------------------------------- per-node resources
 @dataclass
 class ResourceSampler:
-    """Samples RSS and CPU of a set of processes in a thread while a load runs."""
+    """Samples RSS and CPU of a set of processes in a thread while a load runs, and how loaded the
+    whole machine was meanwhile: a ratio between two systems measured on a saturated machine says
+    as much about how they share its CPUs as about either system, so every level reports it."""
 
     pids: dict[str, int]
     interval_s: float = 0.1
     max_rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    load: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._procs = {}
@@ -149,6 +153,8 @@ class ResourceSampler:
                     self.max_rss_mb[name] = max(self.max_rss_mb.get(name, 0.0), rss)
 
     def __enter__(self) -> Self:
+        self._load_avg = os.getloadavg()[0]
+        self._machine0, self._client0 = psutil.cpu_times(), psutil.Process().cpu_times()
         self._cpu0, self._t0 = self._cpu(), time.perf_counter()
         self._thread.start()
         return self
@@ -161,6 +167,16 @@ class ResourceSampler:
             if name in self._cpu0 and wall > 0:
                 self.cpu_percent[name] = round(100 * (c1 - self._cpu0[name]) / wall, 1)
         self.max_rss_mb = {k: round(v, 1) for k, v in self.max_rss_mb.items()}
+        machine1, client1 = psutil.cpu_times(), psutil.Process().cpu_times()
+        total = sum(machine1) - sum(self._machine0)
+        idle = sum(getattr(machine1, k, 0.0) - getattr(self._machine0, k, 0.0) for k in ("idle", "iowait"))
+        client = (client1.user + client1.system) - (self._client0.user + self._client0.system)
+        self.load = {
+            "load_avg_1m": round(self._load_avg, 2),  # at the start of the level
+            "machine_busy_percent": round(100 * (1 - idle / total), 1) if total > 0 else 0.0,
+            # the load generator itself (this process), in % of one CPU
+            "client_cpu_percent": round(100 * client / wall, 1) if wall > 0 else 0.0,
+        }
 
 
 def rss_mb(pids: dict[str, int]) -> dict[str, float]:
