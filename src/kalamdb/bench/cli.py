@@ -299,14 +299,17 @@ class Bench:
         console.print(t)
         for m, v in self.extra.get("memory", {}).items():
             console.print(f"{m}: {v}")
+        saturated = []
         for r in self.ratios():
             console.print(f"kalamdb/etcd at {r['clients']} clients: throughput x{r['throughput_ratio']}, "
                           f"p50 x{r['p50_ratio']}, p99 x{r['p99_ratio']}; machine busy "
                           f"{r['machine_busy_percent'][0]:.0f} % (kalamdb) / {r['machine_busy_percent'][1]:.0f} % (etcd)")
             if max(r["machine_busy_percent"]) >= SATURATED_PERCENT:
-                console.print(f"  the machine was saturated at {r['clients']} clients (>= {SATURATED_PERCENT:.0f} % "
-                              "busy): this ratio compares the systems competing for CPU with their client and "
-                              "whatever else runs, not only their own cost per write")
+                saturated.append(str(r["clients"]))
+        if saturated:
+            console.print(f"the machine was >= {SATURATED_PERCENT:.0f} % busy at {', '.join(saturated)} client(s): "
+                          "there the ratios compare the systems competing for CPU with their client and whatever "
+                          "else runs, not only their own cost per write")
 
     def document(self) -> dict:
         import psutil
