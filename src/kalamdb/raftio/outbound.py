@@ -180,6 +180,10 @@ class OutboundLinks:
         counters = self._ctx.counters
         closed = loop.create_task(_watch_close(reader))
         closed.add_done_callback(lambda _t: peer.wake())
+        # Pause (so that drain() waits) as soon as anything is left unsent, not only above the default
+        # 64 KiB: with a backlog below that, drain() returned at once and the loop below spun without
+        # ever yielding, freezing the Raft thread's event loop (a peer that stopped reading mid-write).
+        writer.transport.set_write_buffer_limits(high=0)
         peer.writer = writer
         try:
             while True:
