@@ -31,7 +31,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
@@ -167,8 +167,9 @@ class SqlLane:
     """The lane of one server: its handler, aiohttp's protocol factory for handovers, the guard,
     and the lane's open connections."""
 
-    def __init__(self, handler: Callable[[Any], Any], aiohttp_protocol: Callable[[], asyncio.Protocol], *,
-                 max_body_bytes: int, guard: ConnectionGuard | None = None):
+    def __init__(self, handler: Callable[[LaneRequest], Awaitable[web.Response]],
+                 aiohttp_protocol: Callable[[], asyncio.Protocol], *, max_body_bytes: int,
+                 guard: ConnectionGuard | None = None):
         self.handler = handler
         self.aiohttp_protocol = aiohttp_protocol
         self.max_body_bytes = max_body_bytes
