@@ -189,10 +189,11 @@ class OutboundLinks:
             while True:
                 if closed.done():
                     raise ConnectionResetError(_close_reason(closed))
-                chunks = peer.chunks
-                if not chunks and writer.transport.get_write_buffer_size():
-                    await self._drain(writer)  # a direct write (write_now) left a backlog
+                if writer.transport.get_write_buffer_size():
+                    # what the last write (this loop's or write_now's) left unsent goes first
+                    await self._drain(writer)
                     continue
+                chunks = peer.chunks
                 if not chunks:
                     peer.waiter = loop.create_future()
                     await peer.waiter
@@ -206,8 +207,6 @@ class OutboundLinks:
                 writer.write(data)
                 counters.frames_sent += frames
                 counters.bytes_sent += len(data)
-                if writer.transport.get_write_buffer_size():
-                    await self._drain(writer)
         finally:
             peer.waiter = None
             peer.writer = None
