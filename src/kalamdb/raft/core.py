@@ -23,6 +23,8 @@ from kalamdb.raft.types import Entry, EntryKind, HardState, Membership, Persiste
 _APP = MsgType.APP
 _APP_RESP = MsgType.APP_RESP
 _HEARTBEAT = MsgType.HEARTBEAT
+_COMMIT = MsgType.COMMIT
+_FROM_LEADER = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.COMMIT, MsgType.SNAPSHOT})
 _NORMAL = EntryKind.NORMAL
 
 
@@ -538,12 +540,12 @@ class RaftCore:
                     return  # leader lease: a live leader exists, ignore the disruptive candidate
             if t is MsgType.PRE_VOTE or (t is MsgType.PRE_VOTE_RESP and not m.reject):
                 pass  # pre-vote never changes terms
-            elif t is _APP or t is _HEARTBEAT or t is MsgType.SNAPSHOT:
+            elif t in _FROM_LEADER:
                 self._become_follower(m.term, m.frm)
             else:
                 self._become_follower(m.term, 0)
         elif m.term < self.term:
-            if (t is _APP or t is _HEARTBEAT) and (self.cfg.check_quorum or self.cfg.pre_vote):
+            if (t is _APP or t is _HEARTBEAT or t is _COMMIT) and (self.cfg.check_quorum or self.cfg.pre_vote):
                 # a stale leader (e.g. after a partition) learns our term and steps down
                 self._send(Message(_APP_RESP, m.frm, self.id, self.term))
             elif t is MsgType.PRE_VOTE:
@@ -575,11 +577,13 @@ class RaftCore:
 
     def _step_follower(self, m: Message) -> None:
         t = m.type
-        if t is _APP or t is _HEARTBEAT or t is MsgType.SNAPSHOT:
+        if t in _FROM_LEADER:
             self.election_elapsed = 0
             self.leader_id = m.frm
             if t is _APP:
                 self._handle_append(m)
+            elif t is _COMMIT:
+                self._handle_commit(m)
             elif t is _HEARTBEAT:
                 self._handle_heartbeat(m)
             else:
@@ -596,7 +600,7 @@ class RaftCore:
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
-        if t is _APP or t is _HEARTBEAT or t is MsgType.SNAPSHOT:
+        if t in _FROM_LEADER:
             self._become_follower(self.term, m.frm)  # someone won this term
             self._step_follower(m)
             return
@@ -647,6 +651,14 @@ class RaftCore:
         hint = log.find_conflict_by_term(min(m.index, log.last_index), m.log_term)
         self._send(Message(_APP_RESP, m.frm, self.id, self.term, index=m.index, reject=True,
                            hint_index=hint, hint_term=log.term(hint) or 0))
+
+    def _handle_commit(self, m: Message) -> None:
+        """The commit rule of an empty AppendEntries (commit up to the leader's commit, but not past
+        an entry known to match the leader's log), without its answer: the leader sends COMMIT only
+        to a follower whose answer would tell it nothing new. A follower whose log does not hold
+        (index, log_term) ignores it; heartbeats and the next append repair it as before."""
+        if m.commit > self.commit and self.log.term(m.index) == m.log_term:
+            self.commit = max(self.commit, min(m.commit, m.index))
 
     def _handle_heartbeat(self, m: Message) -> None:
         c = min(m.commit, self.log.last_index)
@@ -802,6 +814,23 @@ class RaftCore:
         pr.sent(prev + len(ents), len(ents))
         return True
 
+    def _send_commit(self, to: int) -> None:
+        """Tell a follower that has been sent every entry about a new commit index. A pipelining
+        follower gets COMMIT, which asks for no answer: its answer to an empty AppendEntries would
+        only repeat what the leader knows, and at low load it is half the messages of a write
+        (each one a wake-up of the leader's Raft thread). A probed follower still gets the empty
+        AppendEntries, whose answer the probe needs."""
+        pr = self.prs.get(to)
+        if pr is None:
+            return
+        if pr.state != ProgressState.REPLICATE or pr.paused:
+            self._send_append(to, send_if_empty=True)
+            return
+        prev = min(pr.next, self.log.last_index + 1) - 1
+        prev_term = self.log.term(prev)
+        if prev_term is not None:
+            self._msgs.append(Message(_COMMIT, to, self.id, self.term, prev_term, prev, self.commit))
+
     def _bcast_heartbeat(self) -> None:
         seq = self._read_seq
         commit = self.commit
@@ -818,9 +847,13 @@ class RaftCore:
             empty = self._bcast_empty
             self._bcast_pending = self._bcast_empty = False
             for to in self.prs:
-                if to != self.id and self._send_append(to, send_if_empty=empty):
+                if to == self.id:
+                    continue
+                if self._send_append(to, send_if_empty=False):
                     while self._send_append(to, send_if_empty=False):
                         pass
+                elif empty:
+                    self._send_commit(to)
         if self._hb_read_needed:
             self._hb_read_needed = False
             self._bcast_heartbeat()

@@ -34,6 +34,7 @@ class MsgType(IntEnum):
     TIMEOUT_NOW = 11  # leadership transfer: campaign now, skipping pre-vote
     READ_INDEX = 12  # follower -> leader: context identifies the read
     READ_INDEX_RESP = 13  # leader -> follower: index = read index for context (reject = failed)
+    COMMIT = 14  # leader -> follower: commit, for a follower that holds (index, log_term); no answer
 
 
 @dataclass(slots=True)
