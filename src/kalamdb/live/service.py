@@ -82,6 +82,11 @@ def unsafe_mode() -> str | None:
     return mode
 
 
+def event_index(event: FeedEvent) -> int:
+    """The last log index a feed event covers."""
+    return event.last_index if isinstance(event, Applied) else event.index
+
+
 class LiveService:
     def __init__(self, db: LiveSource, *, node_id: int):
         self.db = db
@@ -90,7 +95,10 @@ class LiveService:
         self.connections: set[LiveConnection] = set()
         self.filters = FilterCache()
         self.unsafe = unsafe_mode()
-        self.processed_index = 0
+        self._processed_index = 0  # the dispatcher handled every event up to here (this loop only)
+        self._skipped_index = 0  # events up to here went by while nothing listened (applying thread only)
+        self._enqueued = 0  # events handed to the dispatcher (applying thread only)
+        self._dispatched = 0  # of them, handled (this loop only)
         self.delivered = 0
         self._events: asyncio.Queue[FeedEvent] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,13 +118,23 @@ class LiveService:
         queue = self._events
 
         def listener(event: FeedEvent) -> None:  # on the applying thread, right after commit
+            if self._idle():
+                # Nobody subscribes, waits or has events in flight: waking the event loop for this
+                # event would do nothing but move `processed_index` (on a follower without
+                # subscribers that was a wake-up of its HTTP loop per applied batch). A subscriber
+                # that registers after this check reads a snapshot that already holds the event.
+                self._skipped_index = event_index(event)
+                if self._idle():
+                    return
+                # A waiter or subscriber came meanwhile: it is told of this event the usual way.
+            self._enqueued += 1
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, event)
             except RuntimeError:
                 pass  # the loop is closed: the process is stopping
 
         self._unsubscribe = self.db.feed.subscribe(listener)
-        self.processed_index = self.db.applied_index
+        self._processed_index = self.db.applied_index
         if self.unsafe:
             log.critical("UNSAFE MODE: %s=%s -- live queries deliberately lose changes; never use this "
                          "outside checker tests", UNSAFE_ENV, self.unsafe)
@@ -270,12 +288,26 @@ class LiveService:
             return await asyncio.get_running_loop().run_in_executor(None, self.db.changes_since, sub.shape.table_id,
                                                                     sub.owner, after_seq, LOG_PAGE)
 
+    @property
+    def processed_index(self) -> int:
+        """Every feed event up to here was dispatched, or went by while nobody could want it."""
+        return max(self._processed_index, self._skipped_index)
+
+    def _idle(self) -> bool:
+        """(applying thread) No subscription, no waiter and no event in flight to the dispatcher."""
+        return not self._waiters and self._enqueued == self._dispatched and self.index.empty()
+
     async def wait_processed(self, index: int) -> None:
         """Wait until the dispatcher has handled every feed event up to `index`."""
         if self.processed_index >= index:
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((index, fut))
+        if self.processed_index >= index:
+            # Skipped by the applying thread between the check above and the append (`listener`
+            # re-checks for waiters after moving `_skipped_index`, so one of the two sees the other).
+            self._waiters.remove((index, fut))
+            return
         try:
             await asyncio.wait_for(fut, APPLIED_WAIT_S)
         except TimeoutError:
@@ -323,9 +355,10 @@ class LiveService:
                     self._advance(event.index)
             except Exception:
                 log.exception("live dispatch of %r failed", event)
+            self._dispatched += 1
 
     def _advance(self, index: int) -> None:
-        self.processed_index = max(self.processed_index, index)
+        self._processed_index = max(self._processed_index, index)
         if self._waiters:
             still = []
             for i, fut in self._waiters:

@@ -171,6 +171,10 @@ class SubscriptionIndex:
     def user_count(self, user_id: str) -> int:
         return self._per_user.get(user_id, 0)
 
+    def empty(self) -> bool:
+        """No subscription at all (read from the applying thread: one dict length, no lock needed)."""
+        return not self._by_live_id
+
     def all(self) -> Iterable[Subscription]:
         return list(self._by_live_id.values())  # a copy: safe to read from another thread
 
