@@ -5,31 +5,42 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from pathlib import Path
 
 from kalamdb.node.driver import RaftDriver
 from kalamdb.testing.waiting import async_wait_for
 
 SECRET = b"driver-test-secret-0123456789"
+HEAVY_APPLY_S = 0.05
 
 
 class ListMachine:
-    """A state machine that appends each command to a list; its outcome is (node, position)."""
+    """A state machine that appends each command to a list; its outcome is (node, position).
+    Commands starting with b"heavy" are not light; `threads` records which thread applied each."""
 
     def __init__(self, node_id: int):
         self.node_id = node_id
         self.items: list[bytes] = []
+        self.threads: list[str] = []
         self.applied_index = 0
 
     def noop_command(self) -> bytes:
         return b"noop"
+
+    def light_batch(self, items: list[tuple[int, bytes]]) -> bool:
+        return not any(cmd.startswith(b"heavy") for _, cmd in items)
 
     def apply_batch(self, items: list[tuple[int, bytes]]) -> list:
         out = []
         for index, cmd in items:
             self.applied_index = index
             if cmd != b"noop":
+                if cmd.startswith(b"heavy"):
+                    time.sleep(HEAVY_APPLY_S)  # a costly command: the apply thread stays busy a while
                 self.items.append(cmd)
+                self.threads.append(threading.current_thread().name)
             out.append(("applied on", self.node_id, len(self.items)))
         return out
 

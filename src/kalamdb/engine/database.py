@@ -46,6 +46,8 @@ from kalamdb.engine.changes import (
 from kalamdb.engine.compile import Compiled, compile_query
 from kalamdb.engine.functions import FnState, register
 from kalamdb.engine.ids import next_snowflake
+from kalamdb.engine.light import MAX_ENTRIES as MAX_LIGHT_ENTRIES
+from kalamdb.engine.light import LightCommands
 from kalamdb.engine.local_tables import LocalTables
 from kalamdb.engine.prepare import prepare as prepare_request
 from kalamdb.engine.types import ExecContext, Outcome, Prepared, Principal
@@ -58,6 +60,9 @@ from kalamdb.sql.types import SQL_NAMES
 _catalog_tokens = iter(range(1, 1 << 62))
 
 __all__ = ["Database", "Outcome", "Prepared", "Principal"]
+
+CHECKPOINT_COMMITS = 256  # a WAL checkpoint after this many write transactions ...
+CHECKPOINT_CHANGES = 4096  # ... or this many changed rows, whichever comes first
 
 
 class Database:
@@ -75,6 +80,9 @@ class Database:
         self.topics = topics.TopicState()  # topic routes (writer) and HTTP consumers' claims (node-local)
         self.templates = TemplateCache()
         self._parse_cache = ParseCache()
+        self._light = LightCommands(self._parse_cache)
+        self._noop = commands.noop_command()
+        self._since_checkpoint = (0, 0)  # (commits, total_changes at the last checkpoint)
         self._compile_cache: OrderedDict[tuple, Compiled] = OrderedDict()
         self._compile_lock = threading.Lock()
         self._write_lock = threading.RLock()
@@ -88,6 +96,9 @@ class Database:
         self._last_snowflake = 0
 
         self._wconn = self._connect()
+        # The writer checkpoints the WAL itself, at the start of a batch (`_checkpoint_if_due`), so
+        # a batch applied on a request loop never runs one inside its COMMIT (engine/light.py).
+        self._wconn.execute("PRAGMA wal_autocheckpoint=0")
         self._wstate = FnState(self, node_id)
         register(self._wconn, self._wstate)
         fresh = self._wconn.execute(
@@ -226,9 +237,39 @@ class Database:
     def apply(self, index: int, command: bytes) -> Outcome:
         return self.apply_batch([(index, command)])[0]
 
+    def light_batch(self, items: list[tuple[int, bytes]]) -> bool:
+        """True when applying these commands is cheap, with a cost bounded by their size and known
+        without running them (engine/light.py), so a node may apply them on its request loop. Call
+        it from one thread only (the verdicts it remembers are not locked)."""
+        if len(items) > MAX_LIGHT_ENTRIES or self.topics.routes or self._checkpoint_due():
+            return False
+        noop = self._noop
+        light = self._light
+        last = self._applied_index
+        for index, command in items:
+            if index <= last:
+                continue
+            if index % PRUNE_EVERY == 0 or not light.command(command, noop):
+                return False
+        return True
+
+    def _checkpoint_due(self) -> bool:
+        commits, changes = self._since_checkpoint
+        return commits >= CHECKPOINT_COMMITS or self._wconn.total_changes - changes >= CHECKPOINT_CHANGES
+
+    def _checkpoint_if_due(self) -> None:
+        """(writer, between transactions) Copy the WAL into the database file, as SQLite's own
+        autocheckpoint would after ~1,000 pages; PASSIVE: readers are never blocked."""
+        if self._checkpoint_due():
+            self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._since_checkpoint = (0, self._wconn.total_changes)
+
     def apply_batch(self, items: list[tuple[int, bytes]]) -> list[Outcome]:
         """Apply commands in log order in ONE transaction; then publish their changes in order."""
         with self._write_lock:
+            self._checkpoint_if_due()
+            commits, changes = self._since_checkpoint
+            self._since_checkpoint = (commits + 1, changes)
             failed: dict[int, KalamError] = {}
             while True:
                 try:

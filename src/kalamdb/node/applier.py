@@ -2,9 +2,11 @@
 
 Applying is user work (a write's SQL runs here, on every replica), so it must never hold up the
 thread that sends heartbeats and acknowledgements: the Raft thread only hands committed entries over
-(`submit`, a queue put) and goes on. Everything else that touches the state machine as a whole
-(taking a snapshot, installing one) runs as a job on the same thread (`run`), so it is ordered with
-the entries around it without any lock: a snapshot installed after entry N sees N applied.
+and goes on. Everything else that touches the state machine as a whole (taking a snapshot,
+installing one) runs as a job on the same thread (`run`), so it is ordered with the entries around
+it without any lock: a snapshot installed after entry N sees N applied. Batches and jobs reach it
+through node/apply_router.py, which applies light batches itself (`apply_now`) while this thread is
+idle, so the one-at-a-time order holds across both.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Applier:
                  before_apply: Callable[[], object] = lambda: None):
         self.sm = sm
         self.applied_index = sm.applied_index
-        self._noop = sm.noop_command()
+        self.noop = sm.noop_command()  # what entries that are not state-machine commands apply as
         self._on_applied = on_applied
         self._on_failure = on_failure
         self._before_apply = before_apply
@@ -53,6 +55,9 @@ class Applier:
         self._failed = False
         self.batches = 0  # state-machine transactions
         self.entries = 0  # entries applied by them
+        #: items (batches and jobs) taken off the queue and finished; written by the apply thread
+        #: only, so another thread may compare it with how many it queued (node/apply_router.py)
+        self.completed = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -61,11 +66,18 @@ class Applier:
         """Queue committed entries (any thread); they are applied in the order submitted."""
         self._q.put(entries)
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run `fn(*args)` on the apply thread after everything queued before it."""
-        fut: Future = Future()
+    def run(self, fn: Callable[..., Any], *args: Any, future: Future | None = None) -> Future:
+        """Run `fn(*args)` on the apply thread after everything queued before it; its result in
+        `future` (a new one if not given)."""
+        fut: Future = Future() if future is None else future
         self._q.put(_Job(fn, args, fut))
         return fut
+
+    def apply_now(self, entries: list[Entry]) -> None:
+        """Apply on the calling thread, which must be the only one applying meanwhile: the apply
+        thread has finished everything queued (node/apply_router.py checks `completed`)."""
+        if not self._failed:
+            self._apply_all(entries)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what is queued, then end the thread."""
@@ -97,8 +109,10 @@ class Applier:
                         item.future.set_result(item.fn(*item.args))
                     except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the job
                         item.future.set_exception(exc)
+                self.completed += 1
                 continue
             entries: list[Entry] = item
+            taken = 1
             while len(entries) < APPLY_BATCH:  # coalesce what queued up meanwhile: one transaction
                 try:
                     nxt = self._q.get_nowait()
@@ -106,20 +120,24 @@ class Applier:
                     break
                 if isinstance(nxt, list):
                     entries = entries + nxt
+                    taken += 1
                 else:
                     carry = nxt
                     break
-            if self._failed:
-                continue  # after a failure nothing more is applied (the node is stopping)
-            for lo in range(0, len(entries), APPLY_BATCH):
-                if not self._apply(entries[lo:lo + APPLY_BATCH]):
-                    break
+            if not self._failed:  # after a failure nothing more is applied (the node is stopping)
+                self._apply_all(entries)
+            self.completed += taken
+
+    def _apply_all(self, entries: list[Entry]) -> None:
+        for lo in range(0, len(entries), APPLY_BATCH):
+            if not self._apply(entries[lo:lo + APPLY_BATCH]):
+                break
 
     def _apply(self, entries: list[Entry]) -> bool:
         batch = [e for e in entries if e.index > self.applied_index]
         if not batch:
             return True
-        noop = self._noop
+        noop = self.noop
         items = [(e.index, e.data if e.kind == EntryKind.NORMAL and not e.data.startswith(META_PREFIX) else noop)
                  for e in batch]
         try:

@@ -54,6 +54,7 @@ class RaftDriver(RaftLoops):
     # ------------------------------------------------------------------ lifecycle (caller's loop)
     async def start(self) -> None:
         self._main = asyncio.get_running_loop()
+        self._main_thread = threading.get_ident()
         self._leader_changed = asyncio.Event()
         started: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._thread_main, args=(started,), daemon=True,

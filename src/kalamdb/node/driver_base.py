@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from kalamdb.errors import KalamError
-from kalamdb.node.applier import Applier
+from kalamdb.node.applier import META_PREFIX, Applier
+from kalamdb.node.apply_router import ApplyRouter
 from kalamdb.node.failpoints import NodeFailpoints, die, exit_on_storage_failure
 from kalamdb.node.proposals import Forwarded, Settlement, WaitingProposals, settle, shutting_down
 from kalamdb.node.snapshot_files import SnapshotFiles
 from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.core import NotLeader, RaftConfig, RaftCore, RaftSafetyError, Role
-from kalamdb.raft.types import Entry
+from kalamdb.raft.types import Entry, EntryKind
 from kalamdb.raftio.storage import LogStorage
 from kalamdb.raftio.transport import LogThrottle, PeerTransport
 
@@ -74,6 +75,7 @@ class DriverBase(ABC):
         self.failpoints = NodeFailpoints.from_env()  # disk faults (docs/faults.md), settable at run time
         self.applier = Applier(db, node_id=node_id, on_applied=self._on_applied, on_failure=self._fail,
                                before_apply=lambda: self.failpoints.hit("state.apply"))
+        self.router = ApplyRouter(self.applier, light=self._light_batch, post=self._on_main)
         self._storage: LogStorage | None = None  # opened on the Raft thread by start()
         self.rpc_sock: socket.socket | None = None  # an inherited listening socket, when the parent bound the port
         self._core: RaftCore | None = None  # made on the Raft thread by start(), from the log it opened
@@ -105,6 +107,7 @@ class DriverBase(ABC):
         self._snapshot_due = 0  # after a failed snapshot: not before this applied index
         # caller's loop
         self._main: asyncio.AbstractEventLoop | None = None
+        self._main_thread = 0  # the thread running `_main`
         self._leader_changed = asyncio.Event()  # made anew by start(), on the caller's loop
         self._reads: dict[bytes, asyncio.Future] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future]] = []
@@ -174,9 +177,13 @@ class DriverBase(ABC):
             raise shutting_down() from None
 
     def _on_main(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run fn(*args) on the caller's loop soon (from the Raft or apply thread)."""
+        """Run fn(*args) on the caller's loop soon (from any thread, that loop's own included)."""
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
-            self._caller_loop().call_soon_threadsafe(fn, *args)
+            loop = self._caller_loop()
+            if threading.get_ident() == self._main_thread:
+                loop.call_soon(fn, *args)  # no wake-up needed: we are on it
+            else:
+                loop.call_soon_threadsafe(fn, *args)
 
     def _caller_loop(self) -> asyncio.AbstractEventLoop:
         """The loop start() ran on: proposals, reads and their futures live there."""
@@ -199,6 +206,21 @@ class DriverBase(ABC):
 
         self._on_raft(run)
         return await asyncio.wrap_future(cf)
+
+    def _light_batch(self, entries: list[Entry]) -> bool:
+        """(caller's loop) May this committed batch be applied right on the caller's loop: the
+        state machine calls its commands light, and no snapshot falls due with it (node/apply_router.py)."""
+        if self._stopping:
+            return False  # the state machine may be closing: what is left goes to the (stopped) apply thread
+        if self._snapshot_due_at(entries[-1].index) or self.failpoints.armed("state.apply"):
+            return False  # a snapshot, or an injected apply fault (a delay, an error), is the apply thread's
+        noop = self.applier.noop
+        return self.db.light_batch([(e.index, e.data if e.kind == EntryKind.NORMAL
+                                     and not e.data.startswith(META_PREFIX) else noop) for e in entries])
+
+    @abstractmethod
+    def _snapshot_due_at(self, applied: int) -> bool:
+        """Does the snapshot policy ask for one once `applied` is applied (node/snapshotting.py)?"""
 
     # ------------------------------------------------------------------ leader (caller's loop)
     async def wait_for_leader(self, timeout: float) -> int:

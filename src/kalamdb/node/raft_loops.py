@@ -117,7 +117,7 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
             if not early:
                 self._send(rd.messages)
             if rd.committed:
-                self.applier.submit(rd.committed)
+                self.router.submit(rd.committed)
             if rd.read_states:
                 self._on_main(self._serve_reads, [(rs.context, rs.index) for rs in rd.read_states])
             for req in rd.snapshot_requests:

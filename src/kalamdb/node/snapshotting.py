@@ -27,11 +27,11 @@ class SnapshottingDriver(DriverBase):
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         """Received snapshot: file durable, then meta durable, then the state machine replaced. The
         file jobs run on the apply thread, after every entry committed before the snapshot."""
-        applier = self.applier
-        path = await asyncio.wrap_future(applier.run(self.snapshots.publish, self.snapshots.staging, meta.index))
+        applier, router = self.applier, self.router
+        path = await asyncio.wrap_future(router.run(self.snapshots.publish, self.snapshots.staging, meta.index))
         self.storage.save_snapshot_meta(meta, compact=True)
         self.storage.sync()
-        applied = await asyncio.wrap_future(applier.run(applier.restore, path))
+        applied = await asyncio.wrap_future(router.run(applier.restore, path))
         self.last_snapshot_index = meta.index
         self._fail_covered_proposals(meta.index)
         self._on_main(self._after_apply, applied, [])
@@ -53,11 +53,15 @@ class SnapshottingDriver(DriverBase):
             self._snapshotting = True
             return True
 
+    def _snapshot_due_at(self, applied: int) -> bool:
+        """Does the policy ask for a snapshot once `applied` is applied?"""
+        return bool(self.snapshot_every and applied - self.last_snapshot_index >= self.snapshot_every
+                    and applied >= self._snapshot_due)
+
     def _maybe_snapshot(self) -> None:
-        """(apply thread) Take a snapshot when the policy says so; the log is compacted after."""
-        applied = self.applied_index
-        if not (self.snapshot_every and applied - self.last_snapshot_index >= self.snapshot_every
-                and applied >= self._snapshot_due):
+        """(apply thread) Take a snapshot when the policy says so; the log is compacted after.
+        A batch applied on the caller's loop never gets here with one due (`_light_batch`)."""
+        if not self._snapshot_due_at(self.applied_index):
             return
         if not self._claim_snapshot():
             return
@@ -107,7 +111,7 @@ class SnapshottingDriver(DriverBase):
         if not self._claim_snapshot():
             raise KalamError("SQL_EXECUTION_ERROR", "a snapshot is already being taken")
         try:
-            index = await asyncio.wrap_future(self.applier.run(self._write_snapshot))
+            index = await asyncio.wrap_future(self.router.run(self._write_snapshot))
         except BaseException:
             self._snapshotting = False
             raise

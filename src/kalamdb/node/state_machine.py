@@ -20,6 +20,11 @@ class StateMachine(Protocol):
         """Apply (index, command) pairs in order, atomically with the new applied index; one
         outcome per item. Deterministic: the same log gives the same state on every replica."""
 
+    def light_batch(self, items: list[tuple[int, bytes]]) -> bool:
+        """True when applying these (index, command) pairs is cheap, with a cost bounded by their
+        size and known without running them: the node may then apply them on its request loop
+        (node/apply_router.py). False is always safe."""
+
     def noop_command(self) -> bytes:
         """A command that changes nothing but the applied index (for Raft's own entries)."""
 

@@ -262,6 +262,10 @@ class Failpoints:
     def active(self) -> dict[str, str]:
         return {name: a.spec for name, a in self._actions.items()}
 
+    def armed(self, name: str) -> bool:
+        """Is an action set at point `name` (it may still not fire: a probability or a count)?"""
+        return name in self._actions
+
     def hit(self, name: str) -> str | None:
         """Called by storage at point `name`: performs eio/enospc/delay/crash; returns "torn" for the
         caller to carry out; None when nothing fires."""

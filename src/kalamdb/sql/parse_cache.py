@@ -32,6 +32,12 @@ class ParseCache:
         self.hits = 0
         self.misses = 0
 
+    def peek(self, sql: str) -> exp.Expr | None:
+        """The cached tree of `sql`, or None when it is not cached (never parses: a parse can take
+        tens of milliseconds)."""
+        with self._lock:
+            return self._items.get(sql)
+
     def parse(self, sql: str) -> exp.Expr:
         with self._lock:
             cached = self._items.get(sql)
