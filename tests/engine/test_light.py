@@ -68,8 +68,13 @@ def test_size_count_prune_and_topic_routes_make_a_batch_heavy(node):
     assert not db.light_batch(_items(node, "INSERT INTO app.t (id, v) VALUES ($1, $2)", params=[1, big]))
     one = node.command("INSERT INTO app.t (id, v) VALUES ($1, $2)", [1, "a"])
     first = db.applied_index + 1
-    assert db.light_batch([(first + i, one) for i in range(dbmod.MAX_LIGHT_ENTRIES)])
-    assert not db.light_batch([(first + i, one) for i in range(dbmod.MAX_LIGHT_ENTRIES + 1)])
+    fit = min(dbmod.MAX_LIGHT_ENTRIES, dbmod.MAX_LIGHT_BATCH_BYTES // len(one))
+    assert db.light_batch([(first + i, one) for i in range(fit)])
+    assert not db.light_batch([(first + i, one) for i in range(fit + 1)])
+    rows = node.command("INSERT INTO app.t (id, v) VALUES " + ", ".join(f"({k}, 'row {k}')" for k in range(60)))
+    assert len(rows) < MAX_COMMAND_BYTES and db.light_batch([(first, rows)])
+    many = [(first + i, rows) for i in range(dbmod.MAX_LIGHT_BATCH_BYTES // len(rows) + 1)]
+    assert len(many) < dbmod.MAX_LIGHT_ENTRIES and not db.light_batch(many)  # too many rows together
     at_prune = (first // PRUNE_EVERY + 1) * PRUNE_EVERY
     assert not db.light_batch([(at_prune, one)])  # the change log is pruned at this index
     assert db.light_batch([(at_prune + 1, one)])

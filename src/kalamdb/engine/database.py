@@ -46,6 +46,7 @@ from kalamdb.engine.changes import (
 from kalamdb.engine.compile import Compiled, compile_query
 from kalamdb.engine.functions import FnState, register
 from kalamdb.engine.ids import next_snowflake
+from kalamdb.engine.light import MAX_BATCH_BYTES as MAX_LIGHT_BATCH_BYTES
 from kalamdb.engine.light import MAX_ENTRIES as MAX_LIGHT_ENTRIES
 from kalamdb.engine.light import LightCommands
 from kalamdb.engine.local_tables import LocalTables
@@ -246,10 +247,12 @@ class Database:
         noop = self._noop
         light = self._light
         last = self._applied_index
+        size = 0
         for index, command in items:
             if index <= last:
                 continue
-            if index % PRUNE_EVERY == 0 or not light.command(command, noop):
+            size += len(command)
+            if size > MAX_LIGHT_BATCH_BYTES or index % PRUNE_EVERY == 0 or not light.command(command, noop):
                 return False
         return True
 

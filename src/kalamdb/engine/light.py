@@ -11,7 +11,8 @@ than the apply itself, so the node may apply a batch of light commands on its re
 - an SQL command of at most `MAX_COMMAND_BYTES` whose statements are all INSERT with a VALUES list
   of parameters and literals only: no function call, no subquery, no ON CONFLICT clause;
 
-and for the batch: at most `MAX_ENTRIES` commands, no topic route anywhere (a route turns rows into
+and for the batch: at most `MAX_ENTRIES` commands of at most `MAX_BATCH_BYTES` together (the apply
+time of plain inserts grows with their rows, so with their bytes), no topic route anywhere (a route turns rows into
 topic messages and prunes partitions), and no change-log prune or WAL checkpoint due in it (both are
 the engine's periodic upkeep, of a cost that grows with history). A statement text counts only once
 the parse cache holds its tree: a first parse can take tens of milliseconds.
@@ -29,6 +30,7 @@ from kalamdb.sql.parse_cache import ParseCache
 
 MAX_COMMAND_BYTES = 4096
 MAX_ENTRIES = 256
+MAX_BATCH_BYTES = 32768  # ~170 one-row inserts, ~1-3 ms of apply on the request loop
 CAPACITY = 4096  # statement texts remembered
 
 _PLAIN_VALUES = (exp.Parameter, exp.Placeholder, exp.Literal, exp.Null, exp.Boolean)
