@@ -116,3 +116,29 @@ def test_the_writer_checkpoints_the_wal_itself_and_no_light_batch_runs_one(node,
     # the WAL is reused from its start after each checkpoint: it stops growing
     assert max(sizes[200:]) == max(sizes[:200]) or max(sizes) < 2 << 20, sizes[::50]
 
+
+
+def test_the_apply_after_a_light_verdict_reuses_the_decoded_command(node, monkeypatch):
+    from kalamdb.engine import commands
+
+    calls = 0
+    real = commands.decode_command
+
+    def counting(command: bytes) -> dict:
+        nonlocal calls
+        calls += 1
+        return real(command)
+
+    monkeypatch.setattr(commands, "decode_command", counting)
+    items = _items(node, "INSERT INTO app.t (id, v) VALUES ($1, $2)", params=[7, "seven"])
+    assert node.db.light_batch(items)
+    assert calls == 1
+    assert node.db.apply_batch(items)[0].error is None
+    assert calls == 1  # decoded once, by the light check
+    assert node.rows("SELECT v FROM app.t WHERE id = 7") == [["seven"]]
+    # a command that is not the very object checked is decoded as usual
+    again = _items(node, "INSERT INTO app.t (id, v) VALUES ($1, $2)", params=[8, "eight"])
+    assert node.db.light_batch(again)
+    copy = [(i, bytes(bytearray(c))) for i, c in again]
+    assert node.db.apply_batch(copy)[0].error is None
+    assert calls == 3

@@ -84,6 +84,7 @@ class Database:
         self._light = LightCommands(self._parse_cache)
         self._noop = commands.noop_command()
         self._since_checkpoint = (0, 0)  # (commits, total_changes at the last checkpoint)
+        self._decoded: dict[int, tuple[bytes, dict]] = {}  # by index: commands `light_batch` decoded
         self._compile_cache: OrderedDict[tuple, Compiled] = OrderedDict()
         self._compile_lock = threading.Lock()
         self._write_lock = threading.RLock()
@@ -248,12 +249,16 @@ class Database:
         light = self._light
         last = self._applied_index
         size = 0
+        decoded: dict[int, tuple[bytes, dict]] = {}
         for index, command in items:
             if index <= last:
                 continue
             size += len(command)
-            if size > MAX_LIGHT_BATCH_BYTES or index % PRUNE_EVERY == 0 or not light.command(command, noop):
+            cmd = None if size > MAX_LIGHT_BATCH_BYTES or index % PRUNE_EVERY == 0 else light.check(command, noop)
+            if cmd is None:
                 return False
+            decoded[index] = (command, cmd)
+        self._decoded = decoded  # for the apply that follows on this thread: no second decode
         return True
 
     def _checkpoint_due(self) -> bool:
@@ -281,6 +286,7 @@ class Database:
                 except executor.TransactionLost as lost:
                     failed[lost.args[0]] = KalamError(
                         "SQL_EXECUTION_ERROR", "Statement exceeded its execution budget and was stopped")
+        self._decoded = {}
         for event in events:
             self.feed.publish(event)
         return outcomes
@@ -347,7 +353,8 @@ class Database:
         return outcomes, events
 
     def _apply_one(self, index: int, command: bytes) -> tuple[Outcome, ExecContext | None]:
-        cmd = commands.decode_command(command)
+        pre = self._decoded.pop(index, None)
+        cmd = pre[1] if pre is not None and pre[0] is command else commands.decode_command(command)
         if cmd.get("kind") == "noop":  # log entries that only advance the applied index
             return Outcome([], None), None
         state = self._wstate

@@ -33,6 +33,8 @@ MAX_ENTRIES = 256
 MAX_BATCH_BYTES = 32768  # ~170 one-row inserts, ~1-3 ms of apply on the request loop
 CAPACITY = 4096  # statement texts remembered
 
+NOOP = {"kind": "noop"}  # what a no-op command decodes to, as far as applying it goes
+
 _PLAIN_VALUES = (exp.Parameter, exp.Placeholder, exp.Literal, exp.Null, exp.Boolean)
 
 
@@ -63,29 +65,32 @@ class LightCommands:
         self._capacity = capacity
         self._texts: OrderedDict[str, bool] = OrderedDict()
 
-    def command(self, command: bytes, noop: bytes) -> bool:
+    def check(self, command: bytes, noop: bytes) -> dict | None:
+        """The decoded command when it is light (the apply reuses it instead of decoding again),
+        None when it is not."""
         if command == noop:
-            return True
+            return NOOP
         if len(command) > MAX_COMMAND_BYTES:
-            return False
+            return None
         try:
             cmd = commands.decode_command(command)
         except (KalamError, ValueError, TypeError):
-            return False  # applying it records the error: the apply thread does that
-        if cmd.get("kind") == "noop":
-            return True
-        if cmd.get("kind") != "sql":
-            return False
+            return None  # applying it records the error: the apply thread does that
+        kind = cmd.get("kind")
+        if kind == "noop":
+            return cmd
+        if kind != "sql":
+            return None
         stmts = cmd.get("stmts")
         if not isinstance(stmts, list) or not stmts:
-            return False
+            return None
         for w in stmts:
             if not isinstance(w, dict) or w.get("k") != "q" or w.get("kind") != "insert":
-                return False
+                return None
             sql = w.get("sql")
             if not isinstance(sql, str) or not self._text(sql):
-                return False
-        return True
+                return None
+        return cmd
 
     def _text(self, sql: str) -> bool:
         verdict = self._texts.get(sql)
