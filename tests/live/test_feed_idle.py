@@ -22,6 +22,14 @@ def db(tmp_path):
     d.close()
 
 
+@pytest.fixture
+async def svc(db):
+    service = LiveService(db, node_id=1)
+    await service.start()
+    yield service
+    await service.close()
+
+
 class Writer:
     """Applies one-row INSERTs as the apply thread would (here: on the calling thread)."""
 
@@ -43,63 +51,48 @@ class Writer:
         return self._apply("INSERT INTO t (id, v) VALUES ($1, $2)", [k, f"v{k}"])
 
 
-async def test_without_subscribers_events_do_not_wake_the_loop_and_processed_keeps_up(db):
-    svc = LiveService(db, node_id=1)
-    await svc.start()
+async def test_without_subscribers_events_do_not_wake_the_loop_and_processed_keeps_up(db, svc):
+    w = Writer(db)
+    loop = asyncio.get_running_loop()
+    calls = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
     try:
-        w = Writer(db)
-        loop = asyncio.get_running_loop()
-        calls = 0
-        original = loop.call_soon_threadsafe
-
-        def counting(*args, **kwargs):
-            nonlocal calls
-            calls += 1
-            return original(*args, **kwargs)
-
-        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
-        try:
-            for _ in range(20):
-                index = w.insert()
-                # no loop iteration ran since the apply: the skip itself moved the processed index
-                assert svc.processed_index == index
-        finally:
-            loop.call_soon_threadsafe = original  # type: ignore[method-assign]
-        assert calls == 0
-        await asyncio.wait_for(svc.wait_processed(w.index), 1)
+        for _ in range(20):
+            index = w.insert()
+            # no loop iteration ran since the apply: the skip itself moved the processed index
+            assert svc.processed_index == index
     finally:
-        await svc.close()
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+    assert calls == 0
+    await asyncio.wait_for(svc.wait_processed(w.index), 1)
 
 
-async def test_a_waiter_gets_the_event_it_waits_for(db):
-    svc = LiveService(db, node_id=1)
-    await svc.start()
-    try:
-        w = Writer(db)
-        target = w.index + 1
-        waiting = asyncio.create_task(svc.wait_processed(target))
-        await asyncio.sleep(0)  # let it register: from now on events go to the dispatcher
-        assert not waiting.done()
-        # applied on another thread, as the apply thread does
-        await asyncio.to_thread(w.insert)
-        await asyncio.wait_for(waiting, 5)
-        assert svc.processed_index >= target
-    finally:
-        await svc.close()
+async def test_a_waiter_gets_the_event_it_waits_for(db, svc):
+    w = Writer(db)
+    target = w.index + 1
+    waiting = asyncio.create_task(svc.wait_processed(target))
+    await asyncio.sleep(0)  # let it register: from now on events go to the dispatcher
+    assert not waiting.done()
+    # applied on another thread, as the apply thread does
+    await asyncio.to_thread(w.insert)
+    await asyncio.wait_for(waiting, 5)
+    assert svc.processed_index >= target
 
 
-async def test_events_after_a_dispatched_one_are_skipped_again_once_it_is_handled(db):
-    svc = LiveService(db, node_id=1)
-    await svc.start()
-    try:
-        w = Writer(db)
-        waiting = asyncio.create_task(svc.wait_processed(w.index + 1))
-        await asyncio.sleep(0)
-        w.insert()  # a waiter exists: this one is queued to the dispatcher
-        await asyncio.wait_for(waiting, 5)
-        for _ in range(3):
-            await asyncio.sleep(0)  # let the dispatcher finish the event it took
-        later = w.insert()
-        assert svc.processed_index == later  # skipped: nothing in flight, nobody waits
-    finally:
-        await svc.close()
+async def test_events_after_a_dispatched_one_are_skipped_again_once_it_is_handled(db, svc):
+    w = Writer(db)
+    waiting = asyncio.create_task(svc.wait_processed(w.index + 1))
+    await asyncio.sleep(0)
+    w.insert()  # a waiter exists: this one is queued to the dispatcher
+    await asyncio.wait_for(waiting, 5)
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the dispatcher finish the event it took
+    later = w.insert()
+    assert svc.processed_index == later  # skipped: nothing in flight, nobody waits
