@@ -59,7 +59,9 @@ async def test_a_raft_safety_violation_stops_the_node(tmp_path, caplog):
         caplog.set_level(logging.CRITICAL, logger="kalamdb.raft.driver")
         await async_wait_for(lambda: victim.fatal is not None, 15, "the violation to stop the node")
         assert isinstance(victim.fatal, RaftSafetyError)
-        assert any("Raft safety violation" in r.getMessage() for r in caplog.records)
+        # `_fail` marks the node failed first and logs right after, on the Raft thread: wait for both
+        await async_wait_for(lambda: any("Raft safety violation" in r.getMessage() for r in caplog.records), 5,
+                             "the violation to be logged CRITICAL")
         with pytest.raises(Exception, match="safety|failure|stopped"):
             await asyncio.wait_for(victim.forward(1, b"after"), 5)
         victim.core.step = real_step
