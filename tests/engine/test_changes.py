@@ -106,7 +106,7 @@ def test_changes_since_reads_the_durable_log_per_owner(node, feed):
 
 def test_a_resume_point_older_than_the_retention_is_refused(node, feed, monkeypatch):
     monkeypatch.setattr(changes, "CHANGE_RETENTION_ROWS", 3)
-    monkeypatch.setattr("kalamdb.engine.database.PRUNE_EVERY", 1)
+    monkeypatch.setattr(changes, "PRUNE_EVERY", 1)  # read by changes.prunes_at
     alice = node.alice
     for i in range(6):
         node.sql(f"INSERT INTO m (id, body) VALUES ({i}, 'v{i}')", who=alice)

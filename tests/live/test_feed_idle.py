@@ -11,6 +11,7 @@ import pytest
 
 from kalamdb.engine import Database, Principal
 from kalamdb.live.service import LiveService
+from kalamdb.testing.waiting import async_wait_for
 
 ROOT = Principal("root", "root", "system")
 
@@ -78,7 +79,8 @@ async def test_a_waiter_gets_the_event_it_waits_for(db, svc):
     w = Writer(db)
     target = w.index + 1
     waiting = asyncio.create_task(svc.wait_processed(target))
-    await asyncio.sleep(0)  # let it register: from now on events go to the dispatcher
+    # once it is registered, events go to the dispatcher
+    await async_wait_for(lambda: not svc._idle(), 5, "the waiter to register")
     assert not waiting.done()
     # applied on another thread, as the apply thread does
     await asyncio.to_thread(w.insert)
@@ -89,10 +91,9 @@ async def test_a_waiter_gets_the_event_it_waits_for(db, svc):
 async def test_events_after_a_dispatched_one_are_skipped_again_once_it_is_handled(db, svc):
     w = Writer(db)
     waiting = asyncio.create_task(svc.wait_processed(w.index + 1))
-    await asyncio.sleep(0)
+    await async_wait_for(lambda: not svc._idle(), 5, "the waiter to register")
     w.insert()  # a waiter exists: this one is queued to the dispatcher
     await asyncio.wait_for(waiting, 5)
-    for _ in range(3):
-        await asyncio.sleep(0)  # let the dispatcher finish the event it took
+    await async_wait_for(svc._idle, 5, "the dispatcher to finish the event it took")
     later = w.insert()
     assert svc.processed_index == later  # skipped: nothing in flight, nobody waits

@@ -31,6 +31,11 @@ CHANGE_RETENTION_S = 24 * 3600
 CHANGE_RETENTION_ROWS = 1_000_000
 PRUNE_EVERY = 1024  # the log is pruned when a command's index is a multiple of this
 
+
+def prunes_at(index: int) -> bool:
+    """Is the change log pruned when the command at log index `index` is applied?"""
+    return index % PRUNE_EVERY == 0
+
 CHANGES_SQL = [
     # keyed by seq alone, so each change is an append to one b-tree; a resume scans from its seq
     # to the end (resumes are recent, and the log is bounded)

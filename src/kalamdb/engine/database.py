@@ -36,12 +36,12 @@ from kalamdb.engine import (
 from kalamdb.engine import catalog as cat
 from kalamdb.engine.changes import (
     CHANGES_SQL,
-    PRUNE_EVERY,
     Applied,
     Change,
     ChangeFeed,
     FeedEvent,
     Reset,
+    prunes_at,
 )
 from kalamdb.engine.compile import Compiled, compile_query
 from kalamdb.engine.functions import FnState, register
@@ -83,7 +83,8 @@ class Database:
         self._parse_cache = ParseCache()
         self._light = LightCommands(self._parse_cache)
         self._noop = commands.noop_command()
-        self._since_checkpoint = (0, 0)  # (commits, total_changes at the last checkpoint)
+        self._commits_since_checkpoint = 0
+        self._changes_at_checkpoint = 0  # the writer's total_changes when the WAL was last checkpointed
         self._decoded: dict[int, tuple[bytes, dict]] = {}  # by index: commands `light_batch` decoded
         self._compile_cache: OrderedDict[tuple, Compiled] = OrderedDict()
         self._compile_lock = threading.Lock()
@@ -254,7 +255,7 @@ class Database:
             if index <= last:
                 continue
             size += len(command)
-            cmd = None if size > MAX_LIGHT_BATCH_BYTES or index % PRUNE_EVERY == 0 else light.check(command, noop)
+            cmd = None if size > MAX_LIGHT_BATCH_BYTES or prunes_at(index) else light.check(command, noop)
             if cmd is None:
                 return False
             decoded[index] = (command, cmd)
@@ -262,22 +263,21 @@ class Database:
         return True
 
     def _checkpoint_due(self) -> bool:
-        commits, changes = self._since_checkpoint
-        return commits >= CHECKPOINT_COMMITS or self._wconn.total_changes - changes >= CHECKPOINT_CHANGES
+        return (self._commits_since_checkpoint >= CHECKPOINT_COMMITS
+                or self._wconn.total_changes - self._changes_at_checkpoint >= CHECKPOINT_CHANGES)
 
     def _checkpoint_if_due(self) -> None:
         """(writer, between transactions) Copy the WAL into the database file, as SQLite's own
         autocheckpoint would after ~1,000 pages; PASSIVE: readers are never blocked."""
         if self._checkpoint_due():
             self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._since_checkpoint = (0, self._wconn.total_changes)
+            self._commits_since_checkpoint, self._changes_at_checkpoint = 0, self._wconn.total_changes
 
     def apply_batch(self, items: list[tuple[int, bytes]]) -> list[Outcome]:
         """Apply commands in log order in ONE transaction; then publish their changes in order."""
         with self._write_lock:
             self._checkpoint_if_due()
-            commits, changes = self._since_checkpoint
-            self._since_checkpoint = (commits + 1, changes)
+            self._commits_since_checkpoint += 1
             failed: dict[int, KalamError] = {}
             while True:
                 try:
@@ -330,7 +330,7 @@ class Database:
                         events.append(Applied(first, index, tuple(pending)))
                         pending, first = [], 0
                         events.extend(ctx.events)
-                if index % PRUNE_EVERY == 0:
+                if prunes_at(index):
                     change_log.append(conn, logged)
                     change_log.prune(conn)
                 self._applied_index = index

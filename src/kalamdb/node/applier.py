@@ -46,7 +46,7 @@ class Applier:
                  before_apply: Callable[[], object] = lambda: None):
         self.sm = sm
         self.applied_index = sm.applied_index
-        self.noop = sm.noop_command()  # what entries that are not state-machine commands apply as
+        self._noop = sm.noop_command()  # what entries that are not state-machine commands apply as
         self._on_applied = on_applied
         self._on_failure = on_failure
         self._before_apply = before_apply
@@ -128,6 +128,13 @@ class Applier:
                 self._apply_all(entries)
             self.completed += taken
 
+    def commands(self, entries: list[Entry]) -> list[tuple[int, bytes]]:
+        """(index, command) pairs for the state machine: Raft's own entries (config changes, the
+        driver's metadata) apply as its no-op."""
+        noop = self._noop
+        return [(e.index, e.data if e.kind == EntryKind.NORMAL and not e.data.startswith(META_PREFIX) else noop)
+                for e in entries]
+
     def _apply_all(self, entries: list[Entry]) -> None:
         for lo in range(0, len(entries), APPLY_BATCH):
             if not self._apply(entries[lo:lo + APPLY_BATCH]):
@@ -137,9 +144,7 @@ class Applier:
         batch = [e for e in entries if e.index > self.applied_index]
         if not batch:
             return True
-        noop = self.noop
-        items = [(e.index, e.data if e.kind == EntryKind.NORMAL and not e.data.startswith(META_PREFIX) else noop)
-                 for e in batch]
+        items = self.commands(batch)
         try:
             self._before_apply()
             outcomes = self.sm.apply_batch(items)

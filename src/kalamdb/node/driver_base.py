@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from kalamdb.errors import KalamError
-from kalamdb.node.applier import META_PREFIX, Applier
+from kalamdb.node.applier import Applier
 from kalamdb.node.apply_router import ApplyRouter
 from kalamdb.node.failpoints import NodeFailpoints, die, exit_on_storage_failure
 from kalamdb.node.proposals import Forwarded, Settlement, WaitingProposals, settle, shutting_down
 from kalamdb.node.snapshot_files import SnapshotFiles
 from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.core import NotLeader, RaftConfig, RaftCore, RaftSafetyError, Role
-from kalamdb.raft.types import Entry, EntryKind
+from kalamdb.raft.types import Entry
 from kalamdb.raftio.storage import LogStorage
 from kalamdb.raftio.transport import LogThrottle, PeerTransport
 
@@ -214,9 +214,7 @@ class DriverBase(ABC):
             return False  # the state machine may be closing: what is left goes to the (stopped) apply thread
         if self._snapshot_due_at(entries[-1].index) or self.failpoints.armed("state.apply"):
             return False  # a snapshot, or an injected apply fault (a delay, an error), is the apply thread's
-        noop = self.applier.noop
-        return self.db.light_batch([(e.index, e.data if e.kind == EntryKind.NORMAL
-                                     and not e.data.startswith(META_PREFIX) else noop) for e in entries])
+        return self.db.light_batch(self.applier.commands(entries))
 
     @abstractmethod
     def _snapshot_due_at(self, applied: int) -> bool:
