@@ -64,6 +64,9 @@ __all__ = ["Database", "Outcome", "Prepared", "Principal"]
 
 CHECKPOINT_COMMITS = 256  # a WAL checkpoint after this many write transactions ...
 CHECKPOINT_CHANGES = 4096  # ... or this many changed rows, whichever comes first
+# where a batch leaves the replica (its applied index and last snowflake), in one statement
+_SAVE_POSITION = ("UPDATE _kdb_meta SET value = CASE key WHEN 'applied_index' THEN ?1 ELSE ?2 END "
+                  "WHERE key IN ('applied_index', 'last_snowflake')")
 
 
 class Database:
@@ -310,19 +313,7 @@ class Database:
                 if index in failed:
                     outcome, ctx = Outcome([], failed[index]), None
                 else:
-                    conn.execute("SAVEPOINT kdb_cmd")
-                    try:
-                        outcome, ctx = self._apply_one(index, command)
-                        conn.execute("RELEASE kdb_cmd")
-                    except Exception as e:
-                        if executor.environmental(e) or not conn.in_transaction:
-                            raise executor.TransactionLost(index) if not conn.in_transaction else e from e
-                        conn.execute("ROLLBACK TO kdb_cmd")
-                        conn.execute("RELEASE kdb_cmd")
-                        self.reload_catalog()
-                        err = e if isinstance(e, KalamError) else KalamError(
-                            "INTERNAL_ERROR", f"Command could not be applied: {type(e).__name__}: {e}")
-                        outcome, ctx = Outcome([], err), None
+                    outcome, ctx = self._apply_command(index, command)
                 if ctx is not None:
                     pending.extend(ctx.changes)
                     logged.extend(ctx.changes)
@@ -336,8 +327,7 @@ class Database:
                 self._applied_index = index
                 outcomes.append(outcome)
             change_log.append(conn, logged)
-            conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'applied_index'", (self._applied_index,))
-            conn.execute("UPDATE _kdb_meta SET value = ? WHERE key = 'last_snowflake'", (self._last_snowflake,))
+            conn.execute(_SAVE_POSITION, (self._applied_index, self._last_snowflake))
             conn.execute("COMMIT")
         except BaseException:
             # the transaction did not commit (disk error, interrupt): forget everything it did
@@ -352,11 +342,40 @@ class Database:
             events.append(Applied(first or self._applied_index, self._applied_index, tuple(pending)))
         return outcomes, events
 
-    def _apply_one(self, index: int, command: bytes) -> tuple[Outcome, ExecContext | None]:
-        pre = self._decoded.pop(index, None)
-        cmd = pre[1] if pre is not None and pre[0] is command else commands.decode_command(command)
-        if cmd.get("kind") == "noop":  # log entries that only advance the applied index
-            return Outcome([], None), None
+    def _apply_command(self, index: int, command: bytes) -> tuple[Outcome, ExecContext | None]:
+        """(writer, inside the batch transaction) One command, leaving nothing behind if it fails.
+        A command of several statements (or an expiry) runs in a savepoint of its own. A command of
+        one statement needs none: the executor undoes a failed statement itself (its statement
+        savepoint, or SQLite's own statement rollback), and decoding writes nothing. Savepoints are
+        not free: each is a SQLite call that releases and retakes the GIL (docs/PERFORMANCE.md)."""
+        conn = self._wconn
+        guarded = False
+        try:
+            pre = self._decoded.pop(index, None)
+            cmd = pre[1] if pre is not None and pre[0] is command else commands.decode_command(command)
+            kind = cmd.get("kind")
+            if kind == "noop":  # log entries that only advance the applied index
+                return Outcome([], None), None
+            stmts = [self._from_wire(w) for w in cmd["stmts"]] if kind != "expire" else []
+            guarded = len(stmts) != 1
+            if guarded:
+                conn.execute("SAVEPOINT kdb_cmd")
+            outcome, ctx = self._apply_one(index, cmd, stmts)
+            if guarded:
+                conn.execute("RELEASE kdb_cmd")
+            return outcome, ctx
+        except Exception as e:
+            if executor.environmental(e) or not conn.in_transaction:
+                raise executor.TransactionLost(index) if not conn.in_transaction else e from e
+            if guarded:
+                conn.execute("ROLLBACK TO kdb_cmd")
+                conn.execute("RELEASE kdb_cmd")
+            self.reload_catalog()
+            err = e if isinstance(e, KalamError) else KalamError(
+                "INTERNAL_ERROR", f"Command could not be applied: {type(e).__name__}: {e}")
+            return Outcome([], err), None
+
+    def _apply_one(self, index: int, cmd: dict, stmts: list[st.Statement]) -> tuple[Outcome, ExecContext | None]:
         state = self._wstate
         state.reset(int(cmd["now"]), int(cmd.get("seed", 0)))
         state.node_id = int(cmd.get("node", self.node_id))
@@ -364,7 +383,6 @@ class Database:
             return commands.apply_expiry(self._wconn, self._catalog, state.now_us), None
         user_id, username, role = cmd["user"]
         principal = Principal(user_id, username, role)
-        stmts = [self._from_wire(w) for w in cmd["stmts"]]
         ctx = ExecContext(self._wconn, state, principal, cmd["ns"], cmd.get("params") or [], True, index)
         results, error = executor.run(self, ctx, stmts)
         return Outcome(results, error), ctx

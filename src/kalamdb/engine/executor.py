@@ -50,9 +50,10 @@ _DDL: dict[type, Callable[..., dict]] = {
 
 
 def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list[dict], KalamError | None]:
-    """Run statements in order: each in a savepoint (a failing one leaves nothing behind), BEGIN
-    opens a savepoint that COMMIT releases and ROLLBACK (or an error, or the end of the request)
-    undoes. Row changes and feed events of undone statements are dropped with them."""
+    """Run statements in order: each in a savepoint (a failing one leaves nothing behind; a one-row
+    INSERT needs none, see `one_sqlite_write`), BEGIN opens a savepoint that COMMIT releases and
+    ROLLBACK (or an error, or the end of the request) undoes. Row changes and feed events of undone
+    statements are dropped with them."""
     conn = ctx.conn
     results: list[dict] = []
     txn_mark: tuple[int, int] | None = None  # (changes, events) recorded when BEGIN ran
@@ -91,7 +92,8 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
                 "Transaction committed" if isinstance(s, st.Commit) else "Transaction rolled back", ctx))
             continue
         marks = (len(ctx.changes), len(ctx.events))
-        if ctx.writing:
+        savepoint = ctx.writing and not one_sqlite_write(db, ctx, s)
+        if savepoint:
             conn.execute("SAVEPOINT kdb_stmt")
         try:
             if txn_mark is not None:
@@ -99,6 +101,7 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
             results.append(execute(db, ctx, s))
             if ctx.writing:
                 topics.publish(db, ctx, marks[0])  # the statement's row changes -> topic messages
+            if savepoint:
                 conn.execute("RELEASE kdb_stmt")
         except KalamError as e:
             error = KalamError(e.code, f"Statement {i} failed: {e.message}", details=e.details,
@@ -113,8 +116,9 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
             if ctx.writing:
                 if not conn.in_transaction:
                     raise TransactionLost()
-                conn.execute("ROLLBACK TO kdb_stmt")
-                conn.execute("RELEASE kdb_stmt")
+                if savepoint:
+                    conn.execute("ROLLBACK TO kdb_stmt")
+                    conn.execute("RELEASE kdb_stmt")
                 if txn_mark is None and ctx.ddl_done:
                     db.reload_catalog()
             if txn_mark is not None:
@@ -126,6 +130,25 @@ def run(db: Database, ctx: ExecContext, stmts: list[st.Statement]) -> tuple[list
         error = KalamError("SQL_EXECUTION_ERROR", "Transaction was not committed: the request ended "
                            "inside BEGIN without COMMIT, so it was rolled back")
     return results, error
+
+
+def one_sqlite_write(db: Database, ctx: ExecContext, s: st.Statement) -> bool:
+    """Is this statement's whole effect one SQLite statement of one row, with nothing else written
+    (an INSERT of a single VALUES row of literals and parameters, no topic route on its table)? If
+    it fails, SQLite's own statement rollback (conflict resolution ABORT) has already undone it, so
+    it needs no savepoint of ours: two SQLite calls fewer per write, each of which releases and
+    retakes the GIL. Anything else, and anything this cannot decide, gets the savepoint."""
+    q = s.inner if isinstance(s, st.ExecuteAs) else s
+    if not isinstance(q, st.Query) or q.kind != "insert":
+        return False
+    try:
+        compiled = db.compiled(q, ctx)
+    except Exception:  # noqa: BLE001 - the statement's own run reports it
+        return False
+    rows = compiled.pure_rows
+    target = compiled.target
+    return (rows is not None and len(rows) == 1 and not compiled.local_tables and target is not None
+            and target.full_name not in db.topics.routes)
 
 
 def _refuse_stream_in_transaction(db: Database, ctx: ExecContext, s: st.Statement) -> None:
