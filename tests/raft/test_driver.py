@@ -11,6 +11,7 @@ import pytest
 
 from kalamdb.node.proposals import ForwardRefused
 from kalamdb.raft.core import RaftSafetyError
+from kalamdb.raftio.storage import LogStorage
 from kalamdb.testing.waiting import async_wait_for
 from tests.raft.driver_harness import start_cluster, stop_all
 
@@ -137,3 +138,28 @@ async def test_a_wait_that_races_the_apply_thread_is_not_lost(tmp_path):
     finally:
         follower.applier = real
         await stop_all(drivers)
+
+
+async def test_a_commit_alone_is_not_written_and_a_clean_stop_writes_it(tmp_path):
+    """Commit is volatile: a Ready that only moves it writes nothing (the next entries carry it), and
+    a clean stop records the last one, so a restart starts from where it was."""
+    drivers = await start_cluster(tmp_path)
+    stopped = False
+    try:
+        leader = drivers[0]
+        for i in range(5):
+            index, _ = await asyncio.wait_for(leader.propose(b"w%d" % i), 5)
+        await async_wait_for(lambda: all(d.core.commit_index >= index and d.applied_index >= index for d in drivers),
+                             5, "every node to commit and apply the last write")
+        for d in drivers:
+            # the last write's commit reached each node with no entry after it: known, not written
+            assert d.storage.hard_state.commit < d.core.commit_index, d.node_id
+        commits = {d.node_id: d.core.commit_index for d in drivers}
+        await stop_all(drivers)
+        stopped = True
+        for d in drivers:
+            with LogStorage.open(tmp_path / f"n{d.node_id}" / "log") as store:
+                assert store.load().hard_state.commit == commits[d.node_id], d.node_id
+    finally:
+        if not stopped:
+            await stop_all(drivers)

@@ -413,3 +413,24 @@ def test_a_batch_larger_than_a_segment_gets_a_segment_of_its_own(tmp_path):
     assert len(segments(tmp_path)) == 3
     with LogStorage.open(tmp_path, segment_bytes=256) as store:
         assert store.load().entries == ents(1, 1, 1) + big + ents(3, 4, 1)
+
+
+def test_entries_and_their_hard_state_go_out_in_one_write(tmp_path, monkeypatch):
+    writes: list[int] = []
+    real = wal.write_all
+    monkeypatch.setattr(wal, "write_all", lambda fd, data, offset: (writes.append(len(data)), real(fd, data, offset)))
+    store = LogStorage.open(tmp_path)
+    writes.clear()  # opening writes the segment's header
+    store.append(ents(1, 3, 1), HardState(1, 1, 2))
+    assert len(writes) == 1
+    store.append(ents(4, 4, 1), HardState(1, 1, 2))  # the same hard state: no second record for it
+    store.append([], HardState(1, 1, 4))  # a hard state alone is a write of its own
+    assert len(writes) == 3 and writes[1] < writes[0]
+    with pytest.raises(ValueError, match="backwards"):
+        store.append(ents(5, 5, 1), HardState(0, 0, 4))
+    assert len(writes) == 3  # refused before anything was written
+    store.sync()
+    store = reopen(store)
+    state = store.load()
+    assert state.entries == ents(1, 4, 1) and state.hard_state == HardState(1, 1, 4)
+    store.close()

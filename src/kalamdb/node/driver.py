@@ -146,6 +146,10 @@ class RaftDriver(RaftLoops):
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await t
         await self.transport.stop()
+        pending, self._unwritten_commit = self._unwritten_commit, None
+        if pending is not None and self._storage is not None and self.fatal is None:
+            with contextlib.suppress(Exception):  # a clean stop keeps the commit it knew; a restart relearns it anyway
+                self._storage.set_hard_state(pending)  # made durable by the storage's close
 
     def _supervised(self, coro: Any, name: str) -> asyncio.Task:
         """A Raft-thread loop whose unexpected end stops the node (never a node that answers health

@@ -35,7 +35,7 @@ from kalamdb.node.proposals import Forwarded, Settlement, WaitingProposals, sett
 from kalamdb.node.snapshot_files import SnapshotFiles
 from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.core import NotLeader, RaftConfig, RaftCore, RaftSafetyError, Role
-from kalamdb.raft.types import Entry
+from kalamdb.raft.types import Entry, HardState
 from kalamdb.raftio.storage import LogStorage
 from kalamdb.raftio.transport import LogThrottle, PeerTransport
 
@@ -93,6 +93,7 @@ class DriverBase(ABC):
         self.last_snapshot_index = 0
         self._stopping = False
         self._synced_term_vote = (0, 0)
+        self._unwritten_commit: HardState | None = None  # a commit-only hard state not yet written (raft_loops)
         # Raft thread
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -218,11 +218,14 @@ class LogStorage:
 
     # ------------------------------------------------------------------ writes
 
-    def append(self, entries: list[Entry]) -> None:
-        """Write a batch of contiguous entries with one write(). An index at or below the last index
-        replaces the suffix from there (Raft conflict overwrite). Durable only after sync()."""
+    def append(self, entries: list[Entry], hard_state: HardState | None = None) -> None:
+        """Write a batch of contiguous entries, and then `hard_state` if given, with one write(). An
+        index at or below the last index replaces the suffix from there (Raft conflict overwrite).
+        Durable only after sync()."""
         self._check_usable()
         if not entries:
+            if hard_state is not None:
+                self.set_hard_state(hard_state)
             return
         st = self._state
         first = entries[0].index
@@ -249,19 +252,28 @@ class LogStorage:
             prev_term = e.term
             expect += 1
         record = wal.frame(R_ENTRIES, _packb([first, rows]))
-        loc = self._write(record)
+        hs_record = self._hard_state_record(hard_state) if hard_state is not None else None
+        loc = self._write(record + hs_record if hs_record else record)  # the entries' record starts it
         self._replayed = None
         st.apply_entries(first, terms, loc, st.segments[-1])
+        if hard_state is not None and hs_record:
+            st.hs = hard_state
 
     def set_hard_state(self, hs: HardState) -> None:
         """Record term/vote/commit (durable after sync(); a vote must not be answered before)."""
         self._check_usable()
+        record = self._hard_state_record(hs)
+        if record is not None:
+            self._write(record)
+            self._state.hs = hs
+
+    def _hard_state_record(self, hs: HardState) -> bytes | None:
+        """The record of a new hard state; None when it is the one already recorded."""
         if hs == self._state.hs:
-            return
+            return None
         if hs.term < self._state.hs.term:
             raise ValueError(f"hard state term may not go backwards ({self._state.hs.term} -> {hs.term})")
-        self._write(wal.frame(R_HARD_STATE, _packb(hs.to_wire())))
-        self._state.hs = hs
+        return wal.frame(R_HARD_STATE, _packb(hs.to_wire()))
 
     def save_snapshot_meta(self, meta: SnapshotMeta, *, compact: bool = True) -> None:
         """Record that a snapshot up to meta.index exists. If the log holds meta.index with meta.term
@@ -348,7 +360,8 @@ class LogStorage:
         log.error("Raft log %s poisoned: %s", self.directory, why)
 
     def _write(self, record: bytes) -> int:
-        """Append one record to the active segment with one write(); returns its location."""
+        """Append framed records (one, or entries and a hard state) to the active segment with one
+        write(); returns the location of the first."""
         if self._size + len(record) > self._segment_bytes and self._size > self._seg_start:
             self._rotate()  # a record larger than a whole segment gets a segment of its own
         offset = self._size
