@@ -24,6 +24,7 @@ class ListMachine:
         self.node_id = node_id
         self.items: list[bytes] = []
         self.threads: list[str] = []
+        self.batches: list[list[bytes]] = []  # the commands of each apply_batch call (one transaction)
         self.applied_index = 0
 
     def noop_command(self) -> bytes:
@@ -33,6 +34,7 @@ class ListMachine:
         return not any(cmd.startswith(b"heavy") for _, cmd in items)
 
     def apply_batch(self, items: list[tuple[int, bytes]]) -> list:
+        self.batches.append([cmd for _, cmd in items])
         out = []
         for index, cmd in items:
             self.applied_index = index

@@ -61,3 +61,84 @@ async def test_a_snapshot_taken_right_after_light_writes_holds_them(drivers):
     assert index >= last
     snap = leader.snapshots.path(index).read_text()
     assert all((b"w%d" % i).hex() in snap for i in range(5))
+
+
+class _Loop:
+    """The caller's loop as the router sees it: what was posted, run when the test says so."""
+
+    def __init__(self):
+        self.posted: list = []
+
+    def post(self, fn, *args) -> None:
+        self.posted.append((fn, args))
+
+    def run_posted(self) -> int:
+        todo, self.posted = self.posted, []
+        for fn, args in todo:
+            fn(*args)
+        return len(todo)
+
+
+@pytest.fixture
+def router():
+    from kalamdb.node.applier import Applier
+    from kalamdb.node.apply_router import ApplyRouter
+    from kalamdb.raft.types import Entry, EntryKind
+    from tests.raft.driver_harness import ListMachine
+
+    sm = ListMachine(1)
+    applier = Applier(sm, node_id=1, on_applied=lambda batch, outcomes: None, on_failure=lambda exc: None)
+    applier.start()
+    loop = _Loop()
+    r = ApplyRouter(applier, light=lambda entries: sm.light_batch(applier.commands(entries)), post=loop.post)
+    index = iter(range(1, 1_000))
+
+    def batch(*cmds: bytes) -> list:
+        return [Entry(1, next(index), EntryKind.NORMAL, c) for c in cmds]
+
+    yield r, sm, applier, loop, batch
+    applier.stop(5)
+
+
+def test_batches_that_queue_up_meanwhile_share_one_wake_up_and_one_transaction(router):
+    r, sm, _, loop, batch = router
+    for i in range(3):
+        r.submit(batch(b"a%d" % i, b"b%d" % i))
+    assert len(loop.posted) == 1  # one wake-up of the loop for all three
+    loop.run_posted()
+    assert sm.batches == [[b"a0", b"b0", b"a1", b"b1", b"a2", b"b2"]]
+    assert (r.inline_batches, r.coalesced_batches, r.handed_batches) == (1, 2, 0)
+    r.submit(batch(b"later"))  # the drain took the queue: the next batch wakes the loop again
+    assert loop.run_posted() == 1 and sm.batches[-1] == [b"later"]
+
+
+def test_a_run_with_a_heavy_batch_is_routed_batch_by_batch_in_order(router):
+    r, sm, applier, loop, batch = router
+    r.submit(batch(b"light-1"))
+    r.submit(batch(b"heavy-2"))
+    r.submit(batch(b"light-3"))
+    loop.run_posted()
+    assert r.coalesced_batches == 0
+    assert sm.batches[0] == [b"light-1"]  # applied on the loop before the heavy one was handed over
+    wait_until(lambda: applier.completed == 2 and len(sm.items) == 3)
+    assert sm.items == [b"light-1", b"heavy-2", b"light-3"]
+    assert sm.threads[0] == threading.current_thread().name and sm.threads[1:] == ["raft-apply-1"] * 2
+
+
+def test_a_job_between_batches_keeps_its_place(router):
+    r, sm, _, loop, batch = router
+    seen: list = []
+    r.submit(batch(b"before"))
+    job = r.run(lambda: seen.append(list(sm.items)) or len(sm.items))
+    r.submit(batch(b"after"))
+    assert len(loop.posted) == 1
+    loop.run_posted()
+    assert job.result(5) == 1 and seen == [[b"before"]]  # the job saw the batch before it, not the one after
+    wait_until(lambda: sm.items == [b"before", b"after"])
+    assert sm.threads[1] == "raft-apply-1"  # behind the job, on the apply thread
+
+
+def wait_until(cond, timeout: float = 5.0) -> None:
+    from kalamdb.testing.waiting import wait_for
+
+    wait_for(cond, timeout, "the apply thread")

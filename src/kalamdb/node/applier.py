@@ -27,7 +27,9 @@ APPLY_BATCH = 1024  # entries per state-machine transaction
 META_PREFIX = b"\xc1"  # 0xc1 never starts a msgpack value: marks the driver's own metadata entries
 
 
-class _Job:
+class Job:
+    """`fn(*args)` to run on the apply thread, in order with the batches; its result goes to `future`."""
+
     __slots__ = ("args", "fn", "future")
 
     def __init__(self, fn: Callable[..., Any], args: tuple, future: Future):
@@ -70,7 +72,7 @@ class Applier:
         """Run `fn(*args)` on the apply thread after everything queued before it; its result in
         `future` (a new one if not given)."""
         fut: Future = Future() if future is None else future
-        self._q.put(_Job(fn, args, fut))
+        self._q.put(Job(fn, args, fut))
         return fut
 
     def apply_now(self, entries: list[Entry]) -> None:
@@ -103,7 +105,7 @@ class Applier:
             carry = None
             if item is _STOP:
                 return
-            if isinstance(item, _Job):
+            if isinstance(item, Job):
                 if item.future.set_running_or_notify_cancel():
                     try:
                         item.future.set_result(item.fn(*item.args))

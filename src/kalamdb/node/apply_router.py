@@ -13,15 +13,22 @@ Order: the apply thread may still be applying or holding batches and jobs handed
 A batch is applied here only when it has finished all of them (`Applier.completed` equals the
 number handed over, counted here); otherwise it is handed over too, behind them. Because the Raft
 thread hands everything to this loop (never straight to the apply thread), nothing can overtake.
+
+Coalescing: the Raft thread queues what it hands over here and wakes the loop only when no drain is
+already due. When the loop gets to it, every batch that queued up meanwhile is applied together, in
+ONE transaction, if the whole run is light (else each batch is routed alone, as it came). Under load
+a busy loop finds several batches waiting, and each transaction costs a fixed ~0.5 ms of SQLite work
+(locks, WAL frames, the change log, the applied index) on this machine, whatever its size.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from kalamdb.node.applier import Applier
+from kalamdb.node.applier import Applier, Job
 from kalamdb.raft.types import Entry
 
 
@@ -33,26 +40,65 @@ class ApplyRouter:
         self._applier = applier
         self._light = light
         self._post = post
+        self._lock = threading.Lock()
+        self._queued: list[list[Entry] | Job] = []  # handed over, not yet routed (guarded by _lock)
+        self._drain_due = False  # a drain is posted and has not taken the queue yet (guarded by _lock)
         self._handed = 0  # batches and jobs handed to the apply thread (caller's loop only)
-        self.inline_batches = 0  # batches applied on the caller's loop
+        self.inline_batches = 0  # transactions applied on the caller's loop
         self.handed_batches = 0  # batches applied on the apply thread
+        self.coalesced_batches = 0  # batches that shared an inline transaction with the one before
 
     # ------------------------------------------------------------------ any thread
     def submit(self, entries: list[Entry]) -> None:
         """Committed entries, to be applied after everything submitted before them."""
-        self._post(self._route, entries)
+        self._enqueue(entries)
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Future:
         """`fn(*args)` on the apply thread, after every batch and job submitted before it."""
         fut: Future = Future()
-        self._post(self._route_job, fn, args, fut)
+        self._enqueue(Job(fn, args, fut))
         return fut
+
+    def _enqueue(self, item: list[Entry] | Job) -> None:
+        with self._lock:
+            self._queued.append(item)
+            if self._drain_due:
+                return  # the drain already posted takes this one too
+            self._drain_due = True
+        self._post(self._drain)
 
     # ------------------------------------------------------------------ the caller's loop
     @property
     def apply_thread_idle(self) -> bool:
         """The apply thread finished everything handed to it."""
         return self._applier.completed == self._handed
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._queued, self._drain_due = self._queued, [], False
+        run: list[list[Entry]] = []  # consecutive batches, routed together
+        for item in items:
+            if isinstance(item, Job):
+                self._route_batches(run)
+                run = []
+                self._handed += 1
+                self._applier.run(item.fn, *item.args, future=item.future)
+            else:
+                run.append(item)
+        self._route_batches(run)
+
+    def _route_batches(self, batches: list[list[Entry]]) -> None:
+        if not batches:
+            return
+        if len(batches) > 1 and self.apply_thread_idle:
+            merged = [e for b in batches for e in b]
+            if self._light(merged):
+                self.inline_batches += 1
+                self.coalesced_batches += len(batches) - 1
+                self._applier.apply_now(merged)
+                return
+        for entries in batches:
+            self._route(entries)
 
     def _route(self, entries: list[Entry]) -> None:
         if self.apply_thread_idle and self._light(entries):
@@ -62,7 +108,3 @@ class ApplyRouter:
         self._handed += 1
         self.handed_batches += 1
         self._applier.submit(entries)
-
-    def _route_job(self, fn: Callable[..., Any], args: tuple, fut: Future) -> None:
-        self._handed += 1
-        self._applier.run(fn, *args, future=fut)

@@ -65,6 +65,7 @@ class ClusterStatus:
             "commit_batches_total": d.applier.batches, "commit_commands_total": d.applier.entries,
             "apply_inline_batches_total": d.router.inline_batches,
             "apply_thread_batches_total": d.router.handed_batches,
+            "apply_coalesced_batches_total": d.router.coalesced_batches,
             "raft_fsyncs_total": d.fsyncs, "raft_persisted_entries_total": d.persisted_entries,
             "raft_forwarded_proposals_total": d.forwarded, "raft_peer_proposals_total": d.proposals_from_peers,
             "raft_bad_frames_total": d.bad_frames, "raft_thread_stalls_total": d.stalls,
