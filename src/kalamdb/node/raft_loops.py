@@ -159,9 +159,8 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
             self._unwritten_commit = hard_state
             return
         if hard_state is None:
-            hard_state, self._unwritten_commit = self._unwritten_commit, None
-        else:
-            self._unwritten_commit = None
+            hard_state = self._unwritten_commit  # the commit known but not yet written rides along
+        self._unwritten_commit = None
         st.append(entries, hard_state)
         self.persisted_entries += len(entries)
         st.sync()
