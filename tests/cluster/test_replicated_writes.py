@@ -3,6 +3,8 @@ All on the shared cluster: these tests change no membership and stop no node."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = pytest.mark.cluster
@@ -79,3 +81,18 @@ def test_system_cluster_reports_real_values(cluster):
     health = leader.health()
     assert health["status"] == "healthy" and health["is_cluster_mode"] is True
     assert len(health["nodes"]) == 3
+
+
+def test_every_node_says_when_it_applied_a_write_on_the_machines_monotonic_clock(cluster):
+    ns = cluster.unique_namespace("at")
+    cluster.execute_sql_on_random(f"CREATE NAMESPACE {ns}").raise_for_error()
+    before = time.monotonic()
+    r = cluster.execute_sql_on_random(f"CREATE SHARED TABLE {ns}.t (id BIGINT PRIMARY KEY)").raise_for_error()
+    for node in cluster.nodes:
+        answer = node._request("GET", f"/v1/api/cluster/wait?index={r.raft_index}&timeout_ms=10000", timeout=11)
+        assert answer["reached"] is True, (node, answer)
+        at = answer["applied_at_monotonic_s"]
+        assert before <= at <= time.monotonic(), (node, before, at)  # same clock: the nodes run on this machine
+    never = cluster.get_node(0)._request("GET", f"/v1/api/cluster/wait?index={r.raft_index + 10**6}&timeout_ms=0",
+                                         timeout=5)
+    assert never["reached"] is False and never["applied_at_monotonic_s"] is None, never

@@ -194,19 +194,24 @@ def kalamdb_pids(cluster: ClusterTestServer) -> dict[str, int]:
 # ---------------------------------------------------------------- replication lag
 @dataclass
 class LagProbe:
-    """Per write: the leader's acknowledgement (committed and applied there) -> each follower applied.
+    """Per write: how long after the leader applied it every follower had applied it too.
 
     One probe client writes to the leader while the main load runs; after each acknowledged write it
-    long-polls every follower's /cluster/wait for that write's index on connections kept open. That
-    figure includes one HTTP round trip to a busy follower, so it is an upper bound; the round trip
-    of the same long-poll for an already applied index is measured right after and taken off too.
+    long-polls every node's /cluster/wait for that write's index on connections kept open. Each node
+    answers with the time it applied the index, on the machine's monotonic clock
+    (node/apply_times.py): the last follower's time minus the leader's is the replication lag, with
+    no HTTP round trip in it. The probe's own view is kept beside it: acknowledgement -> the last
+    follower's answer (raw, an upper bound that includes a round trip to a busy follower), and that
+    minus the bare round trip of the same long-poll for an index already applied (net).
     """
 
     leader_url: str
     follower_urls: list[str]
     auth: str
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, lag ms)
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, raw lag ms)
     rtts: list[float] = field(default_factory=list)  # ms: round trip of a wait that returns at once
+    applied_lags: list[tuple[float, float]] = field(default_factory=list)  # (s since start, ms): last
+    # follower applied - leader applied
     errors: int = 0
 
     async def run(self, session: Any, stop_at: float, ids: Any) -> None:
@@ -225,12 +230,17 @@ class LagProbe:
             if index is None:
                 self.errors += 1
                 continue
-            waited = await asyncio.gather(*(self._wait(session, u, index) for u in self.follower_urls))
-            done = [t for t in waited if t is not None]
-            if len(done) != len(waited):
+            urls = [self.leader_url, *self.follower_urls]
+            answers = await asyncio.gather(*(self._wait(session, u, index) for u in urls))
+            waited = [w for w in answers if w is not None]
+            if len(waited) != len(answers):
                 self.errors += 1
                 continue
-            raw = (max(done) - acked) * 1000
+            (_, leader_at), *followers = waited
+            raw = (max(t for t, _ in followers) - acked) * 1000
+            applied = [at for _, at in followers if at is not None]
+            if leader_at is not None and len(applied) == len(followers):
+                self.applied_lags.append((acked - t_start, max(0.0, max(applied) - leader_at) * 1000))
             # the same long-poll for an index every follower already applied: its round trip alone
             t_rtt = time.perf_counter()
             await asyncio.gather(*(self._wait(session, u, 0) for u in self.follower_urls))
@@ -238,21 +248,27 @@ class LagProbe:
             self.samples.append((acked - t_start, raw))
             self.rtts.append(rtt)
 
-    async def _wait(self, session: Any, url: str, index: int) -> float | None:
+    async def _wait(self, session: Any, url: str, index: int) -> tuple[float, float | None] | None:
+        """(when the answer came, when the node says it applied `index`) once it has; None if not."""
         async with session.get(f"{url}{WAIT_PATH}?index={index}&timeout_ms=5000",
                                headers={"Authorization": self.auth}) as resp:
             body = await resp.read()
         t = time.perf_counter()
-        return t if resp.status == 200 and orjson.loads(body).get("reached") else None
+        if resp.status != 200:
+            return None
+        answer = orjson.loads(body)
+        return (t, answer.get("applied_at_monotonic_s")) if answer.get("reached") else None
 
     def summary(self) -> dict:
-        """Raw lag (ack -> last follower's answer), the bare round trip of the same long-poll, and
-        the lag with that round trip taken off (the replication part)."""
+        """The lag from the nodes' apply times (p50_ms, p99_ms), and the probe's own view: raw (ack ->
+        last follower's answer), the bare round trip of the same long-poll, raw minus that (net)."""
+        applied = sorted(lag for _, lag in self.applied_lags)
         lags = sorted(lag for _, lag in self.samples)
         rtts = sorted(self.rtts)
         net = sorted(max(0.0, lag - rtt) for (_, lag), rtt in zip(self.samples, self.rtts, strict=True))
-        return {"samples": len(lags), "p50_ms": round(percentile(lags, 0.5), 3),
-                "p99_ms": round(percentile(lags, 0.99), 3), "max_ms": round(lags[-1], 3) if lags else None,
+        return {"samples": len(applied), "p50_ms": round(percentile(applied, 0.5), 3),
+                "p99_ms": round(percentile(applied, 0.99), 3), "max_ms": round(applied[-1], 3) if applied else None,
+                "raw_p50_ms": round(percentile(lags, 0.5), 3), "raw_p99_ms": round(percentile(lags, 0.99), 3),
                 "rtt_p50_ms": round(percentile(rtts, 0.5), 3),
                 "net_p50_ms": round(percentile(net, 0.5), 3), "net_p99_ms": round(percentile(net, 0.99), 3),
                 "errors": self.errors}

@@ -69,7 +69,7 @@ def write_plots(doc: dict, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         ax.plot([t for t, _ in lag], [v for _, v in lag], ".", markersize=3)
         ax.set_xlabel("seconds into the load")
-        ax.set_ylabel("leader ack -> all followers applied (ms)")
+        ax.set_ylabel("leader applied -> all followers applied (ms)")
         ax.set_title("replication lag under load")
         ax.grid(True, alpha=0.3)
         path = out_dir / "replication_lag.png"

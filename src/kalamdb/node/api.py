@@ -21,6 +21,10 @@ class Node(Protocol):
     def applied_index(self) -> int:
         """The last log index applied to this node's state."""
 
+    def applied_at(self, index: int) -> float | None:
+        """When this node applied `index` (`time.monotonic()`, comparable across processes of one
+        machine only; node/apply_times.py), None if not yet or too long ago to remember."""
+
     @property
     def is_leader(self) -> bool: ...
 

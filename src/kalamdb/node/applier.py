@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from kalamdb.node.apply_times import ApplyTimes
 from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.types import Entry, EntryKind
 
@@ -48,6 +49,7 @@ class Applier:
                  before_apply: Callable[[], object] = lambda: None):
         self.sm = sm
         self.applied_index = sm.applied_index
+        self.times = ApplyTimes(sm.applied_index)  # when each batch was applied (replication lag)
         self._noop = sm.noop_command()  # what entries that are not state-machine commands apply as
         self._on_applied = on_applied
         self._on_failure = on_failure
@@ -91,6 +93,7 @@ class Applier:
         """(On the apply thread, as a job) replace the state by a snapshot; the new applied index."""
         self.sm.restore_from(path)
         self.applied_index = self.sm.applied_index
+        self.times.record(self.applied_index)
         return self.applied_index
 
     @property
@@ -155,6 +158,7 @@ class Applier:
             self._on_failure(exc)
             return False
         self.applied_index = batch[-1].index
+        self.times.record(self.applied_index)
         self.batches += 1
         self.entries += len(batch)
         try:

@@ -72,6 +72,9 @@ class ClusterNode:
     def applied_index(self) -> int:
         return self.driver.applied_index
 
+    def applied_at(self, index: int) -> float | None:
+        return self.driver.applier.times.applied_at(index)
+
     @property
     def is_leader(self) -> bool:
         return self.driver.is_leader

@@ -2,7 +2,8 @@
 
 `GET /v1/api/cluster/wait?index=N&timeout_ms=T` answers as soon as this node has applied index N
 (or at the deadline, with the index it reached): the test kit's replication barrier stands on it,
-instead of sleeping or polling. Like upstream's health endpoint these answer localhost, and
+instead of sleeping or polling. Its `applied_at_monotonic_s` is when this node applied N, on the
+host's monotonic clock (node/apply_times.py): the bench's replication lag is made of those. Like upstream's health endpoint these answer localhost, and
 otherwise only an authenticated dba/system caller.
 """
 
@@ -57,7 +58,8 @@ def add_cluster_routes(app: web.Application, state_key: web.AppKey[ServerState])
         node = state.node
         reached = await node.wait_applied(index, timeout_ms / 1000)
         return responses.json_response({"applied_index": node.applied_index, "reached": bool(reached),
-                                        "index": index, "node_id": node.node_id})
+                                        "index": index, "node_id": node.node_id,
+                                        "applied_at_monotonic_s": node.applied_at(index) if reached else None})
 
     async def digest(request: web.Request) -> web.Response:
         try:

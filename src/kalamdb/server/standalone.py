@@ -20,6 +20,7 @@ import psutil
 from kalamdb.engine.localviews import process_cpu_percent, uptime_human
 from kalamdb.errors import KalamError
 from kalamdb.node import cluster_results
+from kalamdb.node.apply_times import ApplyTimes
 from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.node.snapshot_files import SnapshotFiles
 
@@ -44,6 +45,7 @@ class Committer:
         self._next_index = db.applied_index + 1
         self._idle: asyncio.Event | None = None
         self._applied_waiters: list[tuple[int, asyncio.Future]] = []
+        self.times = ApplyTimes(db.applied_index)  # when each batch was applied
         self.batches = 0
         self.commands = 0
 
@@ -91,6 +93,7 @@ class Committer:
             except Exception:  # keep answering even if storage is broken
                 log.exception("cannot read applied index after a failed batch")
         else:
+            self.times.record(first + len(batch) - 1)
             for i, ((_, fut), outcome) in enumerate(zip(batch, done.result(), strict=True)):
                 if not fut.done():
                     fut.set_result((first + i, outcome))
@@ -144,6 +147,9 @@ class StandaloneNode:
     @property
     def applied_index(self) -> int:
         return self.db.applied_index
+
+    def applied_at(self, index: int) -> float | None:
+        return self._committer.times.applied_at(index)
 
     @property
     def is_leader(self) -> bool:
