@@ -74,6 +74,7 @@ def test_repeated_headers_are_joined_and_connection_close_is_seen():
     b"POST /v1/api/sql HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}",
     b"POST /v1/api/sql HTTP/1.1\r\nContent-Length: 2 2\r\n\r\n{}",
     b"POST /v1/api/sql HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n{}",
+    b"POST /v1/api/sql HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n{}",  # a latin-1 superscript two is no digit
     b"POST /v1/api/sql HTTP/1.1\r\nContent-Length: 1001\r\n\r\n{}",  # above max_body_bytes: aiohttp's 413
     b"POST /v1/api/sql HTTP/1.1\r\n\r\n",  # no length at all
     b"POST /v1/api/sql HTTP/1.1\r\nX-Bad: a\x01b\r\nContent-Length: 2\r\n\r\n{}",
