@@ -163,3 +163,46 @@ async def test_a_commit_alone_is_not_written_and_a_clean_stop_writes_it(tmp_path
     finally:
         if not stopped:
             await stop_all(drivers)
+
+
+async def test_a_forwarded_proposals_answer_leaves_with_its_entry_before_the_leaders_fsync(tmp_path):
+    """The leader's answer to a follower's proposal (prop_ok) and the AppendEntries that carry the
+    entry go to that follower in one send, ahead of the entry, and before the leader's own fsync
+    of it: the follower's disk write overlaps the leader's, as for a write proposed on the leader."""
+    drivers = await start_cluster(tmp_path)
+    try:
+        leader, follower = drivers[0], drivers[1]
+        await asyncio.wait_for(leader.propose(b"warm up"), 5)  # links up, nothing in flight
+        events: list[tuple] = []  # on the leader's Raft thread, in order
+        transport, storage = leader.transport, leader.storage
+        real_send, real_send_many, real_sync = transport.send, transport.send_many, storage.sync
+
+        def send(dst, payload):
+            events.append(("send", dst, payload))
+            return real_send(dst, payload)
+
+        def send_many(dst, payloads):
+            events.append(("send_many", dst, list(payloads)))
+            return real_send_many(dst, payloads)
+
+        def sync():
+            events.append(("sync",))
+            return real_sync()
+
+        transport.send, transport.send_many, storage.sync = send, send_many, sync
+        try:
+            index, _ = await asyncio.wait_for(follower.forward(leader.node_id, b"forwarded"), 5)
+        finally:
+            transport.send, transport.send_many, storage.sync = real_send, real_send_many, real_sync
+        carries = [i for i, e in enumerate(events) if e[0] == "send_many" and e[1] == follower.node_id
+                   and any(type(p[0]) is int and any(ent[1] == index for ent in p[11]) for p in e[2])]
+        assert carries, f"no AppendEntries carried entry {index} to node {follower.node_id}: {events}"
+        first = events[carries[0]]
+        answer = next((p for p in first[2] if type(p[0]) is str), None)
+        assert answer is not None, f"the answer did not travel with the entry: {events}"
+        assert answer[0] == "prop_ok" and answer[2] == index, first
+        assert first[2].index(answer) < next(i for i, p in enumerate(first[2]) if type(p[0]) is int)
+        assert ("sync",) in events[carries[0]:], "the entry left after the leader's fsync, not before it"
+        assert not [e for e in events if e[0] == "send" and e[2][0] == "prop_ok"], "the answer went out on its own"
+    finally:
+        await stop_all(drivers)

@@ -102,6 +102,7 @@ class DriverBase(ABC):
         self._stop_requested = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._forwarded: dict[int, Forwarded] = {}  # ctx -> proposal sent to the leader, not yet placed
+        self._placements: dict[int, list[list]] = {}  # follower -> answers to its proposals, not yet sent
         self._proposals = WaitingProposals()  # by index, until applied here
         self._snapshot_lock = threading.Lock()
         self._snapshotting = False

@@ -143,8 +143,11 @@ class ProposingDriver(DriverBase):
             self.transport.send(src, fw.refused(m.ctx, fw.NOT_ACCEPTING, core.leader_id))
             return
         self.proposals_from_peers += 1
-        # Queued before the Ready that carries the entry, so it reaches the follower first.
-        self.transport.send(src, fw.accepted(m.ctx, index, core.term))
+        # Sent by the next Ready, in the same write as and ahead of the AppendEntries that carry
+        # the entry (node/raft_loops.py `_send`), so it reaches the follower first. Queued on the
+        # link on its own, it held that write back behind the leader's fsync: a link with anything
+        # queued takes no direct write, and the follower whose write it is got its entry late.
+        self._placements.setdefault(src, []).append(fw.accepted(m.ctx, index, core.term))
         self._wake.set()
 
     def _fail_unplaced_forwards(self, leader: int) -> None:

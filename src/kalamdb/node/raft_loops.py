@@ -169,9 +169,13 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
             self._synced_term_vote = (hard_state.term, hard_state.vote)
 
     def _send(self, messages: list[Message]) -> None:
-        if not messages or self.fatal is not None:
+        """A Ready's messages, one `send_many` (one write on an idle link) per peer, with the
+        answers to that peer's forwarded proposals ahead of them (node/proposing.py)."""
+        if (not messages and not self._placements) or self.fatal is not None:
             return
         by_dst: dict[int, list] = {}
+        if self._placements:
+            by_dst, self._placements = self._placements, {}
         for m in messages:
             by_dst.setdefault(m.to, []).append(m.to_wire())
         for dst, wires in by_dst.items():
