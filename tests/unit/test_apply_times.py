@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -42,25 +43,44 @@ def test_a_reader_on_another_thread_never_gets_a_wrong_batch():
     latest = [0]
     seen: list[tuple[int, float]] = []
 
+    failures: list[BaseException] = []
+
     def reader() -> None:
-        while not done.is_set():
-            top = latest[0]
-            for index in range(max(1, top - 80), top + 2):  # some fell out, some are not there yet
-                at = times.applied_at(index)
-                if at is not None:
-                    seen.append((index, at))
+        try:
+            while not done.is_set():
+                top = latest[0]
+                for index in range(max(1, top - 80), top + 2):  # some fell out, some are not there yet
+                    at = times.applied_at(index)
+                    if at is not None:
+                        seen.append((index, at))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+
+    class Cycle:  # garbage whose collection runs Python code that lets another thread in
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            time.sleep(0)
 
     t = threading.Thread(target=reader)
-    t.start()
-    stamps = {}
-    for last in range(1, 20_000):
-        times.record(last)
-        stamps[last] = times.applied_at(last)
-        latest[0] = last
-        if last % 100 == 0:
-            time.sleep(0)  # let the reader have the GIL now and then
-    done.set()
-    t.join()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100, 1, 1)  # collections (and Cycle.__del__) often, during a copy too
+    try:
+        t.start()
+        stamps = {}
+        for last in range(1, 5_000):
+            times.record(last)
+            stamps[last] = times.applied_at(last)
+            latest[0] = last
+            Cycle()
+            if last % 100 == 0:
+                time.sleep(0)  # let the reader have the GIL now and then
+    finally:
+        done.set()
+        t.join()
+        gc.set_threshold(*thresholds)
+    assert not failures, f"the reader failed: {failures[0]!r}"
     assert len(seen) > 100, f"the reader saw {len(seen)} times: too little was tested"
     for index, at in seen:
         assert at == stamps[index], f"index {index} was given the time of another batch"

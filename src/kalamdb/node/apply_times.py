@@ -11,6 +11,7 @@ between machines the readings are not comparable.
 
 from __future__ import annotations
 
+import threading
 import time
 from bisect import bisect_left
 from collections import deque
@@ -20,25 +21,31 @@ CAPACITY = 8192  # batches remembered (a batch is one or more entries)
 
 class ApplyTimes:
     """(last index, monotonic seconds) of the last `capacity` applied batches, oldest first.
-    Written by whichever thread applies (one at a time), read by any."""
+    Written by whichever thread applies (one at a time), read by any, under a lock: copying a
+    deque is not atomic (the copy's allocation can run the garbage collector, and with it
+    another thread)."""
 
     def __init__(self, applied_index: int, capacity: int = CAPACITY):
         """`applied_index`: what was applied before this record started (its times are unknown)."""
         self._batches: deque[tuple[int, float]] = deque(maxlen=capacity)
         self._floor = applied_index  # indexes up to here were applied at a time not remembered
+        self._lock = threading.Lock()
 
     def record(self, last_index: int) -> None:
         """Everything up to `last_index` is applied, as of now (a batch, or a snapshot installed)."""
-        batches = self._batches
-        if len(batches) == batches.maxlen:
-            self._floor = batches[0][0]  # before the append evicts it: readers stay conservative
-        batches.append((last_index, time.monotonic()))
+        now = time.monotonic()
+        with self._lock:
+            batches = self._batches
+            if len(batches) == batches.maxlen:
+                self._floor = batches[0][0]  # the append evicts it
+            batches.append((last_index, now))
 
     def applied_at(self, index: int) -> float | None:
         """When `index` was applied here: the time of the first batch that reached it. None when it
         is not applied yet, or was applied before the oldest batch remembered."""
-        batches = tuple(self._batches)  # one C-level copy: consistent while another thread appends
-        if index <= self._floor:  # read after the copy: an eviction meanwhile only raises it
+        with self._lock:
+            batches, floor = tuple(self._batches), self._floor
+        if index <= floor:
             return None
         i = bisect_left(batches, index, key=lambda b: b[0])
         return batches[i][1] if i < len(batches) else None
