@@ -293,3 +293,22 @@ def test_update_counts_only_rows_it_changes(node):
     assert node.sql("UPDATE t SET f = 2 WHERE id = 2")[0]["row_count"] == 0  # 2 is stored as 2.0
     assert node.sql("UPDATE t SET v = v, f = f + 1")[0]["row_count"] == 3
     assert node.rows("SELECT id, v, f FROM t ORDER BY id") == [[1, "a", 2.5], [2, "a", 3.0], [3, "a", 4.0]]
+
+
+def test_a_double_quoted_name_is_always_a_name_never_a_string(items):
+    """SQLite reads a double-quoted name that matches no column as a string literal; compiled SQL
+    writes names in backticks (sql/dialects.py), so a missing column is an error, as in upstream."""
+    items.sql("INSERT INTO app.items (id, name) VALUES (1, 'one')")
+    assert items.rows('SELECT "name", "id" FROM app.items') == [["one", "1"]]
+    for text in ('SELECT "nope" FROM app.items', 'SELECT "nope"', 'SELECT id FROM app.items WHERE "nope" = \'x\'',
+                 'UPDATE app.items SET name = "nope"'):
+        err = items.error(text)
+        assert err.code == "SQL_EXECUTION_ERROR" and "nope" in err.message and "does not exist" in err.message, text
+    err = items.error('INSERT INTO app.items (id, name) VALUES (2, "abc")')
+    assert "abc" in err.message and "does not exist" in err.message
+    assert items.rows("SELECT id, name FROM app.items ORDER BY id") == [["1", "one"]], "nothing else was written"
+
+
+def test_an_alias_with_a_backtick_or_a_double_quote_in_it_comes_back_as_written(items):
+    res = items.sql('SELECT 1 AS "a`b", 2 AS "c""d", 3 AS "e f"')[0]
+    assert [c["name"] for c in res["schema"]] == ["a`b", 'c"d', "e f"] and res["rows"] == [["1", "2", "3"]]

@@ -17,10 +17,27 @@ are complete objects that no later lookup by name can swap for a half-built one.
 from __future__ import annotations
 
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.dialects.sqlite import SQLite
+
+
+class SQLiteBacktickIdentifiers(SQLite):
+    """SQLite, with identifiers written in backticks instead of double quotes.
+
+    SQLite reads a double-quoted name that matches no column as a string literal (its "DQS"
+    misfeature, on in Python's build and not switchable from Python 3.11): `SELECT "nope" FROM t`
+    answered the text 'nope' on every row, and `INSERT … VALUES (1, "abc")` stored 'abc', where
+    PostgreSQL and upstream KalamDB say the column does not exist. A backquoted name is only ever
+    a name, so compiled SQL keeps the user's meaning and SQLite reports the missing column."""
+
+    class Tokenizer(SQLite.Tokenizer):
+        # the first is what the generator writes; sqlglot reads this class attribute when it
+        # builds the dialect
+        IDENTIFIERS = ["`", '"', ("[", "]")]  # noqa: RUF012
+
 
 #: the dialect user SQL is parsed in ($1 parameters, double-quoted identifiers)
 POSTGRES: Dialect = Dialect.get_or_raise("postgres")
 #: the dialect compiled SQL is generated in (what SQLite runs)
-SQLITE: Dialect = Dialect.get_or_raise("sqlite")
+SQLITE: Dialect = SQLiteBacktickIdentifiers()
 
 __all__ = ["POSTGRES", "SQLITE"]
