@@ -48,6 +48,20 @@ def _scenarios(ctx: Any, param: Any, value: str) -> list[str]:
     return names
 
 
+class EtcdSide:
+    """The etcd cluster of `--compare etcd`, its process ids, and a stop that may be called twice."""
+
+    def __init__(self, etcd: Any, pids: dict[str, int]):
+        self.etcd = etcd
+        self.pids = pids
+        self._stopped = False
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.etcd.stop()
+
+
 class Bench:
     """One bench run: its options, its results, and the console it reports to."""
 
@@ -110,7 +124,12 @@ class Bench:
         return profile_env(Path(self.o["profile_dir"]))
 
     # ---------------------------------------------------------------- kalamdb
-    def run_kalamdb(self) -> None:
+    def run_kalamdb(self, etcd: EtcdSide | None = None) -> None:
+        """kalamdb's scenarios. With `etcd`, each insert level runs on both systems back to back,
+        the first one alternating from level to level, and etcd is stopped before the rest: a
+        machine whose speed drifts during the run (a shared host's does) then moves both systems'
+        figures of a level alike, where running every etcd level first put all the drift between
+        them. While one system is measured the other idles (heartbeats only)."""
         sc = self.o["scenarios"]
         el = self.o["election_ms"]
         self.console.print("[bold]kalamdb[/]: starting a 3-node cluster")
@@ -137,12 +156,18 @@ class Bench:
             self.extra.setdefault("memory", {})["kalamdb_idle_rss_mb"] = idle
             auth = kc.basic_auth(cluster.root_password)
             urls = kc.node_urls(cluster, self.o["target"])
-            if "insert" in sc:
-                for clients in self.o["clients"]:
+            for i, clients in enumerate(self.o["clients"]):
+                if etcd is not None and i % 2 == 0:
+                    self.etcd_level(etcd, clients)
+                if "insert" in sc:
                     res, smp = self.load(kc.insert_target(urls, auth), clients, f"kalamdb insert x{clients}",
                                          sampler_pids=pids)
                     self.add("kalamdb", "insert", res, target=self.o["target"], rss_mb=smp.max_rss_mb,
                              cpu_percent=smp.cpu_percent, machine=smp.load)
+                if etcd is not None and i % 2 == 1:
+                    self.etcd_level(etcd, clients)
+            if etcd is not None:
+                etcd.stop()
             if "batch" in sc:
                 rpr = self.o["rows_per_request"]
                 clients = self.o["batch_clients"]
@@ -230,7 +255,8 @@ class Bench:
             c2.shutdown()
 
     # ---------------------------------------------------------------- etcd
-    def run_etcd(self) -> None:
+    def start_etcd(self) -> EtcdSide:
+        """A 3-node etcd, started once; its insert levels run between kalamdb's (`run_kalamdb`)."""
         from kalamdb.bench.etcd import EtcdCluster, EtcdUnavailable
 
         self.console.print("[bold]etcd[/]: starting a 3-node cluster")
@@ -238,18 +264,16 @@ class Bench:
             etcd = EtcdCluster(binary=self.o["etcd_bin"]).start()
         except EtcdUnavailable as exc:
             raise click.ClickException(str(exc)) from None
-        try:
-            self.extra["etcd_version"] = etcd.version
-            self.add("etcd", "start", runs=1, p50_ms=round(etcd.start_seconds * 1000, 1))
-            pids = {f"etcd{i}": p for i, p in enumerate(etcd.pids())}
-            self.extra.setdefault("memory", {})["etcd_idle_rss_mb"] = kc.rss_mb(pids)
-            target = etcd.put_target()
-            for clients in self.o["clients"]:
-                res, smp = self.load(target, clients, f"etcd put x{clients}", sampler_pids=pids)
-                self.add("etcd", "insert", res, target="random", rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent,
-                         machine=smp.load)
-        finally:
-            etcd.stop()
+        self.extra["etcd_version"] = etcd.version
+        self.add("etcd", "start", runs=1, p50_ms=round(etcd.start_seconds * 1000, 1))
+        pids = {f"etcd{i}": p for i, p in enumerate(etcd.pids())}
+        self.extra.setdefault("memory", {})["etcd_idle_rss_mb"] = kc.rss_mb(pids)
+        return EtcdSide(etcd, pids)
+
+    def etcd_level(self, side: EtcdSide, clients: int) -> None:
+        res, smp = self.load(side.etcd.put_target(), clients, f"etcd put x{clients}", sampler_pids=side.pids)
+        self.add("etcd", "insert", res, target="random", rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent,
+                 machine=smp.load)
 
     # ---------------------------------------------------------------- output
     def ratios(self) -> list[dict]:
@@ -380,11 +404,14 @@ def bench_command(**opts: Any) -> None:
         require_matplotlib()
     b = Bench(opts)
     b.console.print(f"seed {opts['seed']}")
+    etcd = None
     try:
         if opts["compare"] == "etcd":
-            b.run_etcd()
-        b.run_kalamdb()
+            etcd = b.start_etcd()
+        b.run_kalamdb(etcd)
     finally:
+        if etcd is not None:
+            etcd.stop()
         b.print_table()
         doc = b.document()
         if opts["json_path"]:
