@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from kalamdb.chaos.nemesis import FAULT_KINDS, FaultStep, make_schedule, resolve_targets
+from kalamdb.chaos.nemesis import FAULT_KINDS, FaultStep, Nemesis, make_schedule, resolve_targets
 from kalamdb.chaos.runner import ChaosConfig, schedule_for
 
 
@@ -94,3 +96,46 @@ def test_membership_and_transfer_are_opt_in_and_scheduled_with_their_params():
     ops = {s.param("op") for s in steps if s.kind == "membership"}
     assert ops == {"add", "remove", "replace"}
     assert {s.target for s in steps if s.kind == "transfer"} == {"one"}
+
+
+class _RecordingBackend:
+    """A FaultBackend that records what the nemesis asks of it, in order (no cluster: this checks
+    the nemesis's own ordering of a window's combined faults)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def node_ids(self) -> list[int]:
+        return [1, 2, 3]
+
+    def leader_id(self) -> int | None:
+        return 1
+
+    def supports(self, kind: str) -> bool:
+        return True
+
+    def inject(self, kind: str, nodes: list[int], params: dict) -> None:
+        self.calls.append(("inject", kind, tuple(nodes)))
+
+    def undo(self, kind: str, nodes: list[int], token) -> None:
+        self.calls.append(("undo", kind, tuple(nodes)))
+
+    def heal_all(self) -> None:
+        pass
+
+    def recovery_barrier(self, timeout: float) -> int:
+        return 0
+
+
+def test_combined_faults_set_a_failpoint_before_pausing_the_node_and_change_membership_last():
+    """Seed 403 (2026-12-03) paused node 3 and then failed to set its disk failpoint: a paused node
+    cannot answer the failpoint API. Within a window, faults that need the node to answer go first."""
+    steps = [FaultStep(0.01, 0.05, kind, "minority", (3, 2, 1)) for kind in ("membership", "pause", "disk", "kill", "cpu")]
+    backend = _RecordingBackend()
+    nemesis = Nemesis(backend, steps, time.monotonic_ns())
+    nemesis.start()
+    assert nemesis.join(10), "the schedule did not play out"
+    injected = [kind for what, kind, _ in backend.calls if what == "inject"]
+    assert injected == ["disk", "cpu", "pause", "kill", "membership"], backend.calls
+    undone = [kind for what, kind, _ in backend.calls if what == "undo"]
+    assert undone == injected[::-1], backend.calls

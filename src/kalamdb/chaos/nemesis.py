@@ -24,6 +24,10 @@ DEFAULT_FAULTS = FAULT_KINDS[:9]
 # kinds that change who is in the cluster or who leads: run last in a combined window, so the
 # other fault of the window is already in force while the change is made
 MEMBERSHIP_KINDS = ("membership", "transfer")
+#: faults that stop a node's process or restart it: in a window of combined faults they go after
+#: the ones that need the node to answer (a disk failpoint is set through its HTTP API, which a
+#: paused node cannot answer), so that both happen instead of the second one failing
+STOPPING_KINDS = ("pause", "kill", "clock")
 TARGETS = ("one", "leader", "minority", "majority", "all")
 # which target shapes make sense for each fault (a delay on "one" node = on its links)
 _TARGETS_FOR = {
@@ -160,6 +164,12 @@ class FaultWindow:
     error: str | None = None
 
 
+def _apply_order(step: FaultStep) -> tuple[bool, bool]:
+    """In a window of combined faults: faults that need the node to answer, then those that stop or
+    restart it (STOPPING_KINDS), membership changes last (the order is stable otherwise)."""
+    return step.kind in MEMBERSHIP_KINDS, step.kind in STOPPING_KINDS
+
+
 class Nemesis:
     """Applies a schedule in its own thread; `finish()` stops early if needed, heals and runs the
     recovery barrier. Faults the backend cannot inject are skipped and listed in `skipped`."""
@@ -192,7 +202,7 @@ class Nemesis:
                 return
             active = []
             leader = self._leader()
-            for s in sorted(steps, key=lambda st: st.kind in MEMBERSHIP_KINDS):
+            for s in sorted(steps, key=_apply_order):
                 nodes = resolve_targets(s, leader, self._members())
                 w = FaultWindow(s.kind, s.target, nodes, self._now(), params=dict(s.params))
                 try:
@@ -231,6 +241,12 @@ class Nemesis:
     def stop(self) -> None:
         """No new faults from now on (the active ones are undone by the nemesis thread)."""
         self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait until the whole schedule has played out (every fault injected and undone); True if
+        it has within `timeout` seconds."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def finish(self, barrier_timeout: float = 60.0) -> dict:
         """Stop, heal everything, wait for recovery; returns {"healed_at", "recovered_at", "index"}."""
