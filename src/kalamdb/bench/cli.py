@@ -24,6 +24,7 @@ from kalamdb.bench import cluster as kc
 from kalamdb.bench.load import LoadResult, closed_loop, new_session
 
 if TYPE_CHECKING:
+    from kalamdb.bench.etcd import EtcdCluster
     from kalamdb.testing.cluster import ClusterTestServer
 
 ALL_SCENARIOS = ("start", "insert", "batch", "mixed", "lag", "failover", "catchup", "memory")
@@ -51,7 +52,7 @@ def _scenarios(ctx: Any, param: Any, value: str) -> list[str]:
 class EtcdSide:
     """The etcd cluster of `--compare etcd`, its process ids, and a stop that may be called twice."""
 
-    def __init__(self, etcd: Any, pids: dict[str, int]):
+    def __init__(self, etcd: EtcdCluster, pids: dict[str, int]):
         self.etcd = etcd
         self.pids = pids
         self._stopped = False

@@ -3,8 +3,9 @@
 `GET /v1/api/cluster/wait?index=N&timeout_ms=T` answers as soon as this node has applied index N
 (or at the deadline, with the index it reached): the test kit's replication barrier stands on it,
 instead of sleeping or polling. Its `applied_at_monotonic_s` is when this node applied N, on the
-host's monotonic clock (node/apply_times.py): the bench's replication lag is made of those. Like upstream's health endpoint these answer localhost, and
-otherwise only an authenticated dba/system caller.
+host's monotonic clock (node/apply_times.py): the bench's replication lag is made of those. Like
+upstream's health endpoint these answer localhost, and otherwise only an authenticated dba/system
+caller.
 """
 
 from __future__ import annotations
