@@ -28,7 +28,7 @@ from kalamdb.node.config import ClusterConfig, Peer
 from kalamdb.node.driver import RaftDriver
 from kalamdb.node.expiry import expire_streams_forever
 from kalamdb.node.failpoints import NodeFailpoints
-from kalamdb.node.proposals import ForwardRefused, WriteOutcomeUnknown
+from kalamdb.node.proposals import ForwardRefused, ProposalTimedOut, WriteOutcomeUnknown, await_within
 from kalamdb.raft.core import NotLeader, ProposalRejected
 from kalamdb.sql import statements as st
 
@@ -130,7 +130,7 @@ class ClusterNode:
                     fut = driver.propose(command)
                 else:
                     fut = driver.forward(leader, command)
-                return await asyncio.wait_for(asyncio.shield(fut), self.cfg.write_timeout_ms / 1000)
+                return await await_within(fut, self.cfg.write_timeout_ms / 1000)
             except NotLeader:
                 pass  # lost leadership between the check and the proposal: find the new leader
             except ProposalRejected as exc:
@@ -143,7 +143,7 @@ class ClusterNode:
                 if exc.leader_id and exc.leader_id != leader:
                     leader = exc.leader_id
                     continue
-            except TimeoutError:
+            except ProposalTimedOut:
                 driver.abandon(fut)
                 where = fut.raft_index
                 what = f"write {where} was proposed" if where else "the write was sent to the leader"

@@ -78,6 +78,27 @@ def settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
         fut.set_result(result)
 
 
+class ProposalTimedOut(TimeoutError):
+    """The caller's wait for a proposal ran out (`await_within`); its fate is unknown."""
+
+
+def _time_out(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(ProposalTimedOut())
+
+
+async def await_within(fut: ProposalFuture, timeout: float) -> Any:
+    """The proposal's answer, or ProposalTimedOut after `timeout` seconds. The timer ends the
+    future itself (a later settle finds it done and does nothing): one timer handle per write,
+    where `asyncio.wait_for(asyncio.shield(fut))` made a task, a shield future and three callbacks
+    (9.5 against 3.5 µs per write on uvloop, docs/PERFORMANCE.md)."""
+    timer = asyncio.get_running_loop().call_later(timeout, _time_out, fut)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+
+
 class WaitingProposals:
     """index -> proposals waiting for the entry at that index to be applied here. Shared by the
     Raft thread (which adds them) and the apply thread (which settles them), hence the lock.
