@@ -11,9 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import psutil
-
-from kalamdb.engine.localviews import uptime_human
+from kalamdb.engine.localviews import CpuMeter, rss_bytes, uptime_human
 from kalamdb.node.cluster_membership import CATCH_UP_SLACK, AddressBook
 from kalamdb.node.cluster_view import AGE_COLUMN, ClusterView
 from kalamdb.node.config import ClusterConfig
@@ -47,8 +45,7 @@ class ClusterStatus:
         self.book = book
         self.node_id = cfg.node_id
         self.started_at = started_at
-        self._proc = psutil.Process()
-        self._proc.cpu_percent(None)
+        self._cpu = CpuMeter()
         self.view = ClusterView(  # other nodes' reports fill this node's gaps in system.cluster
             node_id=cfg.node_id, cluster_id=cfg.cluster_id, secret=cfg.secret,
             columns=[c for c, _ in CLUSTER_COLUMNS[:-1]], own_rows=self.own_rows,
@@ -100,8 +97,8 @@ class ClusterStatus:
         m = core.membership
         progress = core.progress if d.is_leader else {}
         ids = sorted(m.members | {self.node_id})
-        mem = self._proc.memory_info().rss / (1 << 20)
-        cpu = self._proc.cpu_percent(None)
+        mem = rss_bytes() / (1 << 20)
+        cpu = self._cpu.percent()
         rows = []
         for nid in ids:
             peer = self.book.peers.get(nid)

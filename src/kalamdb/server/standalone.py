@@ -15,9 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from kalamdb.engine.localviews import process_cpu_percent, uptime_human
+from kalamdb.engine.localviews import process_cpu_percent, rss_bytes, uptime_human
 from kalamdb.errors import KalamError
 from kalamdb.node import cluster_results
 from kalamdb.node.apply_times import ApplyTimes
@@ -165,7 +163,7 @@ class StandaloneNode:
         up = int(time.time() - self.started_at)
         me = {"node_id": self.node_id, "role": "leader", "status": "active", "is_self": True, "is_leader": True,
               "current_term": 0, "last_applied_log": self.applied_index,
-              "memory_usage_mb": round(psutil.Process().memory_info().rss / (1 << 20), 2),
+              "memory_usage_mb": round(rss_bytes() / (1 << 20), 2),
               "cpu_usage_percent": process_cpu_percent(), "uptime_seconds": up, "uptime_human": uptime_human(up)}
         return {"status": "healthy", "is_cluster_mode": False, "cluster_id": None, "node_id": self.node_id,
                 "is_leader": True, "leader_id": self.node_id, "current_term": 0,
