@@ -12,7 +12,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from kalamdb.bench.cli import bench_command
+from kalamdb.bench.cli import bench_command, cpu_ms_per_op
 from kalamdb.bench.load import percentile
 
 SEED = "1234"
@@ -105,7 +105,17 @@ def test_compare_etcd_runs_the_same_load_and_prints_ratios(tmp_path):
     assert ratio["throughput_ratio"] == pytest.approx(kdb["ops_per_s"] / etcd["ops_per_s"], rel=1e-2)
     assert ratio["machine_busy_percent"] == [kdb["machine"]["machine_busy_percent"],
                                              etcd["machine"]["machine_busy_percent"]]
+    # CPU per write of each system: its processes' CPU over the level, over its writes
+    assert ratio["cpu_ms_per_write"] == [cpu_ms_per_op(kdb), cpu_ms_per_op(etcd)]
+    assert all(v is not None and v > 0 for v in ratio["cpu_ms_per_write"])
     assert doc["etcd_version"]
+
+
+def test_cpu_per_operation_is_the_processes_cpu_share_over_the_operations():
+    assert cpu_ms_per_op({"cpu_percent": {"n1": 50.0, "n2": 30.0, "n3": 20.0}, "ops_per_s": 1000.0}) == 1.0
+    assert cpu_ms_per_op({"cpu_percent": {"n1": 40.0}, "ops_per_s": 200.0}) == 2.0
+    assert cpu_ms_per_op({"cpu_percent": {}, "ops_per_s": 10.0}) is None
+    assert cpu_ms_per_op({"cpu_percent": {"n1": 10.0}, "ops_per_s": 0}) is None
 
 
 def test_plot_without_matplotlib_says_how_to_install(tmp_path):

@@ -49,6 +49,17 @@ def _scenarios(ctx: Any, param: Any, value: str) -> list[str]:
     return names
 
 
+def cpu_ms_per_op(row: dict) -> float | None:
+    """The CPU the system's processes spent per operation of a level, in ms: the sum of their CPU
+    shares over the level, over its operations. Less moved by a busy machine than throughput or
+    latency (a wait for a core costs no CPU), so it says what a ratio measured on a saturated
+    machine cannot: which system does more work per write."""
+    cpu, ops = row.get("cpu_percent"), row.get("ops_per_s")
+    if not cpu or not ops:
+        return None
+    return round(sum(cpu.values()) * 10 / ops, 3)
+
+
 class EtcdSide:
     """The etcd cluster of `--compare etcd`, its process ids, and a stop that may be called twice."""
 
@@ -286,6 +297,7 @@ class Bench:
                 out.append({"clients": clients, "throughput_ratio": round(k["ops_per_s"] / e["ops_per_s"], 3),
                             "p50_ratio": round(k["p50_ms"] / e["p50_ms"], 3) if e["p50_ms"] else None,
                             "p99_ratio": round(k["p99_ms"] / e["p99_ms"], 3) if e["p99_ms"] else None,
+                            "cpu_ms_per_write": [cpu_ms_per_op(r) for r in (k, e)],
                             "machine_busy_percent": [r.get("machine", {}).get("machine_busy_percent", 0.0)
                                                      for r in (k, e)]})
         return out
@@ -329,7 +341,8 @@ class Bench:
         saturated = []
         for r in self.ratios():
             console.print(f"kalamdb/etcd at {r['clients']} clients: throughput x{r['throughput_ratio']}, "
-                          f"p50 x{r['p50_ratio']}, p99 x{r['p99_ratio']}; machine busy "
+                          f"p50 x{r['p50_ratio']}, p99 x{r['p99_ratio']}; CPU per write "
+                          f"{r['cpu_ms_per_write'][0]} / {r['cpu_ms_per_write'][1]} ms; machine busy "
                           f"{r['machine_busy_percent'][0]:.0f} % (kalamdb) / {r['machine_busy_percent'][1]:.0f} % (etcd)")
             if max(r["machine_busy_percent"]) >= SATURATED_PERCENT:
                 saturated.append(str(r["clients"]))
