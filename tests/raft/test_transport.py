@@ -540,6 +540,29 @@ async def test_bad_frames_after_auth_are_refused_and_the_listener_keeps_working(
     assert inbox_b.items[-1] == (1, "still serving")
 
 
+async def test_frames_sent_along_with_the_proof_are_delivered_first_and_in_order(make_node):
+    # The data phase reads the socket through a protocol of its own (inbound.py): what the
+    # handshake's reader already held, sent in the same write as the proof, must not be lost.
+    b, inbox_b = await make_node(2)
+    a, _ = await make_node(1)
+    link(a, b)
+    reader, writer = await asyncio.open_connection(LOCAL, b.bound_port)
+    try:
+        hello = await read_frame(reader)
+        cnonce = secrets.token_bytes(16)
+        mac = handshake_mac(SECRET, "client", "kalamdb", 1, 2, hello[4], cnonce)
+        auth = encode_frame([T_AUTH, PROTOCOL_VERSION, "kalamdb", 1, 2, cnonce, mac])
+        first = encode_frame([T_DATA, "one"]) + encode_frame([T_DATA, "two"])
+        half = encode_frame([T_DATA, "three"])
+        writer.write(auth + first + half[:5])  # the third frame split across writes
+        assert (await read_frame(reader))[0] == T_WELCOME
+        writer.write(half[5:] + encode_frame([T_DATA, "four"]))
+        assert await inbox_b.wait_for(4) == [(1, "one"), (1, "two"), (1, "three"), (1, "four")]
+    finally:
+        writer.close()
+    assert b.stats["refused"] == {}
+
+
 async def test_pending_handshakes_are_bounded_and_the_oldest_makes_room(make_node):
     b, _ = await make_node(2, max_pending_per_address=2, handshake_timeout=5)
     held = [await asyncio.open_connection(LOCAL, b.bound_port) for _ in range(2)]

@@ -9,13 +9,62 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from kalamdb.raftio.frames import T_DATA, T_REFUSE, FrameDecoder, FrameError, encode_frame
 from kalamdb.raftio.handshake import PeerRefused, nodelay, try_write
 from kalamdb.raftio.links import LinkContext
 from kalamdb.raftio.transport_stats import describe
 
-READ_CHUNK = 256 * 1024
+
+class _FramesReceived(asyncio.Protocol):
+    """An authenticated connection's data phase: every chunk the socket delivers is decoded and its
+    frames handed on inside the transport's own callback. Reading them through the handshake's
+    StreamReader instead cost a future and a wake-up of the reading task per chunk, one more turn of
+    the Raft thread's loop before a message reached the core, on every node for every message
+    (docs/PERFORMANCE.md). `ended` resolves with what ended the connection: None for a clean close,
+    else the error (a FrameError, the socket's)."""
+
+    def __init__(self, stream_protocol: asyncio.BaseProtocol, deliver: Callable[[bytes], None]):
+        self._stream_protocol = stream_protocol  # still told of the end: its writer's wait_closed() waits for that
+        self._deliver = deliver
+        self._early: list[bytes] | None = []  # chunks that came before start(), delivered by it
+        self.ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def start(self, buffered: bytes) -> None:
+        """Deliver what the handshake's reader still held, then everything that came meanwhile."""
+        early, self._early = self._early, None
+        for chunk in [buffered, *(early or [])]:
+            if chunk:
+                self.data_received(chunk)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.done():
+            return
+        if self._early is not None:
+            self._early.append(data)
+            return
+        try:
+            self._deliver(data)
+        except Exception as exc:  # noqa: BLE001 - a bad frame (FrameError) or a decoding bug: end this connection
+            self.ended.set_result(exc)
+
+    def eof_received(self) -> bool:
+        if not self.ended.done():
+            self.ended.set_result(None)
+        return False  # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(exc)
+        self._stream_protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream_protocol.resume_writing()
+
 
 
 class HandshakeAdmission:
@@ -113,7 +162,9 @@ class Listener:
             if older is not None:  # the peer reconnected: its old connection is dead or abandoned
                 older.close()
             self.by_node[src] = writer
-            await self._receive(src, reader)
+            ended = await self._receive(src, reader, writer)
+            if ended is not None:
+                raise ended
         except FrameError as exc:
             self._ctx.counters.refused[exc.reason] += 1
             self._ctx.throttle.warning(("refused", exc.reason), "node %d refused connection from %s (node %s): %s",
@@ -140,15 +191,18 @@ class Listener:
             self._ctx.writers.discard(writer)
             self.tasks.discard(task)
 
-    async def _receive(self, src: int, reader: asyncio.StreamReader) -> None:
+    async def _receive(self, src: int, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> BaseException | None:
+        """Receive frames from authenticated node `src` until the connection ends; what ended it.
+        The transport's protocol is swapped for `_FramesReceived`; the bytes the handshake's reader
+        had buffered beyond the handshake (a peer may send right after its proof) go first."""
         decoder = FrameDecoder(self.max_frame_bytes)
         on_message = self._on_message
         counters = self._ctx.counters
-        read = reader.read
-        while True:
-            data = await read(READ_CHUNK)
-            if not data:
-                return
+        log = self._ctx.log
+        node_id = self.node_id
+
+        def deliver(data: bytes) -> None:
             counters.bytes_received += len(data)
             for msg in decoder.feed(data):
                 if type(msg) is not list or len(msg) != 2 or msg[0] != T_DATA:
@@ -158,5 +212,13 @@ class Listener:
                     on_message(src, msg[1])
                 except Exception:
                     counters.callback_errors += 1
-                    self._ctx.log.exception("node %d: on_message failed for a message from node %d",
-                                        self.node_id, src)
+                    log.exception("node %d: on_message failed for a message from node %d", node_id, src)
+
+        transport = cast(asyncio.Transport, writer.transport)
+        if transport.is_closing() or reader.at_eof():
+            return None  # gone during the handshake
+        frames = _FramesReceived(transport.get_protocol(), deliver)
+        transport.set_protocol(frames)
+        reader.feed_eof()  # the reader gets nothing more: what it holds now is all it will ever have
+        frames.start(await reader.read())  # returns at once: the reader is at its end
+        return await frames.ended
