@@ -81,6 +81,11 @@ def start_side(name: str, env: dict[str, str], *, target: str, rows: int) -> Sid
         raise
 
 
+def cpu_per_op_ms(summary: dict, cpu_percent: float) -> float:
+    """The processes' CPU per operation of one run, in ms (their summed CPU % over its ops/s)."""
+    return cpu_percent * 10 / max(1.0, summary["ops_per_s"])
+
+
 def interleave(a: argparse.Namespace, variants: list[tuple[str, dict[str, str]]], levels: list[int]) -> None:
     """Every variant's cluster up at once; short slices in turn; paired ratios against the first."""
     ids = itertools.count(1)
@@ -102,19 +107,20 @@ def interleave(a: argparse.Namespace, variants: list[tuple[str, dict[str, str]]]
     base = variants[0][0]
     for n in levels:
         print(f"--- {n} client(s), {a.rounds} slices of {a.duration:g} s per variant")
+        series = {name: {"throughput": [r["ops_per_s"] for r, _ in slices[(name, n)]],
+                         "p50": [r["p50_ms"] for r, _ in slices[(name, n)]],
+                         "CPU per op": [cpu_per_op_ms(r, c) for r, c in slices[(name, n)]]}
+                  for name, _ in variants}
         for name, _ in variants:
-            runs = slices[(name, n)]
-            ops = [r["ops_per_s"] for r, _ in runs]
-            p50 = [r["p50_ms"] for r, _ in runs]
-            cpu = [c * 10 / max(1.0, r["ops_per_s"]) for r, c in runs]
-            line = (f"{name:>10}  median {statistics.median(ops):7.0f}/s  p50 {statistics.median(p50):6.2f} ms  "
-                    f"CPU per op {statistics.median(cpu):.3f} ms")
+            mine = series[name]
+            line = (f"{name:>10}  median {statistics.median(mine['throughput']):7.0f}/s  "
+                    f"p50 {statistics.median(mine['p50']):6.2f} ms  "
+                    f"CPU per op {statistics.median(mine['CPU per op']):.3f} ms")
             if name != base and a.rounds >= 2:
-                b_runs = slices[(base, n)]
-                line += (f"  | vs {base}: throughput {paired_ratio([r['ops_per_s'] for r, _ in b_runs], ops)}"
-                         f"  p50 {paired_ratio([r['p50_ms'] for r, _ in b_runs], p50)}"
-                         f"  CPU per op {paired_ratio([c * 10 / max(1.0, r['ops_per_s']) for r, c in b_runs], cpu)}")
+                line += f"  | vs {base}: " + "  ".join(
+                    f"{what} {paired_ratio(series[base][what], values)}" for what, values in mine.items())
             print(line)
+            runs = slices[(name, n)]
             errors = sum(r["errors"] for r, _ in runs)
             if errors:
                 print(f"{'':>10}  {errors} errors; one: {next(r['first_error'] for r, _ in runs if r['errors'])}")
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     for (name, n), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         figures = "  ".join(f"{r['ops_per_s']:7.0f}/s p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.1f} "
                             f"err {r['errors']} (load {ld:.1f})" for r, _, ld in runs)
-        cpu_per_op = statistics.mean(cpu * 10 / max(1.0, r["ops_per_s"]) for r, cpu, _ in runs)
+        cpu_per_op = statistics.mean(cpu_per_op_ms(r, cpu) for r, cpu, _ in runs)
         print(f"{name:>10} x{n:<4} {figures}  | CPU per op {cpu_per_op:.3f} ms")
         for r, _, _ in runs:
             if r["errors"]:
