@@ -29,7 +29,7 @@ async def test_a_forwarded_write_is_answered_from_the_followers_own_apply(tmp_pa
         index, outcome = await asyncio.wait_for(follower.forward(leader.node_id, b"hello"), 5)
         assert outcome[:2] == ("applied on", follower.node_id)  # the follower's own state machine
         assert follower.db.items[-1] == b"hello" and follower.applied_index >= index
-        assert leader.proposals_from_peers == 1 and follower.forwarded == 1
+        assert leader.proposer.from_peers == 1 and follower.proposer.forwarded == 1
     finally:
         await stop_all(drivers)
 

@@ -56,17 +56,17 @@ class ClusterStatus:
     def stats(self) -> dict[str, int | float]:
         """Commit and replication counters for /metrics (entries per fsync = persisted / fsyncs)."""
         d = self.driver
-        core = d.core
+        core, loops, proposer = d.core, d.loops, d.proposer
         t = d.transport.stats
         return {
             "commit_batches_total": d.applier.batches, "commit_commands_total": d.applier.entries,
             "apply_inline_batches_total": d.router.inline_batches,
             "apply_thread_batches_total": d.router.handed_batches,
             "apply_coalesced_batches_total": d.router.coalesced_batches,
-            "raft_fsyncs_total": d.fsyncs, "raft_persisted_entries_total": d.persisted_entries,
-            "raft_forwarded_proposals_total": d.forwarded, "raft_peer_proposals_total": d.proposals_from_peers,
-            "raft_bad_frames_total": d.bad_frames, "raft_thread_stalls_total": d.stalls,
-            "raft_thread_max_lateness_seconds": round(d.max_tick_lateness_s, 4), "raft_term": core.term, "raft_commit_index": core.commit_index,
+            "raft_fsyncs_total": loops.fsyncs, "raft_persisted_entries_total": loops.persisted_entries,
+            "raft_forwarded_proposals_total": proposer.forwarded, "raft_peer_proposals_total": proposer.from_peers,
+            "raft_bad_frames_total": d.bad_frames, "raft_thread_stalls_total": loops.stalls,
+            "raft_thread_max_lateness_seconds": round(loops.max_tick_lateness_s, 4), "raft_term": core.term, "raft_commit_index": core.commit_index,
             "raft_last_log_index": core.last_index, "raft_is_leader": int(d.is_leader),
             "raft_frames_sent_total": t["frames_sent"], "raft_frames_received_total": t["frames_received"],
             "raft_refused_connections_total": t["refused_total"], "raft_dropped_frames_total": t["dropped_total"],

@@ -1,6 +1,6 @@
 """The Raft thread's loops: messages from peers into the core, the logical clock's ticks, the
 leader's maintenance step, and the Ready loop that persists, sends, hands committed entries to the
-apply thread and answers reads.
+apply side and answers reads.
 
 The Ready contract (docs/design/raft.md) is followed literally: persist entries and hard state,
 THEN send (a leader may send first, see `_leader_sends_early`), then apply. While the loop is busy
@@ -13,28 +13,72 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kalamdb.node import forwarding as fw
+from kalamdb.node.apply_router import ApplyRouter
 from kalamdb.node.clock import clock
-from kalamdb.node.proposing import ProposingDriver
-from kalamdb.node.snapshotting import SnapshottingDriver
-from kalamdb.raft.core import NotLeader, ProposalRejected, Ready, Role
+from kalamdb.node.failpoints import NodeFailpoints
+from kalamdb.node.health import NodeHealth
+from kalamdb.node.proposing import Proposer
+from kalamdb.node.snapshot_files import SnapshotFiles
+from kalamdb.node.snapshotting import Snapshotter
+from kalamdb.raft.core import NotLeader, ProposalRejected, RaftCore, Ready, Role
 from kalamdb.raft.messages import Message
-from kalamdb.raft.types import Entry
+from kalamdb.raft.types import Entry, HardState
+from kalamdb.raftio.storage import LogStorage
+from kalamdb.raftio.transport import LogThrottle, PeerTransport
 
 log = logging.getLogger("kalamdb.raft.driver")
 
 
-class RaftLoops(ProposingDriver, SnapshottingDriver):
-    """What runs on the Raft thread once it is started: the message handler and three loops."""
+class RaftLoops:
+    """What runs on the Raft thread once the log is open: the message handler and three loops.
+    Made on the Raft thread (`wake` is an event of its loop) with the core and the log it opened;
+    everything it hands on goes through the parts it is given, never through the driver."""
 
-    # ------------------------------------------------------------------ the Raft thread's loops
-    def _on_message(self, src: int, payload: Any) -> None:
-        if self.core is None or self.fatal is not None:
+    def __init__(self, *, node_id: int, core: RaftCore, storage: LogStorage, transport: PeerTransport,
+                 wake: asyncio.Event, health: NodeHealth, failpoints: NodeFailpoints, proposer: Proposer,
+                 snapshotter: Snapshotter, snapshot_files: SnapshotFiles, router: ApplyRouter,
+                 synced_term_vote: tuple[int, int], tick_s: float,
+                 read_states: Callable[[list[tuple[bytes, int]]], None],
+                 leader_changed: Callable[[int], None],
+                 maintenance: Callable[[], None] | None = None, maintenance_every_s: float = 0.05):
+        """`read_states(states)`: ReadIndex answers (context, index) are ready; `leader_changed(id)`:
+        the core's leader changed (0: unknown); `maintenance()`: the leader's periodic step."""
+        self.node_id = node_id
+        self.core = core
+        self.storage = storage
+        self.transport = transport
+        self.wake = wake
+        self._health = health
+        self._failpoints = failpoints
+        self._proposer = proposer
+        self._snapshotter = snapshotter
+        self._snapshot_files = snapshot_files
+        self._router = router
+        self._synced_term_vote = synced_term_vote
+        self._unwritten_commit: HardState | None = None  # a commit-only hard state not yet written
+        self._tick_s = tick_s
+        self._read_states = read_states
+        self._leader_changed = leader_changed
+        self.maintenance = maintenance
+        self._maintenance_every_s = maintenance_every_s
+        self._stall_log = LogThrottle(log, 10.0)
+        self.bad_frames = 0  # malformed or misaddressed Raft messages refused
+        self.stalls = 0  # ticks that fired more than 4 periods late
+        self.max_tick_lateness_s = 0.0
+        self.fsyncs = 0  # log syncs: one per group of entries (group commit)
+        self.persisted_entries = 0
+
+    # ------------------------------------------------------------------ messages from peers
+    def on_message(self, src: int, payload: Any) -> None:
+        """A payload from a peer: a Raft message into the core, or a forwarded proposal's."""
+        if self._health.fatal is not None:
             return
         if fw.is_proposal_payload(payload):
-            self._on_proposal_message(src, payload)
+            self._proposer.on_message(src, payload)
             return
         try:
             msg = Message.from_wire(payload)
@@ -49,13 +93,14 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
         try:
             self.core.step(msg)
         except Exception as exc:  # noqa: BLE001 - RaftSafetyError or a bug: the core can't be trusted now
-            self._fail(exc)
+            self._health.fail(exc)
             return
-        self._wake.set()
+        self.wake.set()
 
-    async def _tick_loop(self) -> None:
+    # ------------------------------------------------------------------ the loops
+    async def tick_loop(self) -> None:
         core = self.core
-        period = clock.period(self.tick_s)
+        period = clock.period(self._tick_s)
         while True:
             t0 = time.monotonic()
             await asyncio.sleep(period)  # the logical clock's period, not a wait for state
@@ -66,19 +111,20 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
                 self._stall_log.warning("stall", "node %d: the Raft thread ran %.0f ms late (a tick is %.0f ms; a "
                                         "stall longer than the election timeout costs a leader its leadership)",
                                         self.node_id, late * 1000, period * 1000)
-            if self.fatal is not None:
+            if self._health.fatal is not None:
                 continue
             core.tick()
             if core.has_ready():
-                self._wake.set()
+                self.wake.set()
 
-    async def _maintenance_loop(self) -> None:
+    async def maintenance_loop(self) -> None:
+        maintenance = self.maintenance
+        if maintenance is None:
+            return
         while True:
             await asyncio.sleep(self._maintenance_every_s)  # the maintenance period
-            if self.fatal is not None or not self.is_leader:
+            if self._health.fatal is not None or self.core.role is not Role.LEADER:
                 continue
-            maintenance = self._maintenance
-            assert maintenance is not None  # this loop runs only when a maintenance step was given
             try:
                 maintenance()
             except (NotLeader, ProposalRejected):
@@ -86,19 +132,19 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
             except Exception:
                 log.exception("node %d: cluster maintenance failed", self.node_id)
             if self.core.has_ready():
-                self._wake.set()
+                self.wake.set()
 
-    async def _ready_loop(self) -> None:
+    async def ready_loop(self) -> None:
         core = self.core
         leader = core.leader_id
         while True:
             if not core.has_ready():
-                self._wake.clear()
-                await self._wake.wait()
+                self.wake.clear()
+                await self.wake.wait()
                 continue
-            if self.fatal is not None:
+            if self._health.fatal is not None:
                 return
-            self.failpoints.hit("raft.ready")
+            self._failpoints.hit("raft.ready")
             rd: Ready = core.ready()
             early = self._leader_sends_early(rd)
             if early:
@@ -106,22 +152,22 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
             try:
                 if rd.snapshot_chunks:
                     for c in rd.snapshot_chunks:
-                        self.snapshots.write_chunk(c.offset, c.data)
+                        self._snapshot_files.write_chunk(c.offset, c.data)
                 if rd.snapshot is not None:
-                    await self._install_snapshot(rd.snapshot)
+                    await self._snapshotter.install(rd.snapshot)
                 if rd.entries or rd.hard_state is not None:
                     self._persist(rd.entries, rd.hard_state)
             except Exception as exc:  # noqa: BLE001 - a storage failure must stop this node, loudly
-                self._fail(exc)
+                self._health.fail(exc)
                 return
             if not early:
                 self._send(rd.messages)
             if rd.committed:
-                self.router.submit(rd.committed)
+                self._router.submit(rd.committed)
             if rd.read_states:
-                self._on_main(self._serve_reads, [(rs.context, rs.index) for rs in rd.read_states])
+                self._read_states([(rs.context, rs.index) for rs in rd.read_states])
             for req in rd.snapshot_requests:
-                chunk = self.snapshots.read_chunk(req.meta.index, req.offset, req.max_bytes)
+                chunk = self._snapshot_files.read_chunk(req.meta.index, req.offset, req.max_bytes)
                 if chunk is None:
                     core.report_snapshot(req.to, False)
                 else:
@@ -131,9 +177,7 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
                 leader = core.leader_id
                 log.info("node %d: leader is now %s (term %d, role %s)", self.node_id, leader or "unknown",
                          core.term, core.role.name.lower())
-                self._on_main(self._leader_changed.set)
-                if self._forwarded:
-                    self._fail_unplaced_forwards(leader)
+                self._leader_changed(leader)
             # Let the transport deliver what arrived meanwhile: the next Ready batches all of it.
             await asyncio.sleep(0)
 
@@ -147,13 +191,13 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
         return (self.core.role is Role.LEADER and (hs is None or (hs.term, hs.vote) == self._synced_term_vote)
                 and rd.snapshot is None and not rd.snapshot_chunks)
 
-    def _persist(self, entries: list[Entry], hard_state: Any) -> None:
+    def _persist(self, entries: list[Entry], hard_state: HardState | None) -> None:
         """Entries and term/vote are fsynced before anything is sent. A change of the commit index
         alone is not even written when it comes alone (etcd writes it without an fsync): commit is
         volatile in Raft, a restart relearns it from the leader, and the core lifts it to the
         engine's applied index. It is written with the next entries or term/vote change, in the
-        same write() as they are, and at a clean stop. That takes one system call per write off
-        every node, on the leader between its commit and the apply."""
+        same write() as they are, and at a clean stop (`flush_commit`). That takes one system call
+        per write off every node, on the leader between its commit and the apply."""
         st = self.storage
         if not entries and hard_state is not None and (hard_state.term, hard_state.vote) == self._synced_term_vote:
             self._unwritten_commit = hard_state
@@ -168,14 +212,21 @@ class RaftLoops(ProposingDriver, SnapshottingDriver):
         if hard_state is not None:
             self._synced_term_vote = (hard_state.term, hard_state.vote)
 
+    def flush_commit(self) -> None:
+        """(a clean stop) Write the commit index known but not yet written; the log's close makes
+        it durable. Best effort: a restart relearns it from the leader anyway."""
+        pending, self._unwritten_commit = self._unwritten_commit, None
+        if pending is not None and self._health.fatal is None:
+            self.storage.set_hard_state(pending)
+
     def _send(self, messages: list[Message]) -> None:
         """A Ready's messages, one `send_many` (one write on an idle link) per peer, with the
         answers to that peer's forwarded proposals ahead of them (node/proposing.py)."""
-        if (not messages and not self._placements) or self.fatal is not None:
+        if self._health.fatal is not None:
             return
-        by_dst: dict[int, list] = {}
-        if self._placements:
-            by_dst, self._placements = self._placements, {}
+        by_dst: dict[int, list] = self._proposer.take_placements()
+        if not messages and not by_dst:
+            return
         for m in messages:
             by_dst.setdefault(m.to, []).append(m.to_wire())
         for dst, wires in by_dst.items():
