@@ -100,6 +100,41 @@ def test_encode_response_sends_the_handlers_headers_and_a_plain_server_banner():
     assert headers[b"Connection"] == b"close" and headers[b"Date"].endswith(b" GMT")
 
 
+class _Transport:
+    """What LaneProtocol asks of its transport while it reads a request (no socket needed)."""
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        pass
+
+
+async def test_a_head_whose_body_comes_in_a_later_read_is_parsed_once(monkeypatch):
+    import kalamdb.server.sql_lane as lane_module
+
+    calls = []
+    real = lane_module.parse_head
+    monkeypatch.setattr(lane_module, "parse_head", lambda buf, limit: calls.append(1) or real(buf, limit))
+    served: list[bytes] = []
+
+    async def handler(request):
+        served.append(request.body)
+        return web.Response(body=b"{}")
+
+    proto = lane_module.SqlLane(handler, lambda: None, max_body_bytes=MAX_BODY).protocol()  # type: ignore[arg-type]
+    proto.connection_made(_Transport())  # type: ignore[arg-type]
+    raw = sql_request("SELECT 'pieces' AS p")
+    cut = raw.index(b"\r\n\r\n") + 4
+    for piece in (raw[:cut], raw[cut:-3], raw[-3:]):  # the head, then the body in two reads
+        proto.data_received(piece)
+    assert len(calls) == 1 and proto.busy
+    assert bytes(proto.buf) == b""
+
+
 # ---------------------------------------------------------------- on a real server
 
 

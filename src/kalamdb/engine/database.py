@@ -210,10 +210,14 @@ class Database:
         catalog = self.catalog_for(ctx)
         local = self._local.columns
         key = (q.sql, ctx.namespace, catalog.version, self._local.version)
+        memo = q.compiled_memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
         with self._compile_lock:
             hit = self._compile_cache.get(key)
             if hit is not None:
                 self._compile_cache.move_to_end(key)
+                q.compiled_memo = (key, hit)
                 return hit
         if q.ast is None:
             q.ast = self._parse_cache.parse(q.sql)
@@ -222,6 +226,7 @@ class Database:
             self._compile_cache[key] = compiled
             if len(self._compile_cache) > 2048:
                 self._compile_cache.popitem(last=False)
+        q.compiled_memo = (key, compiled)
         return compiled
 
     # ------------------------------------------------------------------ commands (engine/commands.py)

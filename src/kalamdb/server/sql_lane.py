@@ -214,6 +214,7 @@ class LaneProtocol(asyncio.Protocol):
         self.lost = False
         self.done = asyncio.get_running_loop().create_future()  # resolved when the connection ends
         self._drained: asyncio.Future[None] | None = None
+        self._head: Head | None = None  # the parsed head of a request whose body is still arriving
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -255,7 +256,7 @@ class LaneProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.lost:
             return
-        head = parse_head(self.buf, self.lane.max_body_bytes)
+        head = self._head or parse_head(self.buf, self.lane.max_body_bytes)
         if head is None:
             return
         if not isinstance(head, Head):
@@ -263,7 +264,9 @@ class LaneProtocol(asyncio.Protocol):
             return
         total = head.length + head.body_length
         if len(self.buf) < total:
+            self._head = head  # clients send the head and the body in two writes: parse the head once
             return
+        self._head = None
         body = bytes(self.buf[head.length:total])
         del self.buf[:total]
         self.busy = True

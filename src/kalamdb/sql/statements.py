@@ -78,6 +78,9 @@ class Query(Statement):
     ast: Any = field(default=None, repr=False, compare=False, metadata={"wire": False})
     #: values lifted out of the text by the parser (INSERT literals); None: the request's params
     params: list | None = None
+    #: (cache key, compiled plan) of the engine's last compile of this statement: one write asks
+    #: for its plan up to three times (admission, the savepoint check, the run)
+    compiled_memo: Any = field(default=None, repr=False, compare=False, metadata={"wire": False})
 
     @property
     def is_write(self) -> bool:
