@@ -12,7 +12,7 @@ import pytest
 from kalamdb.node import forwarding as fw
 from kalamdb.node.health import NodeHealth
 from kalamdb.node.hops import ThreadHops
-from kalamdb.node.proposals import ForwardRefused, WriteOutcomeUnknown, settle
+from kalamdb.node.proposals import ForwardRefused, ProposalFuture, WriteOutcomeUnknown, settle
 from kalamdb.node.proposing import Proposer
 from kalamdb.raft.core import NotLeader
 from kalamdb.raft.types import Entry
@@ -71,15 +71,19 @@ async def test_a_proposal_here_is_answered_by_the_apply_of_its_own_index_and_ter
     assert await fut == (11, "outcome")
 
 
-async def test_a_forward_answered_by_a_node_it_was_not_sent_to_is_ignored():
-    core = RecordingCore(leader=False, commit_index=5)
+async def _forward_to_node_1(commit_index: int) -> tuple[Proposer, ProposalFuture, int]:
+    """A follower's proposal sent to node 1: the proposer, the write's future, its ctx."""
     transport = RecordingTransport()
-    p, _ = _proposer(core, transport)
+    p, _ = _proposer(RecordingCore(leader=False, commit_index=commit_index), transport)
     fut = p.forward(1, b"cmd")
     await _turns()
     (dst, payload), = transport.sent
     assert dst == 1 and payload[0] == fw.PROPOSE
-    ctx = payload[1]
+    return p, fut, payload[1]
+
+
+async def test_a_forward_answered_by_a_node_it_was_not_sent_to_is_ignored():
+    p, fut, ctx = await _forward_to_node_1(commit_index=5)
     p.on_message(3, fw.accepted(ctx, 9, 4))  # node 3 was never asked
     assert fut.raft_index is None
     p.on_message(1, fw.accepted(ctx, 9, 4))
@@ -87,12 +91,8 @@ async def test_a_forward_answered_by_a_node_it_was_not_sent_to_is_ignored():
 
 
 async def test_a_placement_at_an_index_this_node_already_committed_ends_indefinite():
-    core = RecordingCore(leader=False, commit_index=20)
-    transport = RecordingTransport()
-    p, _ = _proposer(core, transport)
-    fut = p.forward(1, b"cmd")
-    await _turns()
-    p.on_message(1, fw.accepted(transport.sent[0][1][1], 20, 4))
+    p, fut, ctx = await _forward_to_node_1(commit_index=20)
+    p.on_message(1, fw.accepted(ctx, 20, 4))
     await _turns()
     with pytest.raises(WriteOutcomeUnknown):
         await fut

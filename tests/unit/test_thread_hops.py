@@ -46,26 +46,25 @@ def test_a_hop_to_the_raft_thread_before_it_started_is_a_503_not_a_crash():
 
 
 def test_a_hop_to_a_closed_raft_loop_says_the_node_is_shutting_down():
-    hops = ThreadHops()
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(_bind_raft(hops))
-    loop.close()
+    hops = _bound_to_a_closed_loop(ThreadHops.bind_raft)
     with pytest.raises(KalamError) as e:
         hops.to_raft(print)
     assert e.value.status == 503 and "shutting down" in e.value.message
 
 
 def test_work_for_a_closed_callers_loop_is_dropped_quietly():
-    hops = ThreadHops()
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(_bind_caller(hops))
-    loop.close()
+    hops = _bound_to_a_closed_loop(ThreadHops.bind_caller)
     hops.to_caller(print, "nobody waits for this any more")  # must not raise
 
 
-async def _bind_raft(hops: ThreadHops) -> None:
-    hops.bind_raft()
+def _bound_to_a_closed_loop(bind) -> ThreadHops:
+    """Hops with one of its loops bound (`bind`), that loop since closed (a node that stopped)."""
+    hops = ThreadHops()
 
+    async def run() -> None:
+        bind(hops)
 
-async def _bind_caller(hops: ThreadHops) -> None:
-    hops.bind_caller()
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(run())
+    loop.close()
+    return hops

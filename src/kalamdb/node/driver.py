@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -62,6 +62,8 @@ from kalamdb.raftio.transport import PeerTransport
 log = logging.getLogger("kalamdb.raft.driver")
 
 STOP_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
 
 
 class RaftDriver:
@@ -127,26 +129,22 @@ class RaftDriver:
     @property
     def core(self) -> RaftCore:
         """The Raft core; it exists once start() has opened the log (a caller before that is a bug)."""
-        core = self._core
-        if core is None:
-            raise RuntimeError(f"node {self.node_id}: the Raft core is used before the driver started")
-        return core
+        return self._started(self._core, "Raft core")
 
     @property
     def storage(self) -> LogStorage:
-        """The Raft log, open once start() has run (a caller before that is a bug)."""
-        storage = self._storage
-        if storage is None:
-            raise RuntimeError(f"node {self.node_id}: the Raft log is used before the driver started")
-        return storage
+        """The Raft log, open once start() has run."""
+        return self._started(self._storage, "Raft log")
 
     @property
     def loops(self) -> RaftLoops:
         """The Raft thread's loops and their counters, once start() has run."""
-        loops = self._loops
-        if loops is None:
-            raise RuntimeError(f"node {self.node_id}: the Raft loops are used before the driver started")
-        return loops
+        return self._started(self._loops, "Raft loops")
+
+    def _started(self, part: T | None, what: str) -> T:
+        if part is None:
+            raise RuntimeError(f"node {self.node_id}: the {what} is used before the driver started")
+        return part
 
     @property
     def fatal(self) -> BaseException | None:
