@@ -10,7 +10,7 @@ from kalamdb.engine.localviews import rss_bytes
 from kalamdb.server.runtime import release_free_heap
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallopt"),
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "malloc_trim"),
                     reason="glibc's malloc_trim")
 def test_free_pages_in_the_middle_of_the_heap_are_given_back():
     # 4 KiB blocks from the C heap; one in 16 kept, so the freed ones leave holes that free()

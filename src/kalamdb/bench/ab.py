@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kalamdb.bench import cluster as kc
-from kalamdb.bench.load import Target, closed_loop, new_session
+from kalamdb.bench.load import Target, closed_loop, cpu_ms_per_op, new_session
 from kalamdb.bench.paired import paired_ratio
 
 
@@ -82,8 +82,8 @@ def start_side(name: str, env: dict[str, str], *, target: str, rows: int) -> Sid
 
 
 def cpu_per_op_ms(summary: dict, cpu_percent: float) -> float:
-    """The processes' CPU per operation of one run, in ms (their summed CPU % over its ops/s)."""
-    return cpu_percent * 10 / max(1.0, summary["ops_per_s"])
+    """The processes' CPU per operation of one run, in ms (a run with no operations counts as one)."""
+    return cpu_ms_per_op(cpu_percent, max(1.0, summary["ops_per_s"]))
 
 
 def interleave(a: argparse.Namespace, variants: list[tuple[str, dict[str, str]]], levels: list[int]) -> None:

@@ -21,6 +21,7 @@ import click
 import orjson
 
 from kalamdb.bench import cluster as kc
+from kalamdb.bench import load
 from kalamdb.bench.load import LoadResult, closed_loop, new_session
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def cpu_ms_per_op(row: dict) -> float | None:
     cpu, ops = row.get("cpu_percent"), row.get("ops_per_s")
     if not cpu or not ops:
         return None
-    return round(sum(cpu.values()) * 10 / ops, 3)
+    return round(load.cpu_ms_per_op(sum(cpu.values()), ops), 3)
 
 
 class EtcdSide:

@@ -28,6 +28,12 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[k]
 
 
+def cpu_ms_per_op(cpu_percent: float, ops_per_s: float) -> float:
+    """CPU spent per operation in ms, from processes' summed CPU share over a run (100 = one core
+    busy) and the run's operations per second."""
+    return cpu_percent * 10 / ops_per_s
+
+
 @dataclass
 class Request:
     url: str

@@ -66,7 +66,6 @@ class _FramesReceived(asyncio.Protocol):
         self._stream_protocol.resume_writing()
 
 
-
 class HandshakeAdmission:
     """The unauthenticated connections, oldest first, under a cap in all and one per address."""
 

@@ -44,7 +44,6 @@ class StartupError(RuntimeError):
     """The server cannot start (storage unreadable, port taken...); the message says why."""
 
 
-
 def release_free_heap() -> None:
     """Give the C heap's free pages back to the system once the node has started (glibc's
     `malloc_trim`). Start-up (imports, catalog load, the first compiles) leaves freed memory in the
@@ -56,6 +55,7 @@ def release_free_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to release this way
         pass
+
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(
