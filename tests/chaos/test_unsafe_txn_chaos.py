@@ -20,6 +20,8 @@ SEED = int(os.environ.get("KALAMDB_SEED", "11"))
 SCENARIO = {"time": 12, "workloads": ["append"], "faults": ["partition", "pause"], "seed": SEED}
 
 
+# 15 s each: `make test-slow` (the checker's own vector tests run in `make test`)
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stale-reads", "split-writes"])
 def test_planted_transaction_bug_is_caught(chaos_run, mode):
     run = chaos_run(**SCENARIO, unsafe_txn=mode)
