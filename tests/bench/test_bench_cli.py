@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from kalamdb.bench.cli import bench_command, cpu_ms_per_op
-from kalamdb.bench.load import percentile
+from kalamdb.bench.cluster import leadership_report
+from kalamdb.bench.load import Request, Target, closed_loop, percentile
 
 SEED = "1234"
 
@@ -72,6 +73,50 @@ def test_insert_lag_and_batch_write_a_valid_report(tmp_path):
     assert len(doc["lag_over_time"]) == lag["lag"]["samples"]
     (mixed,) = rows(doc, "kalamdb", "mixed")
     assert mixed["errors"] == 0, mixed["first_error"]
+    for r in [*inserts.values(), batch, lag, mixed]:  # each level says whether it cost the leader
+        held = r["leadership"]
+        assert held["held"] and held["before"] == held["after"], held
+        assert held["before"]["leader"] in (1, 2, 3) and held["before"]["term"] >= 1
+        assert r["failed_by_status"] == {}
+
+
+def test_leadership_held_only_with_one_agreed_leader_and_the_same_term():
+    same = {1: (3, 2), 2: (3, 2), 3: (3, 2)}
+    assert leadership_report(same, dict(same)) == {"held": True, "before": {"term": 3, "leader": 2},
+                                                   "after": {"term": 3, "leader": 2}}
+    # the same node re-elected in a later term is still an election the load caused
+    assert not leadership_report(same, {1: (4, 2), 2: (4, 2), 3: (4, 2)})["held"]
+    assert not leadership_report(same, {1: (4, 1), 2: (4, 1), 3: (4, 1)})["held"]
+    split = leadership_report(same, {1: (3, 2), 2: (3, 2), 3: None})  # a node did not answer
+    assert not split["held"] and split["after"]["nodes"]["3"] is None
+    assert not leadership_report({1: (1, 0), 2: (1, 0)}, {1: (1, 0), 2: (1, 0)})["held"]  # no leader
+
+
+async def test_failed_answers_are_counted_by_status():
+    import aiohttp
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        n = int(await request.text())
+        return web.Response(status=429 if n % 3 == 0 else 503 if n % 3 == 1 else 200, text="{}")
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    target = Target("t", lambda n, rng: Request(f"http://127.0.0.1:{port}/", str(n).encode(), {}))
+    try:
+        async with aiohttp.ClientSession() as session:
+            res = await closed_loop(session, target, clients=1, duration=0.3, warmup=0.0, seed=1,
+                                    op_counter=iter(range(10**9)))
+    finally:
+        await runner.cleanup()
+    by_status = res.summary()["failed_by_status"]
+    assert set(by_status) == {"429", "503"} and sum(by_status.values()) == res.errors > 0
+    assert abs(by_status["429"] - by_status["503"]) <= 1  # every third is a 429, every third a 503
 
 
 def test_failover_start_catchup_and_fill_report_their_figures(tmp_path):

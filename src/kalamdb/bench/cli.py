@@ -119,6 +119,14 @@ class Bench:
             res = kc.run_async(go())
         return res, sampler
 
+    def kalamdb_load(self, cluster: ClusterTestServer, target: Any, clients: int, label: str,
+                     **kw: Any) -> tuple[LoadResult, Any, dict]:
+        """`load` on kalamdb, with whether the level cost a leadership change (issue 12: overload
+        must be answered with 429/503, never with a lost leader)."""
+        before = kc.leadership(cluster)
+        res, smp = self.load(target, clients, label, **kw)
+        return res, smp, kc.leadership_report(before, kc.leadership(cluster))
+
     def add(self, system: str, scenario: str, res: LoadResult | None = None, **fields: Any) -> dict:
         row: dict[str, Any] = {"system": system, "scenario": scenario}
         if res is not None:
@@ -173,10 +181,10 @@ class Bench:
                 if etcd is not None and i % 2 == 0:
                     self.etcd_level(etcd, clients)
                 if "insert" in sc:
-                    res, smp = self.load(kc.insert_target(urls, auth), clients, f"kalamdb insert x{clients}",
-                                         sampler_pids=pids)
+                    res, smp, held = self.kalamdb_load(cluster, kc.insert_target(urls, auth), clients,
+                                                       f"kalamdb insert x{clients}", sampler_pids=pids)
                     self.add("kalamdb", "insert", res, target=self.o["target"], rss_mb=smp.max_rss_mb,
-                             cpu_percent=smp.cpu_percent, machine=smp.load)
+                             cpu_percent=smp.cpu_percent, machine=smp.load, leadership=held)
                 if etcd is not None and i % 2 == 1:
                     self.etcd_level(etcd, clients)
             if etcd is not None:
@@ -184,17 +192,19 @@ class Bench:
             if "batch" in sc:
                 rpr = self.o["rows_per_request"]
                 clients = self.o["batch_clients"]
-                res, smp = self.load(kc.insert_target(urls, auth, rows_per_request=rpr), clients,
-                                     f"kalamdb batch {rpr} rows x{clients}", ops_per_request=rpr, sampler_pids=pids)
+                res, smp, held = self.kalamdb_load(cluster, kc.insert_target(urls, auth, rows_per_request=rpr),
+                                                   clients, f"kalamdb batch {rpr} rows x{clients}",
+                                                   ops_per_request=rpr, sampler_pids=pids)
                 self.add("kalamdb", "batch", res, rows_per_request=rpr, rss_mb=smp.max_rss_mb,
-                         cpu_percent=smp.cpu_percent, machine=smp.load)
+                         cpu_percent=smp.cpu_percent, machine=smp.load, leadership=held)
             if "mixed" in sc:
                 clients = max(self.o["clients"])
                 written = next(self.ids)
                 tgt = kc.mixed_target(urls, auth, read_fraction=self.o["read_fraction"], written=lambda: written)
-                res, smp = self.load(tgt, clients, f"kalamdb mixed x{clients}", sampler_pids=pids)
+                res, smp, held = self.kalamdb_load(cluster, tgt, clients, f"kalamdb mixed x{clients}",
+                                                   sampler_pids=pids)
                 self.add("kalamdb", "mixed", res, read_fraction=self.o["read_fraction"], cpu_percent=smp.cpu_percent,
-                         machine=smp.load)
+                         machine=smp.load, leadership=held)
             if "lag" in sc:
                 self.guarded("replication_lag", self.run_lag, cluster, urls, auth, pids)
             if "memory" in sc and self.o["million"]:
@@ -225,10 +235,11 @@ class Bench:
         clients = self.o["lag_clients"]
         leader = cluster.leader()
         probe = kc.LagProbe(leader.url, [n.url for n in cluster.nodes if n is not leader and n.is_running()], auth)
-        res, smp = self.load(kc.insert_target(urls, auth), clients, f"kalamdb lag under x{clients}",
-                             sampler_pids=pids, side=lambda s, stop: probe.run(s, stop, self.ids))
-        self.add("kalamdb", "replication_lag", res, load_clients=clients,
-                 lag=probe.summary(), rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent, machine=smp.load)
+        res, smp, held = self.kalamdb_load(cluster, kc.insert_target(urls, auth), clients,
+                                           f"kalamdb lag under x{clients}", sampler_pids=pids,
+                                           side=lambda s, stop: probe.run(s, stop, self.ids))
+        self.add("kalamdb", "replication_lag", res, load_clients=clients, lag=probe.summary(),
+                 rss_mb=smp.max_rss_mb, cpu_percent=smp.cpu_percent, machine=smp.load, leadership=held)
         self.extra["lag_over_time"] = [[round(t, 3), round(lag, 3)] for t, lag in probe.applied_lags]
 
     def fill_million(self, cluster: ClusterTestServer, auth: str, pids: dict[str, int]) -> None:
@@ -328,6 +339,11 @@ class Bench:
                 notes.append("CPU " + "/".join(f"{v:.0f}" for v in r["cpu_percent"].values()) + " %")
             if "runs" in r and "clients" not in r:
                 notes.append(f"{r['runs']} run(s)")
+            if r.get("failed_by_status"):
+                notes.append("failed: " + ", ".join(f"{n} answered {'no answer' if st == '-1' else st}"
+                                                    for st, n in r["failed_by_status"].items()))
+            if r.get("leadership"):
+                notes.append(_leadership_note(r["leadership"]))
             if r.get("machine"):
                 m = r["machine"]
                 notes.append(f"load {m['load_avg_1m']}, machine {m['machine_busy_percent']:.0f} % busy, "
@@ -347,6 +363,10 @@ class Bench:
                           f"{r['machine_busy_percent'][0]:.0f} % (kalamdb) / {r['machine_busy_percent'][1]:.0f} % (etcd)")
             if max(r["machine_busy_percent"]) >= SATURATED_PERCENT:
                 saturated.append(str(r["clients"]))
+        moved = [f"{r['scenario']} x{r.get('clients', '')}" for r in self.results
+                 if r.get("leadership") and not r["leadership"]["held"]]
+        console.print("leadership changed during: " + ", ".join(moved) if moved else
+                      "leadership held through every kalamdb level (same leader and term before and after)")
         if saturated:
             console.print(f"the machine was >= {SATURATED_PERCENT:.0f} % busy at {', '.join(saturated)} client(s): "
                           "there the ratios compare the systems competing for CPU with their client and whatever "
@@ -365,6 +385,15 @@ class Bench:
             "ratios": self.ratios(),
             **self.extra,
         }
+
+
+def _leadership_note(held: dict) -> str:
+    b, a = held["before"], held["after"]
+    if held["held"]:
+        return f"leader n{b['leader']} held term {b['term']}"
+    def say(v: dict) -> str:
+        return f"n{v['leader']} term {v['term']}" if "leader" in v else f"no agreed leader {v['nodes']}"
+    return f"LEADERSHIP CHANGED: {say(b)} -> {say(a)}"
 
 
 def _fmt(v: Any) -> str:

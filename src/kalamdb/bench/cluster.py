@@ -179,6 +179,33 @@ class ResourceSampler:
         }
 
 
+def leadership(cluster: ClusterTestServer) -> dict[int, tuple[int, int] | None]:
+    """node id -> (term, leader id) as each node's health answers it (None: no answer)."""
+    out: dict[int, tuple[int, int] | None] = {}
+    for n in cluster.nodes:
+        try:
+            h = n.health(timeout=5.0)
+            out[n.node_id] = (int(h["current_term"]), int(h.get("leader_id") or 0))
+        except Exception:  # noqa: BLE001 - a node that does not answer is reported as such
+            out[n.node_id] = None
+    return out
+
+
+def leadership_report(before: dict[int, tuple[int, int] | None],
+                      after: dict[int, tuple[int, int] | None]) -> dict[str, Any]:
+    """Did a load level cost a leadership change? Held: every node answered, before and after, with
+    the same term and leader (no election happened, not even one that re-elected the same node)."""
+    def view(snap: dict[int, tuple[int, int] | None]) -> dict[str, Any]:
+        answers = {v for v in snap.values() if v is not None}
+        if len(answers) == 1 and None not in snap.values():
+            term, leader = next(iter(answers))
+            return {"term": term, "leader": leader}
+        return {"nodes": {str(k): (None if v is None else {"term": v[0], "leader": v[1]}) for k, v in snap.items()}}
+
+    b, a = view(before), view(after)
+    return {"held": "leader" in b and b == a and b["leader"] != 0, "before": b, "after": a}
+
+
 def rss_mb(pids: dict[str, int]) -> dict[str, float]:
     out = {}
     for name, pid in pids.items():

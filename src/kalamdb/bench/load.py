@@ -63,6 +63,8 @@ class LoadResult:
     errors: int = 0
     first_error: str | None = None
     ops_per_request: int = 1
+    #: failed answers by HTTP status ("-1": no answer at all), e.g. {"429": 22} for load shed
+    failed_by_status: dict[str, int] = field(default_factory=dict)
 
     @property
     def ops_per_s(self) -> float:
@@ -79,6 +81,7 @@ class LoadResult:
             "p99_ms": round(percentile(lat, 0.99) * 1000, 3),
             "max_ms": round(lat[-1] * 1000, 3) if lat else math.nan,
             "errors": self.errors,
+            "failed_by_status": dict(sorted(self.failed_by_status.items())),
             "first_error": self.first_error,
             # the latency distribution, for CDF plots: [quantile, ms] at 1% steps plus the tail
             "cdf_ms": [[q, round(percentile(lat, q) * 1000, 3)] for q in CDF_QUANTILES] if lat else [],
@@ -113,6 +116,7 @@ async def closed_loop(session: Any, target: Target, *, clients: int, duration: f
             t1 = time.perf_counter()
             if not target.ok(status, body):
                 result.errors += 1
+                result.failed_by_status[str(status)] = result.failed_by_status.get(str(status), 0) + 1
                 if result.first_error is None:
                     result.first_error = f"HTTP {status}: {body[:300].decode(errors='replace')}"
                 if result.errors >= max_errors:
