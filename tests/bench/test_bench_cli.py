@@ -104,9 +104,8 @@ async def test_failed_answers_are_counted_by_status():
     app.router.add_post("/", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     target = Target("t", lambda n, rng: Request(f"http://127.0.0.1:{port}/", str(n).encode(), {}))
     try:
         async with aiohttp.ClientSession() as session:

@@ -1,7 +1,8 @@
-"""The swarm: 40 seeds in `make test`, 200 in `make test-slow`, each drawing its own cluster size (3-7), fault mix, timeouts and load.
-Every seed must keep all safety properties and settle after healing. Failures matching an `open`
-bug of regressions.txt are tolerated (reported as xfail) so that one known core bug does not hide
-new ones; anything else fails with the seed and its replay command."""
+"""The swarm: 40 seeds in `make test`, 200 in `make test-slow`, each drawing its own cluster size
+(3-7), fault mix, timeouts and load. Every seed must keep all safety properties and settle after
+healing. Failures matching an `open` bug of regressions.txt are tolerated (reported as xfail) so
+that one known core bug does not hide new ones; anything else fails with the seed and its replay
+command."""
 
 from __future__ import annotations
 

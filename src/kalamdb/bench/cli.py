@@ -388,12 +388,15 @@ class Bench:
 
 
 def _leadership_note(held: dict) -> str:
+    """The table's words for a level's `leadership` (bench/cluster.py `leadership_report`)."""
     b, a = held["before"], held["after"]
     if held["held"]:
         return f"leader n{b['leader']} held term {b['term']}"
-    def say(v: dict) -> str:
-        return f"n{v['leader']} term {v['term']}" if "leader" in v else f"no agreed leader {v['nodes']}"
-    return f"LEADERSHIP CHANGED: {say(b)} -> {say(a)}"
+    return f"LEADERSHIP CHANGED: {_leader_view(b)} -> {_leader_view(a)}"
+
+
+def _leader_view(view: dict) -> str:
+    return f"n{view['leader']} term {view['term']}" if "leader" in view else f"no agreed leader {view['nodes']}"
 
 
 def _fmt(v: Any) -> str:
