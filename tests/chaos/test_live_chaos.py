@@ -13,7 +13,9 @@ import pytest
 from kalamdb.chaos.pytest_support import chaos_run_fixture, describe_failure  # noqa: F401 (fixture chaos_run)
 from kalamdb.chaos.runner import EXIT_PASS, EXIT_VIOLATION, ChaosConfig, schedule_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
+# 15 s chaos runs (two in the first test): `make test-slow` (the live checker's own tests, tests/chaos/test_live_check.py
+# and tests/live/, run in `make test`)
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
 SEED = int(os.environ.get("KALAMDB_SEED", "7"))
 SCENARIO = {"time": 15, "workloads": ["live"], "faults": ["kill", "pause", "partition"], "seed": SEED}
@@ -47,7 +49,6 @@ def test_the_live_checker_catches_planted_bugs_and_the_safe_mode_passes(chaos_ru
 LONG_PAUSE = {"time": 15, "workloads": ["live"], "faults": ["pause"], "active": (7.0, 9.0), "seed": SEED}
 
 
-@pytest.mark.slow
 def test_skip_resume_is_caught(chaos_run):
     steps = schedule_for(ChaosConfig(**LONG_PAUSE))
     assert any(s.kind == "pause" and s.duration > 6 for s in steps), f"seed {SEED}: the scenario needs a long pause"

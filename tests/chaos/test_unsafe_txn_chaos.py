@@ -14,14 +14,14 @@ import pytest
 from kalamdb.chaos.pytest_support import chaos_run_fixture, describe_failure  # noqa: F401 (fixture chaos_run)
 from kalamdb.chaos.runner import EXIT_PASS, EXIT_VIOLATION
 
-pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
+# ~15 s per run, three runs: `make test-slow` (the checker's vector tests and tests/chaos/test_unsafe_txn.py,
+# each bug on a real single server, run in `make test`)
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
 SEED = int(os.environ.get("KALAMDB_SEED", "11"))
 SCENARIO = {"time": 12, "workloads": ["append"], "faults": ["partition", "pause"], "seed": SEED}
 
 
-# 15 s each: `make test-slow` (the checker's own vector tests run in `make test`)
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stale-reads", "split-writes"])
 def test_planted_transaction_bug_is_caught(chaos_run, mode):
     run = chaos_run(**SCENARIO, unsafe_txn=mode)
