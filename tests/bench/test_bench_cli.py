@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from kalamdb.bench.cli import bench_command, cpu_ms_per_op
-from kalamdb.bench.cluster import leadership_report
+from kalamdb.bench.cluster import lateness_report, leadership_report
 from kalamdb.bench.load import Request, Target, closed_loop, percentile
 
 SEED = "1234"
@@ -78,6 +78,8 @@ def test_insert_lag_and_batch_write_a_valid_report(tmp_path):
         assert held["held"] and held["before"] == held["after"], held
         assert held["before"]["leader"] in (1, 2, 3) and held["before"]["term"] >= 1
         assert r["failed_by_status"] == {}
+        raft = held["raft_thread"]  # read from every node's /metrics before and after the level
+        assert raft["late_ticks"] >= 0 and (raft["max_lateness_ms"] is None or raft["max_lateness_ms"] >= 0)
 
 
 def test_leadership_held_only_with_one_agreed_leader_and_the_same_term():
@@ -90,6 +92,22 @@ def test_leadership_held_only_with_one_agreed_leader_and_the_same_term():
     split = leadership_report(same, {1: (3, 2), 2: (3, 2), 3: None})  # a node did not answer
     assert not split["held"] and split["after"]["nodes"]["3"] is None
     assert not leadership_report({1: (1, 0), 2: (1, 0)}, {1: (1, 0), 2: (1, 0)})["held"]  # no leader
+
+
+def test_raft_thread_lateness_counts_a_levels_late_ticks_and_its_own_worst_only():
+    before = {1: (2.0, 0.050), 2: (0.0, 0.010), 3: (1.0, 0.200)}
+    after = {1: (5.0, 0.090), 2: (0.0, 0.030), 3: (1.0, 0.200)}
+    # 3 late ticks on node 1; node 3's 200 ms was before the level, so the level's worst is 90 ms
+    report = lateness_report(before, after)
+    assert (report["late_ticks"], report["max_lateness_ms"]) == (3, 90.0)
+    assert report["nodes"] == {"1": {"late_ticks": 3, "max_lateness_ms": 90.0},
+                               "2": {"late_ticks": 0, "max_lateness_ms": 30.0},
+                               "3": {"late_ticks": 0, "max_lateness_ms": None}}
+    quiet = lateness_report(before, dict(before))
+    assert (quiet["late_ticks"], quiet["max_lateness_ms"]) == (0, None)
+    # a node that did not answer is left out, not counted as zero
+    missing = lateness_report(before, {**after, 1: None})
+    assert (missing["late_ticks"], missing["max_lateness_ms"], set(missing["nodes"])) == (0, 30.0, {"2", "3"})
 
 
 async def test_failed_answers_are_counted_by_status():

@@ -121,11 +121,14 @@ class Bench:
 
     def kalamdb_load(self, cluster: ClusterTestServer, target: Any, clients: int, label: str,
                      **kw: Any) -> tuple[LoadResult, Any, dict]:
-        """`load` on kalamdb, with whether the level cost a leadership change (issue 12: overload
-        must be answered with 429/503, never with a lost leader)."""
-        before = kc.leadership(cluster)
+        """`load` on kalamdb, with whether the level cost a leadership change and how late the
+        Raft threads ran during it (issue 12: Raft traffic must not queue behind request work;
+        overload must be answered with 429/503, never with a lost leader)."""
+        before, late0 = kc.leadership(cluster), kc.raft_thread_lateness(cluster)
         res, smp = self.load(target, clients, label, **kw)
-        return res, smp, kc.leadership_report(before, kc.leadership(cluster))
+        held = kc.leadership_report(before, kc.leadership(cluster))
+        held["raft_thread"] = kc.lateness_report(late0, kc.raft_thread_lateness(cluster))
+        return res, smp, held
 
     def add(self, system: str, scenario: str, res: LoadResult | None = None, **fields: Any) -> dict:
         row: dict[str, Any] = {"system": system, "scenario": scenario}
@@ -390,9 +393,13 @@ class Bench:
 def _leadership_note(held: dict) -> str:
     """The table's words for a level's `leadership` (bench/cluster.py `leadership_report`)."""
     b, a = held["before"], held["after"]
-    if held["held"]:
-        return f"leader n{b['leader']} held term {b['term']}"
-    return f"LEADERSHIP CHANGED: {_leader_view(b)} -> {_leader_view(a)}"
+    said = (f"leader n{b['leader']} held term {b['term']}" if held["held"]
+            else f"LEADERSHIP CHANGED: {_leader_view(b)} -> {_leader_view(a)}")
+    rt = held.get("raft_thread")
+    if rt is not None:
+        worst = "" if rt["max_lateness_ms"] is None else f", worst {rt['max_lateness_ms']:.0f} ms"
+        said += f" (Raft threads: {rt['late_ticks']} late ticks{worst})"
+    return said
 
 
 def _leader_view(view: dict) -> str:

@@ -206,6 +206,42 @@ def leadership_report(before: dict[int, tuple[int, int] | None],
     return {"held": "leader" in b and b == a and b["leader"] != 0, "before": b, "after": a}
 
 
+def raft_thread_lateness(cluster: ClusterTestServer) -> dict[int, tuple[float, float] | None]:
+    """node id -> (late ticks so far, largest tick lateness so far in s) from each node's /metrics
+    (None: no answer). A late tick is one that fired more than four tick periods late: the Raft
+    thread did not get to run, and a stall longer than the election timeout costs a leadership."""
+    import urllib.request
+
+    out: dict[int, tuple[float, float] | None] = {}
+    for n in cluster.nodes:
+        try:
+            with urllib.request.urlopen(n.url + "/metrics", timeout=5.0) as resp:
+                text = resp.read().decode()
+            values = dict(line.rpartition(" ")[::2] for line in text.splitlines() if not line.startswith("#"))
+            out[n.node_id] = (float(values["kalamdb_raft_thread_stalls_total"]),
+                              float(values["kalamdb_raft_thread_max_lateness_seconds"]))
+        except Exception:  # noqa: BLE001 - a node that does not answer is reported as such
+            out[n.node_id] = None
+    return out
+
+
+def lateness_report(before: dict[int, tuple[float, float] | None],
+                    after: dict[int, tuple[float, float] | None]) -> dict[str, Any]:
+    """What a load level did to the Raft threads: late ticks during it (all nodes), and the largest
+    lateness during it where a node's running maximum grew (None: no node's did, so every tick of
+    the level was at most as late as the worst one before it)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for nid, b in before.items():
+        a = after.get(nid)
+        if a is None or b is None:
+            continue
+        nodes[str(nid)] = {"late_ticks": int(a[0] - b[0]),
+                           "max_lateness_ms": round(a[1] * 1000, 1) if a[1] > b[1] else None}
+    worst = [n["max_lateness_ms"] for n in nodes.values() if n["max_lateness_ms"] is not None]
+    return {"late_ticks": sum(n["late_ticks"] for n in nodes.values()),
+            "max_lateness_ms": max(worst) if worst else None, "nodes": nodes}
+
+
 def rss_mb(pids: dict[str, int]) -> dict[str, float]:
     out = {}
     for name, pid in pids.items():
