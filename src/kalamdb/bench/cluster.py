@@ -16,6 +16,7 @@ import random
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
@@ -24,6 +25,7 @@ import orjson
 import psutil
 
 from kalamdb.bench.load import Request, Target, json_ok, percentile
+from kalamdb.server import metrics
 
 if TYPE_CHECKING:
     from kalamdb.testing.cluster import ClusterTestServer
@@ -210,16 +212,13 @@ def raft_thread_lateness(cluster: ClusterTestServer) -> dict[int, tuple[float, f
     """node id -> (late ticks so far, largest tick lateness so far in s) from each node's /metrics
     (None: no answer). A late tick is one that fired more than four tick periods late: the Raft
     thread did not get to run, and a stall longer than the election timeout costs a leadership."""
-    import urllib.request
-
     out: dict[int, tuple[float, float] | None] = {}
     for n in cluster.nodes:
         try:
             with urllib.request.urlopen(n.url + "/metrics", timeout=5.0) as resp:
-                text = resp.read().decode()
-            values = dict(line.rpartition(" ")[::2] for line in text.splitlines() if not line.startswith("#"))
-            out[n.node_id] = (float(values["kalamdb_raft_thread_stalls_total"]),
-                              float(values["kalamdb_raft_thread_max_lateness_seconds"]))
+                values = metrics.parse(resp.read().decode())
+            out[n.node_id] = (values["kalamdb_raft_thread_stalls_total"],
+                              values["kalamdb_raft_thread_max_lateness_seconds"])
         except Exception:  # noqa: BLE001 - a node that does not answer is reported as such
             out[n.node_id] = None
     return out

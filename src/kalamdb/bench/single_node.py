@@ -19,6 +19,8 @@ import time
 
 import orjson
 
+from kalamdb.server import metrics
+
 INSERT_SQL = "INSERT INTO {table} (id, body) VALUES ($1, $2)"
 
 
@@ -126,13 +128,10 @@ async def commit_counters(url: str) -> tuple[float, float] | None:
             text = await resp.text()
     except aiohttp.ClientError:
         return None
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        values[name] = value
     try:
-        return float(values["kalamdb_commit_batches_total"]), float(values["kalamdb_commit_commands_total"])
-    except (KeyError, ValueError):
+        values = metrics.parse(text)
+        return values["kalamdb_commit_batches_total"], values["kalamdb_commit_commands_total"]
+    except (KeyError, ValueError):  # not kalamdb's /metrics
         return None
 
 
