@@ -36,6 +36,15 @@ def _read_without_quorum(self, ctx: bytes, frm: int) -> None:
                                     index=self.commit, context=ctx))
 
 
+def _everything_early(self, *, leader_durable: bool) -> list:
+    """take_early_messages broken: every queued message leaves during the fsync, a follower's
+    acknowledgements and votes included (seeds drawing `send_while_syncing`)."""
+    if self._outstanding is None:
+        return []
+    msgs, self._msgs = self._msgs, []
+    return msgs
+
+
 class VoteNotPersisted(SimNode):
     """Driver broken: the vote is not written before the vote response goes out."""
 
@@ -88,6 +97,9 @@ MUTATIONS = {
     "send-before-persist": (contextlib.nullcontext, SendBeforePersist,
                             {"durability-promise", "election-safety", "state-machine-safety", "leader-completeness",
                              "lost-acknowledged-write", "log-matching", "stale-read"}),
+    "early-acks": (lambda: _patch(RaftCore, "take_early_messages", _everything_early), SimNode,
+                   {"durability-promise", "election-safety", "state-machine-safety", "leader-completeness",
+                    "lost-acknowledged-write", "log-matching", "stale-read"}),
 }
 
 

@@ -25,6 +25,9 @@ _APP_RESP = MsgType.APP_RESP
 _HEARTBEAT = MsgType.HEARTBEAT
 _COMMIT = MsgType.COMMIT
 _FROM_LEADER = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.COMMIT, MsgType.SNAPSHOT})
+# what a node that is not a durable leader may send while its Ready is being persisted: these claim
+# nothing about its log or its vote (`take_early_messages`)
+_CLAIM_FREE = frozenset({MsgType.HEARTBEAT_RESP, MsgType.READ_INDEX})
 _NORMAL = EntryKind.NORMAL
 
 
@@ -503,6 +506,27 @@ class RaftCore:
             self._read_states = []
         self._outstanding = rd
         return rd
+
+    def take_early_messages(self, *, leader_durable: bool) -> list[Message]:
+        """(between `ready()` and `advance()`, while the caller persists) The queued messages that
+        may leave before the outstanding Ready is durable, so that a slow fsync holds back nothing
+        that does not depend on it and a leader whose disk stalls keeps its followers' election
+        timers reset. A leader's, all of them when `leader_durable` (its term and vote are on disk
+        and the outstanding Ready's messages already left: Raft thesis 10.2.1, a leader's messages
+        promise nothing about its own disk, as for the early send of a Ready); anyone's heartbeat
+        responses and ReadIndex requests, which claim nothing about the log or the vote. The rest
+        (acknowledgements, votes) waits for the next Ready. Proposals are not turned into
+        appends here: they keep batching into the next Ready."""
+        msgs = self._msgs
+        if not msgs or self._outstanding is None:
+            return []
+        if leader_durable and self.role is Role.LEADER:
+            self._msgs = []
+            return msgs
+        early = [m for m in msgs if m.type in _CLAIM_FREE]
+        if early:
+            self._msgs = [m for m in msgs if m.type not in _CLAIM_FREE]
+        return early
 
     def advance(self, rd: Ready) -> None:
         """The caller has persisted, sent and applied everything in `rd`."""

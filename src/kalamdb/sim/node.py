@@ -37,6 +37,7 @@ class SimNode:
         "reads",
         "removed",
         "rng",
+        "sent_early",
         "sim",
         "since_snapshot",
         "slow_disk",
@@ -63,6 +64,7 @@ class SimNode:
         self.reads: dict[bytes, tuple[int, int]] = {}  # ctx -> (key, floor) awaiting a ReadState
         self.waiting_reads: list[tuple[int, bytes, int, int]] = []  # (index, ctx, key, floor)
         self.slow_disk = False
+        self.sent_early = False  # the Ready being persisted already sent its messages
         self.since_snapshot = 0
         self.last_term_led = 0
         self.crash_point: tuple[int, int] | None = None  # (message type, down time): crash right after sending
@@ -122,11 +124,25 @@ class SimNode:
         self.sim.loop.after(self.sim.params.tick, self._tick, incarnation)
         if not self.busy:
             self.drain()
+        else:
+            self._send_while_syncing()
 
     def receive(self, msg: Message) -> None:
         self.core.step(msg)
         if not self.busy:
             self.drain()
+        else:
+            self._send_while_syncing()
+
+    def _send_while_syncing(self) -> None:
+        """During an fsync, send what may leave before it ends (the real driver does the same,
+        node/raft_loops.py): a durable leader's messages when its Ready already went out early,
+        anyone's heartbeat responses and ReadIndex requests."""
+        if not self.sim.params.send_while_syncing:
+            return
+        core, disk = self.core, self.disk.hard_state
+        durable = self.sent_early and (core.term, core.vote) == (disk.term, disk.vote)
+        self._send_all(core.take_early_messages(leader_durable=durable))
 
     def kick(self) -> None:
         """Handle the core's output now unless an fsync is in flight (then right after it)."""
@@ -147,6 +163,7 @@ class SimNode:
             if early:
                 self._send_all(rd.messages)
                 rd.messages = []  # sent: finish() must not send them again
+            self.sent_early = early
             if self.persist(rd):
                 self.busy = True
                 p = self.sim.params

@@ -53,6 +53,7 @@ class SimParams:
     snapshot_chunk_bytes: int = 1 << 20
     wire: bool = False  # pass every message through msgpack + Message.from_wire (validation included)
     leader_early_send: bool = False  # a leader with durable term/vote sends before its own fsync (as the real driver)
+    send_while_syncing: bool = False  # what may leave during an fsync does (core.take_early_messages, as the real driver)
     grow: bool = False  # form the cluster OpenRaft-style: n1 alone, the rest added as learners, promoted
 
     @classmethod
@@ -110,6 +111,7 @@ class SimParams:
             check_quorum=r.random() < 0.8,
             wire=r.random() < 0.25,  # drawn after the rest: adding it re-mapped no earlier seed
             leader_early_send=r.random() < 0.5,  # likewise
+            send_while_syncing=r.random() < 0.5,  # likewise
         )
 
 
