@@ -175,7 +175,7 @@ async def test_a_forwarded_proposals_answer_leaves_with_its_entry_before_the_lea
         await asyncio.wait_for(leader.propose(b"warm up"), 5)  # links up, nothing in flight
         events: list[tuple] = []  # on the leader's Raft thread, in order
         transport, storage = leader.transport, leader.storage
-        real_send, real_send_many, real_sync = transport.send, transport.send_many, storage.sync
+        real_send, real_send_many, real_sync = transport.send, transport.send_many, storage.begin_sync
 
         def send(dst, payload):
             events.append(("send", dst, payload))
@@ -185,15 +185,15 @@ async def test_a_forwarded_proposals_answer_leaves_with_its_entry_before_the_lea
             events.append(("send_many", dst, list(payloads)))
             return real_send_many(dst, payloads)
 
-        def sync():
+        def begin_sync():  # the fsync is handed to the log's sync thread
             events.append(("sync",))
             return real_sync()
 
-        transport.send, transport.send_many, storage.sync = send, send_many, sync
+        transport.send, transport.send_many, storage.begin_sync = send, send_many, begin_sync
         try:
             index, _ = await asyncio.wait_for(follower.forward(leader.node_id, b"forwarded"), 5)
         finally:
-            transport.send, transport.send_many, storage.sync = real_send, real_send_many, real_sync
+            transport.send, transport.send_many, storage.begin_sync = real_send, real_send_many, real_sync
         carries = [i for i, e in enumerate(events) if e[0] == "send_many" and e[1] == follower.node_id
                    and any(type(p[0]) is int and any(ent[1] == index for ent in p[11]) for p in e[2])]
         assert carries, f"no AppendEntries carried entry {index} to node {follower.node_id}: {events}"
@@ -204,5 +204,53 @@ async def test_a_forwarded_proposals_answer_leaves_with_its_entry_before_the_lea
         assert first[2].index(answer) < next(i for i, p in enumerate(first[2]) if type(p[0]) is int)
         assert ("sync",) in events[carries[0]:], "the entry left after the leader's fsync, not before it"
         assert not [e for e in events if e[0] == "send" and e[2][0] == "prop_ok"], "the answer went out on its own"
+    finally:
+        await stop_all(drivers)
+
+
+async def test_a_leader_whose_fsync_stalls_keeps_its_followers_from_electing(tmp_path):
+    """The log's fdatasync runs on the sync thread (raftio/log_sync.py): while a leader's disk takes
+    longer than an election timeout (150-300 ms here), its Raft thread keeps ticking and sends its
+    heartbeats (RaftCore.take_early_messages), so nobody campaigns; the write still commits on the
+    followers' fsyncs and is answered once the leader's own is done. With the fsync on the Raft
+    thread, the leader went silent for the whole stall and lost its leadership."""
+    drivers = await start_cluster(tmp_path)
+    try:
+        leader = drivers[0]
+        await asyncio.wait_for(leader.propose(b"warm up"), 5)
+        terms = [d.core.term for d in drivers]
+        sent_early = leader._loops.early_messages
+        leader.failpoints.set("log.fsync", "2*delay(600)")  # two fsyncs of 0.6 s each
+        index, _ = await asyncio.wait_for(leader.propose(b"through a slow disk"), 10)
+        await asyncio.wait_for(leader.propose(b"and another"), 10)
+        assert not leader.failpoints.armed("log.fsync"), "both slow fsyncs happened"
+        assert [d.core.term for d in drivers] == terms, "an election happened during the slow fsyncs"
+        assert leader.is_leader and all(d.leader_id == leader.node_id for d in drivers)
+        assert leader._loops.early_messages - sent_early >= 2 * 2 * 2, "heartbeats left during the fsyncs"
+        assert leader._loops.max_tick_lateness_s < 0.15, "the Raft thread froze with its disk"
+        await async_wait_for(lambda: all(d.applied_index >= index for d in drivers), 5, "everyone to apply")
+    finally:
+        await stop_all(drivers)
+
+
+async def test_forwarded_writes_during_a_slow_leader_fsync_learn_their_index_before_their_entry(tmp_path):
+    """While the leader's fsync is in flight it sends appends early (take_early_messages); one may
+    carry a follower's forwarded entry, so the answer naming its index goes ahead of it in the same
+    send, as with a Ready's messages. Otherwise the follower commits the entry before it knows it is
+    its own, and can only answer that the outcome is unknown."""
+    drivers = await start_cluster(tmp_path)
+    try:
+        leader, follower = drivers[0], drivers[1]
+        await asyncio.wait_for(follower.forward(leader.node_id, b"warm up"), 5)
+        leader.failpoints.set("log.fsync", "4*delay(300)")
+
+        async def later(i: int):  # spread over the slow fsyncs: most arrive while one is in flight
+            await asyncio.sleep(i * 0.02)
+            return await follower.forward(leader.node_id, b"w%d" % i)
+
+        results = await asyncio.wait_for(asyncio.gather(*(later(i) for i in range(40)), return_exceptions=True), 20)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert not failed, failed[:3]
+        assert leader._loops.early_messages > 0, "appends left while the leader's fsync was in flight"
     finally:
         await stop_all(drivers)

@@ -64,6 +64,7 @@ class ClusterStatus:
             "apply_thread_batches_total": d.router.handed_batches,
             "apply_coalesced_batches_total": d.router.coalesced_batches,
             "raft_fsyncs_total": loops.fsyncs, "raft_persisted_entries_total": loops.persisted_entries,
+            "raft_early_messages_total": loops.early_messages,
             "raft_forwarded_proposals_total": proposer.forwarded, "raft_peer_proposals_total": proposer.from_peers,
             "raft_bad_frames_total": d.bad_frames, "raft_thread_stalls_total": loops.stalls,
             "raft_thread_max_lateness_seconds": round(loops.max_tick_lateness_s, 4), "raft_term": core.term, "raft_commit_index": core.commit_index,

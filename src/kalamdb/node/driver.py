@@ -2,10 +2,11 @@
 
 Each node runs three kinds of threads, each with one job (ARCHITECTURE.md decision 15):
 - the **Raft thread** (its own event loop): ticks, the peer transport, the core and the log storage.
-  It runs no SQL, so heartbeats, votes and acknowledgements never wait behind a query. The log is
-  fsynced right on this thread (as etcd's raft loop does): a fsync here is 0.06–0.2 ms, cheaper
-  than handing it to another thread and back, and the leader sends its AppendEntries before it,
-  so its disk and the followers' work in parallel;
+  It runs no SQL, so heartbeats, votes and acknowledgements never wait behind a query. It writes
+  the log itself but leaves the fdatasync to the log's **sync thread** (raftio/log_sync.py) and
+  keeps stepping and ticking meanwhile: a busy disk's 100+ ms fsync no longer freezes a leader's
+  heartbeats. A leader sends its AppendEntries before its fsync, so its disk and the followers'
+  work in parallel;
 - the **apply thread** (node/applier.py): committed entries into the state machine, snapshots;
 - the **caller's event loop** (the HTTP server): proposals and reads come from there, and their
   futures are settled there. Thread hand-offs are `call_soon_threadsafe` (one per batch where it
@@ -56,6 +57,7 @@ from kalamdb.node.snapshotting import Snapshotter
 from kalamdb.node.state_machine import StateMachine
 from kalamdb.raft.core import NotLeader, RaftConfig, RaftCore, Role
 from kalamdb.raft.types import Entry, EntryKind, Membership, PersistentState
+from kalamdb.raftio.log_sync import LogSyncer
 from kalamdb.raftio.storage import LogStorage
 from kalamdb.raftio.transport import PeerTransport
 
@@ -96,6 +98,7 @@ class RaftDriver:
         self._storage: LogStorage | None = None  # opened on the Raft thread by start()
         self._core: RaftCore | None = None  # made on the Raft thread by start(), from the log it opened
         self._loops: RaftLoops | None = None  # made on the Raft thread by start()
+        self._syncer: LogSyncer | None = None  # the log's fsync thread, started with the log
         self._thread: threading.Thread | None = None
         # made anew on the Raft thread when it starts (an Event binds to the loop that first waits on it)
         self._wake = asyncio.Event()
@@ -232,6 +235,7 @@ class RaftDriver:
 
     async def _open(self) -> None:
         self._storage, state, synced_term_vote = self._open_storage()
+        self._syncer = LogSyncer(f"raft-sync-{self.node_id}")
         db = self.db
         if state.snapshot is not None and db.applied_index < state.snapshot.index:
             # Crash between recording a received snapshot and installing it: install it now.
@@ -247,7 +251,8 @@ class RaftDriver:
             core.bootstrap(Membership(voters=frozenset({self.node_id})))
             core.campaign()  # alone in the cluster: no reason to wait for an election timeout
         loops = self._loops = RaftLoops(
-            node_id=self.node_id, core=core, storage=self._storage, transport=self.transport, wake=self._wake,
+            node_id=self.node_id, core=core, storage=self._storage, syncer=self._syncer, transport=self.transport,
+            wake=self._wake,
             health=self.health, failpoints=self.failpoints, proposer=self.proposer, snapshotter=self.snapshotter,
             snapshot_files=self.snapshots, router=self.router, synced_term_vote=synced_term_vote,
             tick_s=self.tick_s, read_states=lambda states: self.hops.to_caller(self._serve_reads, states),
@@ -275,6 +280,8 @@ class RaftDriver:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await t
         await self.transport.stop()
+        if self._syncer is not None:
+            self._syncer.close()  # a fsync still in flight ends before the log is closed
         if self._loops is not None:
             with contextlib.suppress(Exception):  # a clean stop keeps the commit it knew; a restart relearns it anyway
                 self._loops.flush_commit()  # made durable by the storage's close

@@ -6,6 +6,8 @@ The Ready contract (docs/design/raft.md) is followed literally: persist entries 
 THEN send (a leader may send first, see `_leader_sends_early`), then apply. While the loop is busy
 the core keeps taking messages and proposals, so the next Ready carries everything that arrived
 meanwhile: that is the group commit (one fsync for many writes) and the batching of AppendEntries.
+The fsync itself runs on the log's sync thread (raftio/log_sync.py): while it is in flight this
+thread keeps stepping messages and ticking, and sends what may leave before it ends (`_send_early`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kalamdb.node.snapshotting import Snapshotter
 from kalamdb.raft.core import NotLeader, ProposalRejected, RaftCore, Ready, Role
 from kalamdb.raft.messages import Message
 from kalamdb.raft.types import Entry, HardState
+from kalamdb.raftio.log_sync import LogSyncer
 from kalamdb.raftio.storage import LogStorage
 from kalamdb.raftio.transport import LogThrottle, PeerTransport
 
@@ -38,8 +41,8 @@ class RaftLoops:
     Made on the Raft thread (`wake` is an event of its loop) with the core and the log it opened;
     everything it hands on goes through the parts it is given, never through the driver."""
 
-    def __init__(self, *, node_id: int, core: RaftCore, storage: LogStorage, transport: PeerTransport,
-                 wake: asyncio.Event, health: NodeHealth, failpoints: NodeFailpoints, proposer: Proposer,
+    def __init__(self, *, node_id: int, core: RaftCore, storage: LogStorage, syncer: LogSyncer,
+                 transport: PeerTransport, wake: asyncio.Event, health: NodeHealth, failpoints: NodeFailpoints, proposer: Proposer,
                  snapshotter: Snapshotter, snapshot_files: SnapshotFiles, router: ApplyRouter,
                  synced_term_vote: tuple[int, int], tick_s: float,
                  read_states: Callable[[list[tuple[bytes, int]]], None],
@@ -50,6 +53,7 @@ class RaftLoops:
         self.node_id = node_id
         self.core = core
         self.storage = storage
+        self._syncer = syncer
         self.transport = transport
         self.wake = wake
         self._health = health
@@ -60,6 +64,9 @@ class RaftLoops:
         self._router = router
         self._synced_term_vote = synced_term_vote
         self._unwritten_commit: HardState | None = None  # a commit-only hard state not yet written
+        self._syncing = False  # an fsync of the log is in flight (the Ready loop awaits it)
+        self._synced_ready_sent = False  # ... and the Ready it makes durable already sent its messages
+        self._early_due = False  # a `_send_early` is scheduled
         self._tick_s = tick_s
         self._read_states = read_states
         self._leader_changed = leader_changed
@@ -70,6 +77,7 @@ class RaftLoops:
         self.stalls = 0  # ticks that fired more than 4 periods late
         self.max_tick_lateness_s = 0.0
         self.fsyncs = 0  # log syncs: one per group of entries (group commit)
+        self.early_messages = 0  # messages sent while an fsync was in flight
         self.persisted_entries = 0
 
     # ------------------------------------------------------------------ messages from peers
@@ -95,7 +103,32 @@ class RaftLoops:
         except Exception as exc:  # noqa: BLE001 - RaftSafetyError or a bug: the core can't be trusted now
             self._health.fail(exc)
             return
+        if self._syncing:
+            self._schedule_early()
         self.wake.set()
+
+    def _schedule_early(self) -> None:
+        """One `_send_early` after this turn of the loop: the messages that arrive together leave
+        together."""
+        if not self._early_due:
+            self._early_due = True
+            asyncio.get_running_loop().call_soon(self._send_early)
+
+    def _send_early(self) -> None:
+        """While the log's fsync is in flight: send what the core says may leave before it ends (a
+        leader's heartbeats, appends and commits, anyone's heartbeat answers), so that a slow disk
+        costs no leadership. Acknowledgements and votes wait for the fsync (the next Ready)."""
+        self._early_due = False
+        core = self.core
+        if not self._syncing or self._health.fatal is not None:
+            return
+        durable = self._synced_ready_sent and (core.term, core.vote) == self._synced_term_vote
+        msgs = core.take_early_messages(leader_durable=durable)
+        if msgs:
+            self.early_messages += len(msgs)
+            # with the answers to forwarded proposals ahead, as in `_send`: an append taken here
+            # may carry a forwarded entry, and its proposer must learn the index first
+            self._send_messages(msgs, self._proposer.take_placements())
 
     # ------------------------------------------------------------------ the loops
     async def tick_loop(self) -> None:
@@ -114,7 +147,9 @@ class RaftLoops:
             if self._health.fatal is not None:
                 continue
             core.tick()
-            if core.has_ready():
+            if self._syncing:
+                self._schedule_early()
+            elif core.has_ready():
                 self.wake.set()
 
     async def maintenance_loop(self) -> None:
@@ -156,7 +191,7 @@ class RaftLoops:
                 if rd.snapshot is not None:
                     await self._snapshotter.install(rd.snapshot)
                 if rd.entries or rd.hard_state is not None:
-                    self._persist(rd.entries, rd.hard_state)
+                    await self._persist(rd.entries, rd.hard_state, sent=early)
             except Exception as exc:  # noqa: BLE001 - a storage failure must stop this node, loudly
                 self._health.fail(exc)
                 return
@@ -191,8 +226,10 @@ class RaftLoops:
         return (self.core.role is Role.LEADER and (hs is None or (hs.term, hs.vote) == self._synced_term_vote)
                 and rd.snapshot is None and not rd.snapshot_chunks)
 
-    def _persist(self, entries: list[Entry], hard_state: HardState | None) -> None:
-        """Entries and term/vote are fsynced before anything is sent. A change of the commit index
+    async def _persist(self, entries: list[Entry], hard_state: HardState | None, *, sent: bool) -> None:
+        """Entries and term/vote are fsynced before anything is sent (`sent`: the Ready's messages
+        left early, as a leader's may). The fsync runs on the sync thread; this thread keeps
+        stepping and ticking meanwhile (`_send_early`). A change of the commit index
         alone is not even written when it comes alone (etcd writes it without an fsync): commit is
         volatile in Raft, a restart relearns it from the leader, and the core lifts it to the
         engine's applied index. It is written with the next entries or term/vote change, in the
@@ -207,7 +244,14 @@ class RaftLoops:
         self._unwritten_commit = None
         st.append(entries, hard_state)
         self.persisted_entries += len(entries)
-        st.sync()
+        ticket = st.begin_sync()
+        if ticket is not None:
+            self._syncing, self._synced_ready_sent = True, sent
+            try:
+                await self._syncer.sync(st, ticket)
+            finally:
+                self._syncing = False
+            st.end_sync(ticket)
         self.fsyncs += 1
         if hard_state is not None:
             self._synced_term_vote = (hard_state.term, hard_state.vote)
@@ -224,7 +268,9 @@ class RaftLoops:
         answers to that peer's forwarded proposals ahead of them (node/proposing.py)."""
         if self._health.fatal is not None:
             return
-        by_dst: dict[int, list] = self._proposer.take_placements()
+        self._send_messages(messages, self._proposer.take_placements())
+
+    def _send_messages(self, messages: list[Message], by_dst: dict[int, list]) -> None:
         if not messages and not by_dst:
             return
         for m in messages:

@@ -20,7 +20,9 @@ Everything is a record in the stream (see `wal.py` for framing):
 Opening a log replays it (`log_replay.py`: torn tails cut off, real damage refused) into the
 in-memory `LogState` (`log_state.py`) that every write here keeps current; the record types, file
 names and errors are `log_format.py`'s. The storage is single-threaded by design: the driver calls it
-from one thread.
+from one thread, except for the fdatasync of a sync split in three (`begin_sync` on that thread,
+`run_sync` on any, `end_sync` back on it), so that a slow disk does not stop the thread that runs
+Raft (raftio/log_sync.py).
 """
 
 from __future__ import annotations
@@ -69,6 +71,16 @@ log = logging.getLogger("kalamdb.raftio.storage")
 _packb = msgpack.packb
 
 
+class SyncTicket:
+    """One fdatasync started by `begin_sync`: the segment it syncs, how many writes it covers, and
+    the compaction that becomes durable with it."""
+
+    __slots__ = ("compact_index", "fd", "writes")
+
+    def __init__(self, fd: int, writes: int, compact_index: int):
+        self.fd, self.writes, self.compact_index = fd, writes, compact_index
+
+
 class LogStorage:
     """The durable Raft log of one node. Use `LogStorage.open(directory)`."""
 
@@ -81,7 +93,10 @@ class LogStorage:
         self._size = 0  # where the next record goes in the active segment
         self._seg_start = 0  # where the active segment's first record after its checkpoint went
         self._read_fds: dict[int, int] = {}
-        self._dirty = False
+        self._writes = 0  # records written so far ...
+        self._synced_writes = 0  # ... and how many of them a finished fdatasync covers
+        self._in_flight: SyncTicket | None = None  # a split sync's fdatasync, running on another thread
+        self._retired_fds: list[int] = []  # sealed segments' fds that fdatasync still uses: closed after it
         self._durable_compact = 0
         self._poisoned: str | None = None
         self._closed = False
@@ -313,19 +328,50 @@ class LogStorage:
         """One fdatasync making everything written since the last sync durable (group commit).
         A failure poisons the storage: the page cache may have dropped the data, so only a restart
         may tell what is really on disk."""
+        ticket = self.begin_sync()
+        if ticket is not None:
+            self.run_sync(ticket)
+            self.end_sync(ticket)
+
+    def begin_sync(self) -> SyncTicket | None:
+        """The first of a sync's three steps: what an fdatasync started now makes durable (None when
+        everything written is durable already). Then `run_sync(ticket)` on any thread, then
+        `end_sync(ticket)` on this one. Writes made meanwhile (a compaction, a segment rotation,
+        which syncs the sealed segment itself) stay pending for the next sync."""
         self._check_usable()
-        if not self._dirty:
-            return
-        compact_index = self._state.compact_index
-        self._fdatasync()
-        self._dirty = False
-        self._durable_compact = compact_index
+        if self._writes == self._synced_writes:
+            return None
+        if self._in_flight is not None:
+            raise StorageError("a sync is already in flight: end_sync() it before beginning another")
+        self._in_flight = SyncTicket(self._fd, self._writes, self._state.compact_index)
+        return self._in_flight
+
+    def run_sync(self, ticket: SyncTicket) -> None:
+        """The fdatasync itself (any thread: it touches nothing but the file). Poisons on failure."""
+        self._fdatasync(ticket.fd)
+
+    def end_sync(self, ticket: SyncTicket) -> None:
+        """After `run_sync` returned: the writes it covered are durable, and so is its compaction
+        (whole compacted segments are deleted now)."""
+        if ticket is not self._in_flight:
+            raise StorageError("end_sync() of a ticket that is not the one in flight")
+        self._in_flight = None
+        self._close_retired()
+        self._synced_writes = max(self._synced_writes, ticket.writes)
+        self._durable_compact = max(self._durable_compact, ticket.compact_index)
         self._delete_compacted_segments()
 
+    def _close_retired(self) -> None:
+        for fd in self._retired_fds:
+            os.close(fd)
+        self._retired_fds.clear()
+
     def close(self) -> None:
-        """Sync (unless poisoned) and release files and the directory lock. Idempotent."""
+        """Sync (unless poisoned) and release files and the directory lock. Idempotent. No other
+        thread may be running `run_sync` any more: a sync begun and never ended is redone here."""
         if self._closed:
             return
+        self._in_flight = None
         try:
             if self._poisoned is None and self._fd >= 0:
                 self.sync()
@@ -334,11 +380,12 @@ class LogStorage:
 
     def _release(self) -> None:
         self._closed = True
-        for fd in [self._fd, self._lock_fd, *self._read_fds.values()]:
+        for fd in [self._fd, self._lock_fd, *self._read_fds.values(), *self._retired_fds]:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._lock_fd = -1
         self._read_fds.clear()
+        self._retired_fds.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -378,13 +425,13 @@ class LogStorage:
                 self._poison(f"a failed write ({exc}) that could not be undone ({exc2})")
             raise
         self._size = offset + len(record)
-        self._dirty = True
+        self._writes += 1
         return location(self._state.segments[-1].seq, offset)
 
-    def _fdatasync(self) -> None:
+    def _fdatasync(self, fd: int) -> None:
         try:
             self.failpoints.hit("log.fsync")
-            os.fdatasync(self._fd)
+            os.fdatasync(fd)
         except OSError as exc:
             self._poison(f"a failed fsync ({exc})")
             raise
@@ -406,9 +453,9 @@ class LogStorage:
     def _rotate(self) -> None:
         """Seal the full segment (made durable now, it will never be written again) and start the
         next one with a checkpoint of the current state."""
-        if self._dirty:
-            self._fdatasync()
-            self._dirty = False
+        if self._writes != self._synced_writes:
+            self._fdatasync(self._fd)
+            self._synced_writes = self._writes
             self._durable_compact = self._state.compact_index
         old = self._fd
         try:
@@ -417,7 +464,10 @@ class LogStorage:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 self._poison(f"a failed segment creation ({exc})")
             raise
-        os.close(old)
+        if self._in_flight is not None and self._in_flight.fd == old:
+            self._retired_fds.append(old)  # another thread's fdatasync still uses it
+        else:
+            os.close(old)
         self._delete_compacted_segments()
 
     def _delete_compacted_segments(self) -> None:

@@ -277,7 +277,7 @@ class Failpoints:
         if action.remaining is not None:
             action.remaining -= 1
             if action.remaining <= 0:
-                del self._actions[name]
+                self._actions.pop(name, None)  # (two threads may hit it at once: the log's sync thread)
         if action.kind == "delay":
             time.sleep(action.delay_ms / 1000.0)
             return None
