@@ -104,7 +104,7 @@ class Kalamdb:
         self.log = open(root / "kalamdb.log", "wb")  # noqa: SIM115 - lives as long as the cluster
         self.proc = subprocess.Popen([kalamdb_bin, "cluster", "up", "--nodes", "3", "--data-dir",
                                       str(root / "kalamdb"), "--base-port", str(port), "--log-level", "warn"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, process_group=0,
                                      preexec_fn=die_with_parent)  # noqa: PLW1509 - started before any thread
         for u in self.urls:
             wait_http(u + "/v1/api/healthcheck", 60)
@@ -156,7 +156,7 @@ class Etcd:
                  "--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
                  "--listen-client-urls", self.urls[i], "--advertise-client-urls", self.urls[i],
                  "--initial-cluster", initial, "--initial-cluster-state", "new", "--log-level", "error",
-                 "--logger", "zap"], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                 "--logger", "zap"], stdout=self.log, stderr=subprocess.STDOUT, process_group=0,
                 preexec_fn=die_with_parent))  # noqa: PLW1509 - started before any thread
         for u in self.urls:
             wait_http(u + "/health", 60)

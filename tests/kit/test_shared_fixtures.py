@@ -32,3 +32,17 @@ def test_the_shared_cluster_is_healed_between_uses(cluster):
     ns = cluster.unique_namespace("healed")
     r = cluster.execute_sql_on(2, f"CREATE NAMESPACE {ns}").raise_for_error()
     assert cluster.wait_for_replication(r.raft_index) == r.raft_index
+
+
+@pytest.mark.process_control
+def test_nodes_share_the_callers_scheduling_group_in_process_groups_of_their_own(server, cluster):
+    """A node is its own process group (the kit signals and pauses it as one), but not its own
+    session: the kernel's autogroup makes each session one scheduling group, and three nodes as
+    three groups on a small machine left a busy node's Raft thread 200+ ms without a CPU behind its
+    own apply thread (docs/PERFORMANCE.md, step 20)."""
+    import os
+
+    for pid in [n.pid for n in cluster.nodes] + [server.pid]:
+        assert pid is not None
+        assert os.getpgid(pid) == pid, "a process group of its own"
+        assert os.getsid(pid) == os.getsid(0), "the caller's session (its scheduling group)"

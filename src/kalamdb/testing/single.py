@@ -140,7 +140,7 @@ class ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it after Popen
         try:
             self.proc = lifeline.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env, start_new_session=True)
+                                       env=env, process_group=0)
         finally:
             log.close()
         with _live_lock:
