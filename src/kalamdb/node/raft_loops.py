@@ -42,8 +42,8 @@ class RaftLoops:
     everything it hands on goes through the parts it is given, never through the driver."""
 
     def __init__(self, *, node_id: int, core: RaftCore, storage: LogStorage, syncer: LogSyncer,
-                 transport: PeerTransport, wake: asyncio.Event, health: NodeHealth, failpoints: NodeFailpoints, proposer: Proposer,
-                 snapshotter: Snapshotter, snapshot_files: SnapshotFiles, router: ApplyRouter,
+                 transport: PeerTransport, wake: asyncio.Event, health: NodeHealth, failpoints: NodeFailpoints,
+                 proposer: Proposer, snapshotter: Snapshotter, snapshot_files: SnapshotFiles, router: ApplyRouter,
                  synced_term_vote: tuple[int, int], tick_s: float,
                  read_states: Callable[[list[tuple[bytes, int]]], None],
                  leader_changed: Callable[[int], None],
