@@ -254,3 +254,23 @@ async def test_forwarded_writes_during_a_slow_leader_fsync_learn_their_index_bef
         assert leader._loops.early_messages > 0, "appends left while the leader's fsync was in flight"
     finally:
         await stop_all(drivers)
+
+
+async def test_a_snapshot_recorded_during_the_leaders_fsync_does_not_stop_it(tmp_path):
+    """The snapshotter records a snapshot and syncs the log on the Raft thread, which may come while
+    the Ready loop's fsync is on the sync thread: that plain sync must go through, not refuse (it
+    stopped nodes at their first snapshot under load before LogStorage.sync allowed it)."""
+    drivers = await start_cluster(tmp_path)
+    try:
+        leader = drivers[0]
+        await asyncio.wait_for(leader.propose(b"warm up"), 5)
+        leader.failpoints.set("log.fsync", "1*delay(400)")
+        write = asyncio.ensure_future(leader.propose(b"during a slow fsync"))
+        await async_wait_for(lambda: not leader.failpoints.armed("log.fsync"), 5, "the slow fsync to begin")
+        index = await asyncio.wait_for(leader.take_snapshot(), 5)
+        await asyncio.wait_for(write, 5)
+        assert leader.fatal is None, leader.fatal
+        assert leader.last_snapshot_index == index and index >= 1
+        await asyncio.wait_for(leader.propose(b"after"), 5)
+    finally:
+        await stop_all(drivers)

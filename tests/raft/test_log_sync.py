@@ -126,3 +126,21 @@ async def test_the_syncer_runs_the_fdatasync_on_its_own_thread_and_hands_back_it
     finally:
         syncer.close(5)
         store.close()
+
+
+def test_a_plain_sync_during_a_split_one_syncs_everything_itself(tmp_path):
+    """The snapshotter records a snapshot and syncs on the Raft thread, which may happen while the
+    Ready loop's fsync is on the sync thread: the plain sync must not refuse (that stopped a node
+    in a benchmark) and must cover what the split one does not."""
+    store = LogStorage.open(tmp_path)
+    store.append(ents(1, 3))
+    ticket = store.begin_sync()
+    store.append(ents(4, 4))  # written after the split sync began
+    store.sync()
+    assert store.begin_sync() is None  # nothing is pending: the plain sync covered it all
+    store.run_sync(ticket)
+    store.end_sync(ticket)
+    assert store.begin_sync() is None
+    store.close()
+    with LogStorage.open(tmp_path) as again:
+        assert [e.index for e in again.load().entries] == [1, 2, 3, 4]

@@ -327,11 +327,16 @@ class LogStorage:
     def sync(self) -> None:
         """One fdatasync making everything written since the last sync durable (group commit).
         A failure poisons the storage: the page cache may have dropped the data, so only a restart
-        may tell what is really on disk."""
-        ticket = self.begin_sync()
-        if ticket is not None:
-            self.run_sync(ticket)
-            self.end_sync(ticket)
+        may tell what is really on disk. Allowed while a split sync is in flight (a snapshot
+        recorded on the Raft thread during the Ready loop's fsync): it syncs everything itself."""
+        self._check_usable()
+        if self._writes == self._synced_writes:
+            return
+        writes, compact_index = self._writes, self._state.compact_index
+        self._fdatasync(self._fd)  # the active segment; sealed ones were synced when sealed
+        self._synced_writes = writes
+        self._durable_compact = max(self._durable_compact, compact_index)
+        self._delete_compacted_segments()
 
     def begin_sync(self) -> SyncTicket | None:
         """The first of a sync's three steps: what an fdatasync started now makes durable (None when
