@@ -281,7 +281,7 @@ class RaftDriver:
                 await t
         await self.transport.stop()
         if self._syncer is not None:
-            self._syncer.close()  # a fsync still in flight ends before the log is closed
+            self._syncer.close(STOP_TIMEOUT_S)  # a fsync still in flight ends before the log is closed
         if self._loops is not None:
             with contextlib.suppress(Exception):  # a clean stop keeps the commit it knew; a restart relearns it anyway
                 self._loops.flush_commit()  # made durable by the storage's close
