@@ -219,15 +219,15 @@ async def test_a_leader_whose_fsync_stalls_keeps_its_followers_from_electing(tmp
         leader = drivers[0]
         await asyncio.wait_for(leader.propose(b"warm up"), 5)
         terms = [d.core.term for d in drivers]
-        sent_early = leader._loops.early_messages
+        sent_early = leader.loops.early_messages
         leader.failpoints.set("log.fsync", "2*delay(600)")  # two fsyncs of 0.6 s each
         index, _ = await asyncio.wait_for(leader.propose(b"through a slow disk"), 10)
         await asyncio.wait_for(leader.propose(b"and another"), 10)
         assert not leader.failpoints.armed("log.fsync"), "both slow fsyncs happened"
         assert [d.core.term for d in drivers] == terms, "an election happened during the slow fsyncs"
         assert leader.is_leader and all(d.leader_id == leader.node_id for d in drivers)
-        assert leader._loops.early_messages - sent_early >= 2 * 2 * 2, "heartbeats left during the fsyncs"
-        assert leader._loops.max_tick_lateness_s < 0.15, "the Raft thread froze with its disk"
+        assert leader.loops.early_messages - sent_early >= 2 * 2 * 2, "heartbeats left during the fsyncs"
+        assert leader.loops.max_tick_lateness_s < 0.15, "the Raft thread froze with its disk"
         await async_wait_for(lambda: all(d.applied_index >= index for d in drivers), 5, "everyone to apply")
     finally:
         await stop_all(drivers)
@@ -251,7 +251,7 @@ async def test_forwarded_writes_during_a_slow_leader_fsync_learn_their_index_bef
         results = await asyncio.wait_for(asyncio.gather(*(later(i) for i in range(40)), return_exceptions=True), 20)
         failed = [r for r in results if isinstance(r, BaseException)]
         assert not failed, failed[:3]
-        assert leader._loops.early_messages > 0, "appends left while the leader's fsync was in flight"
+        assert leader.loops.early_messages > 0, "appends left while the leader's fsync was in flight"
     finally:
         await stop_all(drivers)
 
