@@ -112,9 +112,8 @@ class EtcdCluster:
                    "--initial-cluster-token", f"bench-{ports[0]}", "--log-level", "error",
                    "--logger", "zap"]
             log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its life
-            # a process group, not a session: scheduled like the kalamdb nodes (testing/process.py)
-            self.procs.append(lifeline.spawn(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, process_group=0))
+            self.procs.append(lifeline.spawn_server(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL))
             log.close()
         deadline = time.monotonic() + timeout
         while True:  # poll each member's /health until all report a leader (bounded by the deadline)

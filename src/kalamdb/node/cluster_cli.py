@@ -144,11 +144,10 @@ def up_command(count: int, data_dir: str, base_port: int, rpc_base_port: int | N
         log = open(log_path, "ab")  # noqa: SIM115 - the child writes to it until it exits
         logs.append(log)
         # a node gets SIGTERM (a graceful stop) if this supervisor dies, even by SIGKILL
-        # (a process group, not a session: one scheduling group with the caller, testing/process.py)
-        procs.append(lifeline.spawn(
+        procs.append(lifeline.spawn_server(
             [sys.executable, "-m", "kalamdb", "serve", "--data-dir", str(root / f"node{nid}"),
              "--host", host, "--port", str(api_ports[i])],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0,
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             death_signal=signal.SIGTERM))
     stopping = False
 

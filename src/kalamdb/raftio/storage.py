@@ -330,13 +330,21 @@ class LogStorage:
         may tell what is really on disk. Allowed while a split sync is in flight (a snapshot
         recorded on the Raft thread during the Ready loop's fsync): it syncs everything itself."""
         self._check_usable()
-        if self._writes == self._synced_writes:
-            return
+        if self._unsynced:
+            self._sync_active()
+            self._delete_compacted_segments()
+
+    @property
+    def _unsynced(self) -> bool:
+        return self._writes != self._synced_writes
+
+    def _sync_active(self) -> None:
+        """fdatasync the active segment: every write so far is durable (sealed segments were
+        synced when sealed), and so is the compaction recorded so far."""
         writes, compact_index = self._writes, self._state.compact_index
-        self._fdatasync(self._fd)  # the active segment; sealed ones were synced when sealed
+        self._fdatasync(self._fd)
         self._synced_writes = writes
         self._durable_compact = max(self._durable_compact, compact_index)
-        self._delete_compacted_segments()
 
     def begin_sync(self) -> SyncTicket | None:
         """The first of a sync's three steps: what an fdatasync started now makes durable (None when
@@ -344,7 +352,7 @@ class LogStorage:
         `end_sync(ticket)` on this one. Writes made meanwhile (a compaction, a segment rotation,
         which syncs the sealed segment itself) stay pending for the next sync."""
         self._check_usable()
-        if self._writes == self._synced_writes:
+        if not self._unsynced:
             return None
         if self._in_flight is not None:
             raise StorageError("a sync is already in flight: end_sync() it before beginning another")
@@ -458,10 +466,8 @@ class LogStorage:
     def _rotate(self) -> None:
         """Seal the full segment (made durable now, it will never be written again) and start the
         next one with a checkpoint of the current state."""
-        if self._writes != self._synced_writes:
-            self._fdatasync(self._fd)
-            self._synced_writes = self._writes
-            self._durable_compact = self._state.compact_index
+        if self._unsynced:
+            self._sync_active()
         old = self._fd
         try:
             self._start_segment(self._state.segments[-1].seq + 1)

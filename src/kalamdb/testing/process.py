@@ -91,13 +91,8 @@ class NodeProcess(NodeHandle):
         with open(self.log_path, "ab") as log:
             log.write(f"---- kit: starting node {self.node_id} at {time.strftime('%H:%M:%S')} ----\n".encode())
             log.flush()
-            # A process group of its own (signals, pause), but not a session of its own: with the
-            # kernel's autogroup each session is one scheduling group, and three nodes as three
-            # groups on a small machine left a busy node's Raft thread waiting 200+ ms for a CPU
-            # behind its own apply thread (docs/PERFORMANCE.md, step 20). In the caller's group the
-            # scheduler weighs threads, and a Raft thread that mostly sleeps runs when it wakes.
-            self.proc = lifeline.spawn(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env, process_group=0, pass_fds=pass_fds)
+            self.proc = lifeline.spawn_server(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=env, pass_fds=pass_fds)
         self.paused = False
         self._on_spawn(self.proc.pid)
         with _live_lock:

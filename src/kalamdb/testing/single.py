@@ -139,8 +139,8 @@ class ServerProcess:
         env.update(self.env)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it after Popen
         try:
-            self.proc = lifeline.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env, process_group=0)
+            self.proc = lifeline.spawn_server(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=env)
         finally:
             log.close()
         with _live_lock:
