@@ -39,8 +39,14 @@ def profile_env(out_dir: Path) -> dict[str, str]:
     """Environment for node processes that makes each write a cProfile dump into `out_dir`."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    hook = Path(tempfile.mkdtemp(prefix="kalamdb-bench-profhook-"))
+    return {"PYTHONPATH": pythonpath_with_sitecustomize(_SITECUSTOMIZE, "kalamdb-bench-profhook-"),
+            PROFILE_ENV: str(out_dir)}
+
+
+def pythonpath_with_sitecustomize(source: str, prefix: str) -> str:
+    """A PYTHONPATH for node processes whose first entry is a new temporary directory holding
+    `sitecustomize.py` with `source` (removed when this process exits, after the nodes it ran)."""
+    hook = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, hook, ignore_errors=True)  # the nodes are stopped by then
-    (hook / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, PROFILE_ENV: str(out_dir)}
+    (hook / "sitecustomize.py").write_text(source)
+    return os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)

@@ -19,7 +19,6 @@ for comparing, not for quoting as the write's latency (the bench does that).
 from __future__ import annotations
 
 import argparse
-import atexit
 import itertools
 import json
 import os
@@ -32,6 +31,7 @@ from typing import Any
 
 from kalamdb.bench import cluster as kc
 from kalamdb.bench.load import closed_loop, new_session
+from kalamdb.bench.profile_hook import pythonpath_with_sitecustomize
 from kalamdb.bench.timeline_hook import TIMELINE_ENV
 
 _SITECUSTOMIZE = f'''\
@@ -194,11 +194,8 @@ def render(summary: dict[str, Any]) -> str:
 
 def hook_env(events_dir: Path) -> dict[str, str]:
     """Environment for node processes that makes each stamp its write path into `events_dir`."""
-    hook = Path(tempfile.mkdtemp(prefix="kalamdb-timeline-hook-"))
-    atexit.register(shutil.rmtree, hook, ignore_errors=True)
-    (hook / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
-    return {"PYTHONPATH": path, TIMELINE_ENV: str(events_dir.resolve())}
+    return {"PYTHONPATH": pythonpath_with_sitecustomize(_SITECUSTOMIZE, "kalamdb-timeline-hook-"),
+            TIMELINE_ENV: str(events_dir.resolve())}
 
 
 def run(*, target: str, duration: float, warmup: float, events_dir: Path) -> tuple[dict[str, Any], dict]:
