@@ -45,25 +45,28 @@ if _dir:
 
 # The sequential stages of a write: (name, from event, to event); `L.` = on the leader, `O.` = on
 # the node the client sent the write to (for a leader write, the same node).
+_REQUEST = ("HTTP request read, SQL prepared", "O.request", "O.submitted")
+_APPLY_AND_ANSWER = [
+    ("apply (SQLite transaction)", "O.apply-begin", "O.apply-end"),
+    ("answer written", "O.apply-end", "O.response"),
+]
 LEADER_STAGES = [
-    ("HTTP request read, SQL prepared", "O.request", "O.submitted"),
+    _REQUEST,
     ("hand-off to the Raft thread", "O.submitted", "L.proposed"),
     ("Raft step, appends written", "L.proposed", "L.appends-sent"),
     ("replication: fsyncs and an ack", "L.appends-sent", "L.commit-handed"),
     ("hand-off to the apply", "L.commit-handed", "O.apply-begin"),
-    ("apply (SQLite transaction)", "O.apply-begin", "O.apply-end"),
-    ("answer written", "O.apply-end", "O.response"),
+    *_APPLY_AND_ANSWER,
 ]
 FORWARDED_STAGES = [
-    ("HTTP request read, SQL prepared", "O.request", "O.submitted"),
+    _REQUEST,
     ("hand-off to the Raft thread", "O.submitted", "O.forwarded"),
     ("proposal to the leader", "O.forwarded", "L.proposal-in"),
     ("Raft step, appends written", "L.proposal-in", "L.appends-sent"),
     ("replication: fsyncs and an ack", "L.appends-sent", "L.commit-handed"),
     ("commit notice to the origin", "L.commit-handed", "O.commit-handed"),
     ("hand-off to the apply", "O.commit-handed", "O.apply-begin"),
-    ("apply (SQLite transaction)", "O.apply-begin", "O.apply-end"),
-    ("answer written", "O.apply-end", "O.response"),
+    *_APPLY_AND_ANSWER,
 ]
 PARALLEL = [
     ("leader fsync", "L.fsync-begin", "L.fsync-end"),
