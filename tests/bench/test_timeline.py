@@ -33,7 +33,7 @@ def forwarded_write(t0: int) -> list[tuple[int, int, str]]:
         (t0 + 410 * US, 1, "fsync-begin"), (t0 + 450 * US, 3, "append-in"), (t0 + 480 * US, 2, "append-in"),
         (t0 + 900 * US, 1, "fsync-end"), (t0 + 1000 * US, 3, "ack-sent"), (t0 + 1050 * US, 1, "ack-in"),
         (t0 + 1100 * US, 1, "commit-handed"), (t0 + 1150 * US, 2, "ack-sent"),
-        (t0 + 1250 * US, 3, "commit-in"), (t0 + 1300 * US, 3, "commit-handed"),
+        (t0 + 1300 * US, 3, "commit-handed"),
         (t0 + 1400 * US, 3, "apply-begin"), (t0 + 1700 * US, 3, "apply-end"), (t0 + 1800 * US, 3, "response"),
     ]
 

@@ -27,28 +27,27 @@ from typing import Any
 TIMELINE_ENV = "KALAMDB_TIMELINE"
 FLUSH_EVERY_S = 0.5
 
-# Raft message types on the wire (kalamdb/raft/messages.py MsgType), as the first field of a payload.
-APP, APP_RESP, COMMIT = 1, 2, 14
-
 
 class _Recorder:
     def __init__(self, path: Path):
         self.path = path
         self.events: collections.deque[tuple[int, str]] = collections.deque()  # append/popleft: thread-safe
         self.stamp = time.perf_counter_ns
+        self._writing = threading.Lock()  # the flusher thread and the exit's last flush: whole lines each
 
     def __call__(self, event: str) -> None:
         self.events.append((self.stamp(), event))
 
     def flush(self) -> None:
-        lines = []
-        events = self.events
-        while events:
-            t, e = events.popleft()
-            lines.append(f"{t} {e}\n")
-        if lines:
-            with self.path.open("a") as f:
-                f.write("".join(lines))
+        with self._writing:
+            lines = []
+            events = self.events
+            while events:
+                t, e = events.popleft()
+                lines.append(f"{t} {e}\n")
+            if lines:
+                with self.path.open("a") as f:
+                    f.write("".join(lines))
 
     def flush_forever(self) -> None:
         while True:
@@ -74,6 +73,7 @@ def install(out_dir: str) -> None:
 
 def _patch(ev: Callable[[str], None]) -> None:
     from kalamdb.node import apply_router, cluster_node, proposing, raft_loops
+    from kalamdb.raft.messages import MsgType
     from kalamdb.raftio import log_sync
     from kalamdb.server import sql_endpoint
 
@@ -101,26 +101,22 @@ def _patch(ev: Callable[[str], None]) -> None:
 
     def on_message(orig: Any) -> Any:
         def on_message(self: Any, src: int, payload: Any) -> Any:
-            if isinstance(payload, list) and len(payload) == 16:
+            if isinstance(payload, list) and len(payload) == 16:  # a Raft message (Message.to_wire)
                 kind = payload[0]
-                if kind == APP and payload[11]:
+                if kind == MsgType.APP and payload[11]:
                     ev("append-in")
-                elif kind == APP_RESP and not payload[7]:
+                elif kind == MsgType.APP_RESP and not payload[7]:
                     ev("ack-in")
-                elif kind in (COMMIT, APP):
-                    ev("commit-in")
             return orig(self, src, payload)
         return on_message
 
     def send_messages(orig: Any) -> Any:
         def _send_messages(self: Any, messages: list, by_dst: dict) -> Any:
             result = orig(self, messages, by_dst)
-            if any(int(m.type) == APP and m.entries for m in messages):
+            if any(m.type is MsgType.APP and m.entries for m in messages):
                 ev("appends-sent")
-            elif any(int(m.type) == APP_RESP for m in messages):
+            elif any(m.type is MsgType.APP_RESP for m in messages):
                 ev("ack-sent")
-            elif any(int(m.type) == COMMIT for m in messages):
-                ev("commits-sent")
             return result
         return _send_messages
 
